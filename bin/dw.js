@@ -1,0 +1,13 @@
+#!/usr/bin/env node
+// The CLI is compiled TypeScript; `npm ci` builds it through the `prepare` script.
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const entry = new URL('../dist/shared/cli/main.js', import.meta.url);
+if (!existsSync(fileURLToPath(entry))) {
+  process.stderr.write(
+    'dw: the build is missing (dist/). Run `npm run build` in the durable-worker checkout.\n',
+  );
+  process.exit(1);
+}
+await import(entry.href);

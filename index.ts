@@ -1,0 +1,45 @@
+/** durable-worker's public API. */
+
+export type { RelayOptions } from './relay/options.js';
+export { Relay } from './relay/relay.js';
+export {
+  type App,
+  type AppInput,
+  defineApp,
+  defineHandler,
+  type HandlerContext,
+  type HandlerDefinition,
+  type HandlerOptions,
+  loadApp,
+  type SendOptions,
+  type StartSagaOptions,
+} from './shared/app.js';
+export { type Config, loadConfig, redactUrl } from './shared/config.js';
+export { createKnex } from './shared/db/knex.js';
+export { ensureDatabase, type Migration, migrate } from './shared/db/migrate.js';
+export type { Envelope } from './shared/envelope.js';
+export {
+  ConcurrencyConflictError,
+  ConfigError,
+  DefinitionError,
+  DurableWorkerError,
+  InvalidMessageError,
+  NonRetryableError,
+  ServiceUnavailableError,
+  StepTimeoutError,
+  UsageError,
+} from './shared/errors.js';
+export { createLogger, type Logger } from './shared/logger.js';
+export type { Destination } from './shared/outbox.js';
+export { publishMessages } from './shared/publisher.js';
+export { decideRetry, type RetryPolicy, type RetryPolicyInput } from './shared/retry-policy.js';
+export {
+  defineSaga,
+  SagaDefinition,
+  type SagaOptions,
+  type StepContext,
+  type StepOptions,
+  type StepRetryPolicy,
+} from './shared/saga/definition.js';
+export type { WorkerOptions } from './worker/options.js';
+export { Worker } from './worker/worker.js';

@@ -1,0 +1,155 @@
+import { createHash } from 'node:crypto';
+import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { ResilientAmqpConnection } from '../shared/amqp.js';
+import { publishOptions } from '../shared/envelope.js';
+import type { OutboxRow } from '../shared/outbox.js';
+
+/** The data of every BullMQ job the relay adds: the message with its envelope. */
+export interface OutboxJobData {
+  messageId: string;
+  type: string;
+  payload: unknown;
+  headers: Record<string, string>;
+}
+
+export interface DeliveryResult {
+  delivered: number[];
+  failed: Array<{ id: number; attempts: number; error: string }>;
+}
+
+/**
+ * Delivers claimed outbox rows: BullMQ rows with one `addBulk` per queue (job id = outbox message
+ * id, so a row delivered twice makes one job), AMQP rows as confirmed publishes. A row that fails
+ * is reported alone; the rest are delivered.
+ */
+export class Destinations {
+  private readonly queues = new Map<string, Queue>();
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+    private readonly amqp: ResilientAmqpConnection,
+    private readonly keepCompleted: { age: number; count: number },
+  ) {}
+
+  async deliver(rows: readonly OutboxRow[]): Promise<DeliveryResult> {
+    const result: DeliveryResult = { delivered: [], failed: [] };
+    const byQueue = new Map<string, OutboxRow[]>();
+    const amqpRows: OutboxRow[] = [];
+    for (const row of rows) {
+      if (row.destination.kind === 'bullmq') {
+        const list = byQueue.get(row.destination.queue) ?? [];
+        list.push(row);
+        byQueue.set(row.destination.queue, list);
+      } else {
+        amqpRows.push(row);
+      }
+    }
+    await Promise.all([
+      ...[...byQueue].map(([queue, list]) => this.addJobs(queue, list, result)),
+      this.publishAll(amqpRows, result),
+    ]);
+    return result;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.queues.values()].map((q) => q.close()));
+    this.queues.clear();
+  }
+
+  private queue(name: string): Queue {
+    let queue = this.queues.get(name);
+    if (!queue) {
+      queue = new Queue(name, { connection: this.redis, prefix: this.prefix });
+      this.queues.set(name, queue);
+    }
+    return queue;
+  }
+
+  private job(row: OutboxRow) {
+    const data: OutboxJobData = {
+      messageId: row.messageId,
+      type: row.type,
+      payload: row.payload,
+      headers: row.headers,
+    };
+    return {
+      name: row.type,
+      data,
+      opts: {
+        ...row.options,
+        jobId: jobIdFor(row.messageId),
+        removeOnComplete: this.keepCompleted,
+        removeOnFail: { age: 7 * 24 * 3600 },
+      },
+    };
+  }
+
+  private async addJobs(queueName: string, rows: OutboxRow[], result: DeliveryResult): Promise<void> {
+    const queue = this.queue(queueName);
+    try {
+      await queue.addBulk(rows.map((row) => this.job(row)));
+      result.delivered.push(...rows.map((r) => r.id));
+      return;
+    } catch {
+      // Find the rows at fault one by one; the others still go.
+    }
+    for (const row of rows) {
+      try {
+        const { name, data, opts } = this.job(row);
+        await queue.add(name, data, opts);
+        result.delivered.push(row.id);
+      } catch (error) {
+        result.failed.push({ id: row.id, attempts: row.attempts, error: (error as Error).message });
+      }
+    }
+  }
+
+  private async publishAll(rows: OutboxRow[], result: DeliveryResult): Promise<void> {
+    if (rows.length === 0) return;
+    const settled = await Promise.allSettled(rows.map((row) => this.publish(row)));
+    const retry: OutboxRow[] = [];
+    settled.forEach((s, i) => {
+      if (s.status === 'fulfilled') result.delivered.push(rows[i]!.id);
+      else retry.push(rows[i]!);
+    });
+    // One bad publish (a missing exchange) closes the channel under its neighbours: retry them alone.
+    for (const row of retry) {
+      try {
+        await this.publish(row);
+        result.delivered.push(row.id);
+      } catch (error) {
+        result.failed.push({ id: row.id, attempts: row.attempts, error: (error as Error).message });
+      }
+    }
+  }
+
+  private async publish(row: OutboxRow): Promise<void> {
+    if (row.destination.kind !== 'amqp') return;
+    const options = publishOptions({
+      id: row.messageId,
+      type: row.type,
+      payload: row.payload,
+      correlationId: row.headers.correlationId,
+      causationId: row.headers.causationId,
+      traceparent: row.headers.traceparent,
+    });
+    await this.amqp.publish(
+      row.destination.exchange,
+      row.destination.routingKey,
+      Buffer.from(JSON.stringify(row.payload)),
+      options,
+    );
+  }
+}
+
+/**
+ * The BullMQ job id of an outbox message: the message id itself, unless BullMQ would refuse it
+ * (ids made only of digits clash with its own numbering; ':' is its key separator), in which case
+ * a hash of it, which is just as stable.
+ */
+export function jobIdFor(messageId: string): string {
+  if (!/^\d+$/.test(messageId) && !messageId.includes(':')) return messageId;
+  return `h-${createHash('sha1').update(messageId).digest('hex')}`;
+}

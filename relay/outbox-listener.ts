@@ -1,0 +1,86 @@
+import pg from 'pg';
+import type { Logger } from '../shared/logger.js';
+import { sleep } from '../shared/time.js';
+
+/**
+ * A dedicated connection LISTENing on `dw_outbox`, so that a row committed while the relay idles is
+ * picked up at once instead of at the next poll. It reconnects by itself; while it is down the
+ * relay still polls.
+ */
+export class OutboxListener {
+  private client: pg.Client | undefined;
+  private closed = false;
+  private woken = false;
+  private waiters: Array<() => void> = [];
+  private readonly abort = new AbortController();
+
+  constructor(
+    private readonly databaseUrl: string,
+    private readonly log: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    await this.connect();
+  }
+
+  /** Resolves on a notification (or one that came since the last wait), on timeout, or on close. */
+  wait(timeoutMs: number): Promise<void> {
+    if (this.woken || this.closed) {
+      this.woken = false;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((w) => w !== done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.waiters.push(done);
+    });
+  }
+
+  wake(): void {
+    if (this.waiters.length === 0) {
+      this.woken = true;
+      return;
+    }
+    for (const waiter of [...this.waiters]) waiter();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.abort.abort();
+    this.wake();
+    await this.client?.end().catch(() => {});
+  }
+
+  private async connect(): Promise<void> {
+    const client = new pg.Client({ connectionString: this.databaseUrl, application_name: 'dw-relay-listen' });
+    client.on('notification', () => this.wake());
+    client.on('error', (error) => this.log.debug({ err: error }, 'LISTEN connection error'));
+    client.on('end', () => {
+      if (this.client === client) this.client = undefined;
+      if (!this.closed) void this.reconnect();
+    });
+    await client.connect();
+    await client.query('listen dw_outbox');
+    this.client = client;
+    // Rows may have been committed while we were not listening.
+    this.wake();
+  }
+
+  private async reconnect(): Promise<void> {
+    this.log.warn('LISTEN connection lost; polling until it is back');
+    for (let attempt = 0; !this.closed; attempt++) {
+      await sleep(Math.min(5000, 100 * 2 ** attempt), this.abort.signal);
+      try {
+        await this.connect();
+        this.log.info('LISTEN connection restored');
+        return;
+      } catch {
+        // keep trying, quietly: the relay loop reports the outage
+      }
+    }
+  }
+}

@@ -1,0 +1,142 @@
+import type { Redis } from 'ioredis';
+import type { Knex } from 'knex';
+import { ResilientAmqpConnection } from '../shared/amqp.js';
+import { crashPoint } from '../shared/crash-points.js';
+import { assertDatabaseReachable, createKnex, isConnectionError } from '../shared/db/knex.js';
+import { assertMigrated } from '../shared/db/migrate.js';
+import { outboxFailuresTotal, outboxRelayedTotal } from '../shared/metrics.js';
+import { claimOutboxBatch, markOutboxDelivered, markOutboxFailed } from '../shared/outbox.js';
+import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
+import { sleep } from '../shared/time.js';
+import { Destinations } from './destinations.js';
+import { type RelayOptions, type ResolvedRelayOptions, resolveRelayOptions } from './options.js';
+import { OutboxListener } from './outbox-listener.js';
+
+/**
+ * Drains the outbox: claim a batch (FOR UPDATE SKIP LOCKED, so relays share the work), deliver it,
+ * mark it delivered, commit. A crash after delivery and before the commit leaves the rows pending:
+ * they are delivered again, and BullMQ's job id (the outbox message id) absorbs the repeat.
+ */
+export class Relay {
+  private stopping = false;
+  private readonly loops: Promise<void>[] = [];
+  private readonly abort = new AbortController();
+  private outageLogged = false;
+
+  private constructor(
+    readonly options: ResolvedRelayOptions,
+    readonly knex: Knex,
+    private readonly ownsKnex: boolean,
+    private readonly redis: Redis,
+    private readonly amqp: ResilientAmqpConnection,
+    private readonly destinations: Destinations,
+    private readonly listener: OutboxListener,
+  ) {}
+
+  static async start(input: RelayOptions): Promise<Relay> {
+    const options = resolveRelayOptions(input);
+    const { config, logger: log } = options;
+    const knex =
+      options.knex ??
+      createKnex(config.databaseUrl, { poolMax: options.concurrency + 2, applicationName: 'dw-relay' });
+    const cleanups: Array<() => Promise<unknown>> = options.knex ? [] : [() => knex.destroy()];
+    try {
+      await assertDatabaseReachable(knex, config.databaseUrl);
+      await assertMigrated(knex);
+      await assertRedisReachable(config.redisUrl);
+      const redis = createRedis(config.redisUrl);
+      redis.on('error', () => {});
+      cleanups.push(async () => redis.disconnect());
+      await warnUnlessNoEviction(redis, log);
+      const amqp = new ResilientAmqpConnection(config.amqpUrl, { connectionName: 'dw-relay', logger: log });
+      cleanups.push(() => amqp.close());
+      await amqp.start();
+      const listener = new OutboxListener(config.databaseUrl, log);
+      cleanups.push(() => listener.close());
+      await listener.start();
+      const destinations = new Destinations(redis, config.bullmqPrefix, amqp, options.keepCompleted);
+      const relay = new Relay(options, knex, !options.knex, redis, amqp, destinations, listener);
+      for (let i = 0; i < options.concurrency; i++) relay.loops.push(relay.loop());
+      log.info({ batchSize: options.batchSize, concurrency: options.concurrency }, 'relay started');
+      return relay;
+    } catch (error) {
+      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+      throw error;
+    }
+  }
+
+  async health(): Promise<Record<string, boolean>> {
+    const postgres = await this.knex
+      .raw('select 1')
+      .then(() => true)
+      .catch(() => false);
+    return { postgres, redis: await redisHealthy(this.redis), rabbitmq: this.amqp.connected };
+  }
+
+  /** Lets the batches in flight finish (up to `graceMs`), then closes every connection. */
+  async stop(graceMs = this.options.shutdownGraceMs): Promise<boolean> {
+    if (this.stopping) return true;
+    this.stopping = true;
+    this.listener.wake();
+    const drained = await Promise.race([
+      Promise.all(this.loops).then(() => true),
+      sleep(graceMs).then(() => false),
+    ]);
+    this.abort.abort();
+    await this.listener.close();
+    await this.destinations.close();
+    await this.amqp.close();
+    this.redis.disconnect();
+    if (this.ownsKnex) await this.knex.destroy();
+    this.options.logger.info({ drained }, 'relay stopped');
+    return drained;
+  }
+
+  /** Claims and delivers one batch; returns how many rows it claimed. */
+  async drainOnce(): Promise<number> {
+    const { batchSize } = this.options;
+    return this.knex.transaction(async (trx) => {
+      const rows = await claimOutboxBatch(trx, batchSize);
+      if (rows.length === 0) return 0;
+      const { delivered, failed } = await this.destinations.deliver(rows);
+      crashPoint('relay:after-add-before-mark');
+      await markOutboxDelivered(trx, delivered);
+      for (const f of failed) {
+        await markOutboxFailed(trx, f.id, f.error, Math.min(60_000, 1000 * 2 ** f.attempts));
+      }
+      outboxRelayedTotal.inc({ kind: 'all' }, delivered.length);
+      if (failed.length) {
+        outboxFailuresTotal.inc(failed.length);
+        this.options.logger.warn({ failed }, 'some outbox rows could not be delivered; they will be retried');
+      }
+      return rows.length;
+    });
+  }
+
+  private async loop(): Promise<void> {
+    const { pollIntervalMs, batchSize, logger: log } = this.options;
+    let failures = 0;
+    while (!this.stopping) {
+      let claimed = 0;
+      try {
+        claimed = await this.drainOnce();
+        if (this.outageLogged) log.info('relay delivering again');
+        this.outageLogged = false;
+        failures = 0;
+      } catch (error) {
+        failures++;
+        if (!this.outageLogged) {
+          this.outageLogged = true;
+          log.warn(
+            { err: error, database: isConnectionError(error) },
+            'relay cannot deliver right now; retrying with backoff',
+          );
+        }
+        await sleep(Math.min(5000, 50 * 2 ** failures), this.abort.signal);
+        continue;
+      }
+      // A full batch means more is probably waiting: go on at once.
+      if (claimed < batchSize) await this.listener.wait(pollIntervalMs);
+    }
+  }
+}

@@ -1,0 +1,162 @@
+import type { Knex } from 'knex';
+import type { z } from 'zod';
+import type { Migration } from './db/migrate.js';
+import type { Envelope } from './envelope.js';
+import { DefinitionError } from './errors.js';
+import type { Logger } from './logger.js';
+import type { Destination } from './outbox.js';
+import { type RetryPolicy, type RetryPolicyInput, resolveRetryPolicy } from './retry-policy.js';
+import { type SagaDefinition, validateSaga } from './saga/definition.js';
+
+export interface SendOptions {
+  /** Message id of the outbox row (and so the BullMQ job id). Default: a new uuid. */
+  id?: string;
+  /** BullMQ: run the job after this many ms. */
+  delay?: number;
+}
+
+export interface StartSagaOptions {
+  /** Saga id; starting the same id twice is a no-op. Default: a new uuid. */
+  id?: string;
+}
+
+/** What a message handler receives next to the validated message. */
+export interface HandlerContext {
+  /** The transaction of this message: inbox row, the handler's writes and the outbox rows commit together. */
+  trx: Knex.Transaction;
+  envelope: Envelope;
+  log: Logger;
+  /** Adds an outbox message (a BullMQ job, or an AMQP publish) that is sent only if this transaction commits. */
+  send(destination: Destination, type: string, payload: unknown, options?: SendOptions): string;
+  /** Publishes an integration event on the app's exchange (routing key = type), through the outbox. */
+  publish(type: string, payload: unknown, options?: SendOptions): string;
+  /**
+   * Runs this app's handlers of `type` now, inside this transaction, under a savepoint: if they
+   * throw, their writes roll back to the savepoint and the error propagates unless caught.
+   */
+  dispatch(type: string, payload: unknown): Promise<void>;
+  /** Runs after the transaction committed (effects outside the database). Errors are logged. */
+  onCommit(fn: () => unknown): void;
+  /** Runs after the transaction (or the enclosing dispatch's savepoint) rolled back. */
+  onRollback(fn: (error: unknown) => unknown): void;
+  /** Starts a saga in this transaction: its row and first steps commit with the handler's writes. */
+  startSaga<State extends object>(
+    saga: SagaDefinition<State>,
+    input: State,
+    options?: StartSagaOptions,
+  ): Promise<{ id: string; started: boolean }>;
+}
+
+export interface HandlerOptions {
+  /** Retry policy of this message type. Default: the app's `retry`, else 2 immediate + 3 delayed retries. */
+  retry?: RetryPolicyInput;
+}
+
+export interface HandlerDefinition<S extends z.ZodType = z.ZodType> {
+  type: string;
+  schema: S;
+  handle: (message: z.output<S>, ctx: HandlerContext) => Promise<void> | void;
+  options: HandlerOptions;
+}
+
+/** Registers `handle` for messages of `type`; the payload is validated by `schema` before it is called. */
+export function defineHandler<S extends z.ZodType>(
+  type: string,
+  schema: S,
+  handle: (message: z.output<S>, ctx: HandlerContext) => Promise<void> | void,
+  options: HandlerOptions = {},
+): HandlerDefinition<S> {
+  return { type, schema, handle, options };
+}
+
+export interface AppInput {
+  /** Endpoint name: names the work queue (`<exchange>.<name>`) and the inbox consumer. Default "app". */
+  name?: string;
+  handlers?: readonly HandlerDefinition<z.ZodType>[];
+  // biome-ignore lint/suspicious/noExplicitAny: sagas of any state type live side by side
+  sagas?: readonly SagaDefinition<any>[];
+  /** The app's own tables, applied by `dw migrate` after durable-worker's. */
+  migrations?: readonly Migration[];
+  /** Retry policy of message types whose handlers set none. */
+  retry?: RetryPolicyInput;
+}
+
+export interface App {
+  name: string;
+  /** Handlers per message type, in registration order. */
+  handlers: ReadonlyMap<string, readonly HandlerDefinition<z.ZodType>[]>;
+  // biome-ignore lint/suspicious/noExplicitAny: see AppInput
+  sagas: ReadonlyMap<string, SagaDefinition<any>>;
+  migrations: readonly Migration[];
+  retryPolicyFor(type: string): RetryPolicy;
+}
+
+/** Builds an app, refusing definitions that cannot work (with a message that says which and why). */
+export function defineApp(input: AppInput): App {
+  const name = input.name ?? 'app';
+  if (!/^[A-Za-z0-9_.-]{1,100}$/.test(name)) {
+    throw new DefinitionError(`app name "${name}" may hold letters, digits, _ . - only`);
+  }
+  const handlers = new Map<string, HandlerDefinition<z.ZodType>[]>();
+  const policies = new Map<string, RetryPolicy>();
+  const appPolicy = resolveRetryPolicy(input.retry);
+  for (const h of input.handlers ?? []) {
+    if (!h.type || typeof h.handle !== 'function' || typeof h.schema?.safeParse !== 'function') {
+      throw new DefinitionError(`handler for "${h.type}" needs a type, a zod schema and a function`);
+    }
+    handlers.set(h.type, [...(handlers.get(h.type) ?? []), h]);
+    if (h.options.retry) {
+      if (policies.has(h.type)) {
+        throw new DefinitionError(`message type ${h.type} has retry policies on two handlers; set it on one`);
+      }
+      policies.set(h.type, resolveRetryPolicy(h.options.retry, appPolicy));
+    }
+  }
+  // biome-ignore lint/suspicious/noExplicitAny: see AppInput
+  const sagas = new Map<string, SagaDefinition<any>>();
+  for (const saga of input.sagas ?? []) {
+    validateSaga(saga);
+    if (sagas.has(saga.name)) throw new DefinitionError(`two sagas are named "${saga.name}"`);
+    sagas.set(saga.name, saga);
+  }
+  const migrationNames = new Set<string>();
+  for (const m of input.migrations ?? []) {
+    if (migrationNames.has(m.name)) throw new DefinitionError(`two migrations are named "${m.name}"`);
+    migrationNames.add(m.name);
+  }
+  return {
+    name,
+    handlers,
+    sagas,
+    migrations: input.migrations ?? [],
+    retryPolicyFor: (type) => policies.get(type) ?? appPolicy,
+  };
+}
+
+/** Loads the app a module exports (default export, or a named `app`). */
+export async function loadApp(specifier: string): Promise<App> {
+  const { pathToFileURL } = await import('node:url');
+  const { resolve } = await import('node:path');
+  const target =
+    specifier.startsWith('.') || specifier.startsWith('/')
+      ? pathToFileURL(resolve(specifier)).href
+      : specifier;
+  let mod: { default?: unknown; app?: unknown };
+  try {
+    mod = await import(target);
+  } catch (error) {
+    throw new DefinitionError(
+      `cannot load the app module "${specifier}" (DW_APP / --app): ${(error as Error).message}`,
+      {
+        cause: error,
+      },
+    );
+  }
+  const app = (mod.default ?? mod.app) as App | undefined;
+  if (!app || !(app.handlers instanceof Map)) {
+    throw new DefinitionError(
+      `module "${specifier}" must export an app built with defineApp() (default or "app")`,
+    );
+  }
+  return app;
+}

@@ -1,0 +1,25 @@
+import type { Command } from 'commander';
+import { loadApp } from '../app.js';
+import { redactUrl } from '../config.js';
+import { ensureDatabase, migrate } from '../db/migrate.js';
+import { config, withDatabase } from './infra.js';
+
+export function registerMigrate(program: Command): void {
+  program
+    .command('migrate')
+    .description("create the database if missing and apply durable-worker's and the app's migrations")
+    .option('--app <module>', 'app module whose migrations to apply too (default: DW_APP)')
+    .action(async (opts: { app?: string }) => {
+      const cfg = config();
+      const app = await loadApp(opts.app ?? cfg.app);
+      if (await ensureDatabase(cfg.databaseUrl)) {
+        process.stderr.write(`created database ${redactUrl(cfg.databaseUrl)}\n`);
+      }
+      const applied = await withDatabase(cfg, (knex) => migrate(knex, app.migrations));
+      process.stdout.write(
+        applied.length
+          ? `applied ${applied.length} migration(s): ${applied.join(', ')}\n`
+          : 'already up to date\n',
+      );
+    });
+}

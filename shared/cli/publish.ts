@@ -1,0 +1,61 @@
+import amqp from 'amqplib';
+import type { Command } from 'commander';
+import { redactUrl } from '../config.js';
+import type { OutgoingMessage } from '../envelope.js';
+import { ServiceUnavailableError, UsageError } from '../errors.js';
+import { assertExchange, publishMessages } from '../publisher.js';
+import { config } from './infra.js';
+import { integer, jsonArgument, printJson } from './parse.js';
+
+interface PublishOptions {
+  data: unknown;
+  id?: string;
+  correlationId?: string;
+  count: number;
+  json?: boolean;
+}
+
+export function registerPublish(program: Command): void {
+  program
+    .command('publish')
+    .description('publish messages to DW_EXCHANGE (routing key = type), waiting for publisher confirms')
+    .argument('<type>', 'message type, e.g. JoinMeeting')
+    .requiredOption('--data <json>', 'payload as JSON, or @file.json', jsonArgument)
+    .option('--id <id>', 'message id (default: a new uuid)')
+    .option('--correlation-id <id>', 'correlation id (default: the message id)')
+    .option(
+      '--count <n>',
+      'publish N messages with this payload (new ids), for load',
+      integer(1, 10_000_000),
+      1,
+    )
+    .option('--json', 'print {"published":[{"id","type"}]}')
+    .action(async (type: string, opts: PublishOptions) => {
+      if (opts.id && opts.count > 1)
+        throw new UsageError('--id names one message; it cannot go with --count > 1');
+      if (!/^[A-Za-z0-9_.:-]{1,255}$/.test(type)) {
+        throw new UsageError(`message type "${type}" may hold letters, digits and _ . : - only`);
+      }
+      const cfg = config();
+      let connection: amqp.ChannelModel;
+      try {
+        connection = await amqp.connect(cfg.amqpUrl, { clientProperties: { connection_name: 'dw publish' } });
+      } catch (error) {
+        throw new ServiceUnavailableError('RabbitMQ', redactUrl(cfg.amqpUrl), error);
+      }
+      try {
+        const channel = await connection.createConfirmChannel();
+        await assertExchange(channel, cfg.exchange);
+        const messages = function* (): Generator<OutgoingMessage> {
+          for (let i = 0; i < opts.count; i++) {
+            yield { type, payload: opts.data, id: opts.id, correlationId: opts.correlationId };
+          }
+        };
+        const published = await publishMessages(channel, cfg.exchange, messages());
+        if (opts.json) printJson({ published });
+        else process.stdout.write(`published ${published.length} ${type} message(s) to ${cfg.exchange}\n`);
+      } finally {
+        await connection.close().catch(() => {});
+      }
+    });
+}

@@ -1,0 +1,27 @@
+/**
+ * Test-only fault injection for the reliability suite. When DW_CRASH_POINTS lists a point's name,
+ * reaching that point kills the process with SIGKILL (with probability DW_CRASH_PROBABILITY,
+ * default 1), exactly at the risky instant. Unset in production, where this is a no-op.
+ */
+const points = new Set(
+  (process.env.DW_CRASH_POINTS ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean),
+);
+const probability = Number(process.env.DW_CRASH_PROBABILITY ?? '1');
+
+export type CrashPoint =
+  | 'worker:after-commit-before-ack'
+  | 'worker:after-dead-letter-before-ack'
+  | 'relay:after-add-before-mark'
+  | 'saga:after-step-commit'
+  | 'saga:during-compensation';
+
+export function crashPoint(name: CrashPoint): void {
+  if (points.size === 0 || !points.has(name)) return;
+  if (Math.random() < probability) {
+    process.stderr.write(`crash point ${name}: SIGKILL\n`);
+    process.kill(process.pid, 'SIGKILL');
+  }
+}

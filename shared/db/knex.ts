@@ -1,0 +1,78 @@
+import knexFactory, { type Knex } from 'knex';
+import pg from 'pg';
+import { redactUrl } from '../config.js';
+import { ServiceUnavailableError } from '../errors.js';
+
+export type { Knex };
+export type Transaction = Knex.Transaction;
+
+// bigint (int8) columns come back as strings by default; our ids and counts fit in a JS number.
+pg.types.setTypeParser(pg.types.builtins.INT8, (value: string) => Number.parseInt(value, 10));
+
+export interface DatabaseOptions {
+  /** Largest number of pooled connections. Default 10. */
+  poolMax?: number;
+  /** Name shown in pg_stat_activity, so operators (and tests) can tell our sessions apart. */
+  applicationName?: string;
+}
+
+export function createKnex(databaseUrl: string, options: DatabaseOptions = {}): Knex {
+  return knexFactory({
+    client: 'pg',
+    connection: {
+      connectionString: databaseUrl,
+      application_name: options.applicationName ?? 'durable-worker',
+    },
+    pool: { min: 0, max: options.poolMax ?? 10, idleTimeoutMillis: 30_000 },
+    acquireConnectionTimeout: 30_000,
+  });
+}
+
+/** Fails with a message naming PostgreSQL and its URL when the database cannot be reached. */
+export async function assertDatabaseReachable(knex: Knex, databaseUrl: string): Promise<void> {
+  try {
+    await knex.raw('select 1');
+  } catch (error) {
+    throw new ServiceUnavailableError('PostgreSQL', redactUrl(databaseUrl), error);
+  }
+}
+
+const connectionErrorCodes = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  '57P01', // admin_shutdown (pg_terminate_backend, restart)
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now (starting up)
+  '53300', // too_many_connections
+]);
+
+/**
+ * True when the error says the database went away rather than that the statement was wrong: such
+ * failures are retried without counting as an attempt of the handler or step.
+ */
+export function isConnectionError(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && (connectionErrorCodes.has(code) || code.startsWith('08'))) return true;
+    const message = e instanceof Error ? e.message : '';
+    if (
+      /Connection terminated|connection is closed|Client was closed|not queryable|Knex: Timeout acquiring a connection|terminating connection/i.test(
+        message,
+      )
+    ) {
+      return true;
+    }
+    if (e instanceof AggregateError) return e.errors.some(isConnectionError);
+  }
+  return false;
+}
+
+/** serialization_failure and deadlock_detected: the transaction can simply run again. */
+export function isSerializationError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === '40001' || code === '40P01';
+}

@@ -1,0 +1,150 @@
+import type { Knex } from 'knex';
+
+/**
+ * Where an outbox message goes: a BullMQ queue (a bare string is a queue name), or an AMQP exchange
+ * with a routing key (integration events for other services).
+ */
+export type Destination = string | { queue: string } | { exchange: string; routingKey: string };
+
+export type ResolvedDestination =
+  | { kind: 'bullmq'; queue: string }
+  | { kind: 'amqp'; exchange: string; routingKey: string };
+
+export function resolveDestination(destination: Destination): ResolvedDestination {
+  if (typeof destination === 'string') return { kind: 'bullmq', queue: destination };
+  if ('queue' in destination) return { kind: 'bullmq', queue: destination.queue };
+  return { kind: 'amqp', exchange: destination.exchange, routingKey: destination.routingKey };
+}
+
+/** BullMQ job options the relay passes on (a subset that is safe to set from a message). */
+export interface OutboxJobOptions {
+  delay?: number;
+  priority?: number;
+  attempts?: number;
+  backoff?: { type: 'fixed' | 'exponential'; delay: number };
+}
+
+export interface OutboxMessage {
+  messageId: string;
+  destination: ResolvedDestination;
+  type: string;
+  payload: unknown;
+  headers: Record<string, string>;
+  options?: OutboxJobOptions;
+}
+
+export interface OutboxRow extends OutboxMessage {
+  id: number;
+  attempts: number;
+}
+
+const table = 'dw_outbox';
+
+/** One multi-row insert; a message id already present (deterministic ids) is skipped. */
+export async function insertOutboxMessages(trx: Knex | Knex.Transaction, messages: readonly OutboxMessage[]) {
+  if (messages.length === 0) return;
+  await trx(table)
+    .insert(
+      messages.map((m) => ({
+        message_id: m.messageId,
+        destination_kind: m.destination.kind,
+        destination: m.destination.kind === 'bullmq' ? m.destination.queue : m.destination.exchange,
+        routing_key: m.destination.kind === 'amqp' ? m.destination.routingKey : null,
+        type: m.type,
+        payload: JSON.stringify(m.payload ?? null),
+        headers: JSON.stringify(m.headers),
+        options: JSON.stringify(m.options ?? {}),
+      })),
+    )
+    .onConflict('message_id')
+    .ignore();
+}
+
+interface OutboxDbRow {
+  id: number;
+  message_id: string;
+  destination_kind: 'bullmq' | 'amqp';
+  destination: string;
+  routing_key: string | null;
+  type: string;
+  payload: unknown;
+  headers: Record<string, string>;
+  options: OutboxJobOptions;
+  attempts: number;
+}
+
+/**
+ * Locks up to `limit` deliverable rows, oldest first. SKIP LOCKED lets several relays claim
+ * disjoint batches at once; the locks last until the caller's transaction ends.
+ */
+export async function claimOutboxBatch(trx: Knex.Transaction, limit: number): Promise<OutboxRow[]> {
+  const rows: OutboxDbRow[] = await trx(table)
+    .select(
+      'id',
+      'message_id',
+      'destination_kind',
+      'destination',
+      'routing_key',
+      'type',
+      'payload',
+      'headers',
+    )
+    .select('options', 'attempts')
+    .whereNull('delivered_at')
+    .andWhere('available_at', '<=', trx.fn.now())
+    .orderBy('id')
+    .limit(limit)
+    .forUpdate()
+    .skipLocked();
+  return rows.map((r) => ({
+    id: r.id,
+    messageId: r.message_id,
+    destination:
+      r.destination_kind === 'bullmq'
+        ? { kind: 'bullmq', queue: r.destination }
+        : { kind: 'amqp', exchange: r.destination, routingKey: r.routing_key ?? '' },
+    type: r.type,
+    payload: r.payload,
+    headers: r.headers,
+    options: r.options,
+    attempts: r.attempts,
+  }));
+}
+
+export async function markOutboxDelivered(trx: Knex.Transaction, ids: readonly number[]): Promise<void> {
+  if (ids.length === 0) return;
+  await trx(table).whereIn('id', ids).update({ delivered_at: trx.fn.now() });
+}
+
+/** Keeps the row pending but out of the way until `retryInMs` has passed, so it blocks nothing. */
+export async function markOutboxFailed(
+  trx: Knex.Transaction,
+  id: number,
+  error: string,
+  retryInMs: number,
+): Promise<void> {
+  // make_interval keeps the delay a bound parameter.
+  await trx.raw(
+    `update ${table} set attempts = attempts + 1, last_error = ?,
+       available_at = now() + make_interval(secs => ?) where id = ?`,
+    [error.slice(0, 2000), retryInMs / 1000, id],
+  );
+}
+
+export interface OutboxBacklog {
+  pending: number;
+  oldestPendingAgeSeconds: number | null;
+  failing: number;
+}
+
+export async function outboxBacklog(knex: Knex): Promise<OutboxBacklog> {
+  // One pass over the pending partial index.
+  const { rows } = await knex.raw<{ rows: [{ pending: number; oldest: number | null; failing: number }] }>(
+    `select count(*)::int as pending,
+            extract(epoch from now() - min(created_at))::float8 as oldest,
+            count(*) filter (where attempts > 0)::int as failing
+       from ${table} where delivered_at is null`,
+  );
+  const row = rows[0];
+  return { pending: row.pending, oldestPendingAgeSeconds: row.oldest, failing: row.failing };
+}

@@ -1,0 +1,69 @@
+import { createServer, type Server } from 'node:http';
+import type { Logger } from './logger.js';
+import { collectProcessMetrics, dependencyUp, registry } from './metrics.js';
+
+export interface Stoppable {
+  stop(graceMs?: number): Promise<boolean>;
+  health(): Promise<Record<string, boolean>>;
+}
+
+/**
+ * Two-stage shutdown: the first SIGTERM/SIGINT stops gracefully (exit 0 once drained, 1 if the
+ * grace time ran out); a second signal exits at once, leaving in-flight messages to redelivery.
+ */
+export function handleSignals(component: Stoppable, log: Logger, onStopped?: () => Promise<void>): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now; in-flight work will be redelivered');
+      process.exit(130);
+    }
+    stopping = true;
+    log.info({ signal }, 'shutting down gracefully (send the signal again to force)');
+    void component
+      .stop()
+      .then(async (drained) => {
+        await onStopped?.();
+        process.exit(drained ? 0 : 1);
+      })
+      .catch((error) => {
+        log.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      });
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+/**
+ * `/healthz` (200 when every dependency answers, 503 with the list otherwise) and `/metrics`
+ * (Prometheus text format).
+ */
+export async function startHealthServer(component: Stoppable, port: number, log: Logger): Promise<Server> {
+  collectProcessMetrics();
+  const server = createServer((req, res) => {
+    if (req.url === '/healthz' || req.url === '/readyz') {
+      void component.health().then((deps) => {
+        for (const [dependency, up] of Object.entries(deps)) dependencyUp.set({ dependency }, up ? 1 : 0);
+        const ok = Object.values(deps).every(Boolean);
+        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ status: ok ? 'ok' : 'degraded', dependencies: deps }));
+      });
+      return;
+    }
+    if (req.url === '/metrics') {
+      void registry.metrics().then((text) => {
+        res.writeHead(200, { 'content-type': registry.contentType });
+        res.end(text);
+      });
+      return;
+    }
+    res.writeHead(404).end();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '0.0.0.0', resolve);
+  });
+  log.info({ port }, 'health endpoint listening on /healthz and /metrics');
+  return server;
+}

@@ -1,0 +1,77 @@
+import { isRetryable } from './errors.js';
+
+/**
+ * How a failing message is retried: first `immediateRetries` attempts at once in the same process,
+ * then `delayed.count` attempts after exponentially growing delays (through RabbitMQ retry queues),
+ * then the dead letters. Attempts in all: 1 + immediateRetries + delayed.count.
+ */
+export interface RetryPolicy {
+  /** Retries right away in the same process. Default 2. */
+  immediateRetries: number;
+  delayed: {
+    /** Retries after a delay. Default 3. */
+    count: number;
+    /** First delay in ms. Default 1000. */
+    initialMs: number;
+    /** Growth per retry. Default 2. */
+    factor: number;
+    /** Cap on one delay in ms. Default 300000 (5 minutes). */
+    maxMs: number;
+    /** Spread each delay by ± this fraction, so retries of many messages do not arrive in step. Default 0.1. */
+    jitter: number;
+  };
+}
+
+export type RetryPolicyInput = {
+  immediateRetries?: number;
+  delayed?: Partial<RetryPolicy['delayed']>;
+};
+
+export const defaultRetryPolicy: RetryPolicy = {
+  immediateRetries: 2,
+  delayed: { count: 3, initialMs: 1000, factor: 2, maxMs: 300_000, jitter: 0.1 },
+};
+
+export function resolveRetryPolicy(
+  input: RetryPolicyInput | undefined,
+  base = defaultRetryPolicy,
+): RetryPolicy {
+  return {
+    immediateRetries: input?.immediateRetries ?? base.immediateRetries,
+    delayed: { ...base.delayed, ...input?.delayed },
+  };
+}
+
+export type RetryDecision =
+  | { kind: 'immediate'; nextAttempt: number }
+  | { kind: 'delayed'; nextAttempt: number; delayMs: number; tierMs: number }
+  | { kind: 'dead-letter'; why: 'non-retryable' | 'exhausted' };
+
+/**
+ * What to do after attempt `attempt` (1-based) failed with `error`. Pure: `random` is injected so
+ * the jitter can be tested.
+ */
+export function decideRetry(
+  policy: RetryPolicy,
+  attempt: number,
+  error: unknown,
+  random: () => number = Math.random,
+): RetryDecision {
+  if (!isRetryable(error)) return { kind: 'dead-letter', why: 'non-retryable' };
+  if (attempt <= policy.immediateRetries) return { kind: 'immediate', nextAttempt: attempt + 1 };
+  const delayIndex = attempt - 1 - policy.immediateRetries;
+  if (delayIndex >= policy.delayed.count) return { kind: 'dead-letter', why: 'exhausted' };
+  const { initialMs, factor, maxMs, jitter } = policy.delayed;
+  const tierMs = Math.min(maxMs, Math.round(initialMs * factor ** delayIndex));
+  const spread = tierMs * jitter * (2 * random() - 1);
+  return {
+    kind: 'delayed',
+    nextAttempt: attempt + 1,
+    tierMs,
+    delayMs: Math.max(1, Math.round(tierMs + spread)),
+  };
+}
+
+export function maxAttempts(policy: RetryPolicy): number {
+  return 1 + policy.immediateRetries + policy.delayed.count;
+}

@@ -1,0 +1,15 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    setupFiles: ['test/support/leak-check.ts'],
+    // Files are isolated (own database, exchange, queues, BullMQ prefix), so two run side by side.
+    pool: 'forks',
+    maxWorkers: 2,
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    // Timing on a loaded 2-core machine varies; tests wait for conditions, never for fixed times.
+    retry: 0,
+  },
+});

@@ -1,0 +1,299 @@
+import type { Knex } from 'knex';
+import type { z } from 'zod';
+import type { App } from '../shared/app.js';
+import { crashPoint } from '../shared/crash-points.js';
+import { isConnectionError, isSerializationError } from '../shared/db/knex.js';
+import { type DeadLetterReason, deadLetterExists, storeDeadLetter } from '../shared/dead-letters.js';
+import { type Envelope, Headers, type IncomingMessage } from '../shared/envelope.js';
+import { type ErrorInfo, InvalidMessageError, toErrorInfo } from '../shared/errors.js';
+import { bumpDeliveryCount, insertInboxRow } from '../shared/inbox.js';
+import type { Logger } from '../shared/logger.js';
+import { handlerSeconds, messagesTotal } from '../shared/metrics.js';
+import { insertOutboxMessages } from '../shared/outbox.js';
+import { decideRetry } from '../shared/retry-policy.js';
+import { sleep } from '../shared/time.js';
+import type { RetryQueues } from './retry-queues.js';
+import { UnitOfWork } from './unit-of-work.js';
+
+/** What the consumer does with the delivery: everything but `requeue` is acked. */
+export type Outcome = 'handled' | 'duplicate' | 'retry-scheduled' | 'dead-lettered' | 'requeue';
+
+export interface ProcessorDeps {
+  app: App;
+  knex: Knex;
+  /** Inbox consumer name and the work queue (dead letters are replayed there). */
+  queue: string;
+  exchange: string;
+  retryQueues: RetryQueues;
+  maxMessageBytes: number;
+  maxDeliveries: number;
+  log: Logger;
+  /** Aborted on shutdown: outage backoffs stop waiting and the message is requeued. */
+  signal: AbortSignal;
+}
+
+class DeadLetter {
+  constructor(
+    readonly reason: DeadLetterReason,
+    readonly error: ErrorInfo,
+  ) {}
+}
+
+/**
+ * Handles one message end to end: validation at the edge, then one transaction with the inbox row,
+ * the handlers' writes and the outbox rows; immediate retries in process, delayed retries through
+ * RabbitMQ, the dead letters when retries are exhausted or cannot help. A database outage is waited
+ * out without spending attempts, so it never sends good messages to the dead letters.
+ */
+export class MessageProcessor {
+  constructor(private readonly deps: ProcessorDeps) {}
+
+  async process(incoming: IncomingMessage): Promise<Outcome> {
+    const started = process.hrtime.bigint();
+    const outcome = await this.processInner(incoming);
+    messagesTotal.inc({ outcome });
+    if (outcome === 'handled') handlerSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    return outcome;
+  }
+
+  private async processInner(incoming: IncomingMessage): Promise<Outcome> {
+    const log = this.deps.log.child({ messageId: incoming.id, type: incoming.type });
+    const validated = this.validate(incoming);
+    if (validated instanceof DeadLetter) {
+      log.warn(
+        { reason: validated.reason, error: validated.error.message },
+        'invalid message: dead-lettered',
+      );
+      return this.deadLetter(incoming, validated, undefined, log);
+    }
+    if (incoming.redelivered) {
+      const verdict = await this.withOutageRetry(() => this.checkRedelivery(incoming), log);
+      if (verdict === 'requeue' || verdict === 'dead-lettered') return verdict;
+      if (verdict instanceof DeadLetter) {
+        log.error({ reason: verdict.reason, error: verdict.error.message }, 'poison message: dead-lettered');
+        return this.deadLetter(incoming, verdict, validated.payload, log);
+      }
+    }
+
+    const policy = this.deps.app.retryPolicyFor(validated.type);
+    const envelope: Envelope = {
+      id: incoming.id,
+      type: validated.type,
+      correlationId: incoming.correlationId,
+      causationId: incoming.causationId,
+      traceparent: incoming.traceparent,
+      attempt: incoming.attempt,
+      timestamp: incoming.timestamp,
+      headers: incoming.headers,
+    };
+    for (;;) {
+      const result = await this.withOutageRetry(
+        () => this.runTransaction(envelope, validated.payloads, log),
+        log,
+      );
+      if (result === 'handled' || result === 'duplicate' || result === 'requeue') {
+        if (result !== 'requeue') crashPoint('worker:after-commit-before-ack');
+        return result;
+      }
+      const error = result.error;
+      const decision = decideRetry(policy, envelope.attempt, error);
+      if (decision.kind === 'immediate') {
+        log.warn({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
+        envelope.attempt = decision.nextAttempt;
+        continue;
+      }
+      if (decision.kind === 'delayed') {
+        log.warn(
+          { err: error, attempt: envelope.attempt, delayMs: decision.delayMs },
+          'handler failed; retrying after a delay',
+        );
+        try {
+          await this.deps.retryQueues.schedule(decision.tierMs, decision.delayMs, incoming.body, {
+            messageId: incoming.id,
+            type: incoming.type,
+            correlationId: incoming.correlationId,
+            contentType: 'application/json',
+            timestamp: Math.floor(incoming.timestamp.getTime() / 1000),
+            persistent: true,
+            headers: {
+              ...incoming.headers,
+              [Headers.attempt]: decision.nextAttempt,
+              [Headers.firstFailedAt]: String(
+                incoming.headers[Headers.firstFailedAt] ?? new Date().toISOString(),
+              ),
+            },
+          });
+          return 'retry-scheduled';
+        } catch (publishError) {
+          // The broker went away: leave the message unacked; it comes back with the same attempt.
+          log.warn({ err: publishError }, 'could not schedule the retry; the message will be redelivered');
+          return 'requeue';
+        }
+      }
+      log.error(
+        { err: error, attempt: envelope.attempt, why: decision.why },
+        'handler failed for good: dead-lettered',
+      );
+      return this.deadLetter(
+        { ...incoming, attempt: envelope.attempt },
+        new DeadLetter('handler-failed', toErrorInfo(error)),
+        validated.payload,
+        log,
+      );
+    }
+  }
+
+  /** Checks at the edge; nothing here touches the database. */
+  private validate(
+    incoming: IncomingMessage,
+  ): DeadLetter | { type: string; payload: unknown; payloads: unknown[] } {
+    if (incoming.body.length > this.deps.maxMessageBytes) {
+      return new DeadLetter(
+        'invalid-payload',
+        toErrorInfo(
+          new InvalidMessageError(
+            'invalid-payload',
+            `message body is ${incoming.body.length} bytes, over the limit of ${this.deps.maxMessageBytes} (WorkerOptions.maxMessageBytes)`,
+          ),
+        ),
+      );
+    }
+    let payload: unknown;
+    try {
+      payload = JSON.parse(incoming.body.toString('utf8'));
+    } catch (error) {
+      return new DeadLetter(
+        'invalid-json',
+        toErrorInfo(new InvalidMessageError('invalid-json', `body is not JSON: ${(error as Error).message}`)),
+      );
+    }
+    const type = incoming.type;
+    const handlers = type ? this.deps.app.handlers.get(type) : undefined;
+    if (!type || !handlers?.length) {
+      return new DeadLetter(
+        'unknown-type',
+        toErrorInfo(
+          new InvalidMessageError(
+            'unknown-type',
+            type
+              ? `no handler for message type "${type}" in app ${this.deps.app.name}`
+              : 'message has neither a type property nor a routing key',
+          ),
+        ),
+      );
+    }
+    const payloads: unknown[] = [];
+    for (const handler of handlers) {
+      const parsed = (handler.schema as z.ZodType).safeParse(payload);
+      if (!parsed.success) {
+        const issues = parsed.error.issues
+          .map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`)
+          .join('; ');
+        return new DeadLetter(
+          'invalid-payload',
+          toErrorInfo(
+            new InvalidMessageError(
+              'invalid-payload',
+              `${type} payload does not match its schema: ${issues}`,
+            ),
+          ),
+        );
+      }
+      payloads.push(parsed.data);
+    }
+    return { type, payload, payloads };
+  }
+
+  /**
+   * A redelivered message either was in flight when a worker died, or kills the worker each time.
+   * Count such deliveries; past `maxDeliveries` it is poison. An entry already in the dead letters
+   * means the process died between storing it and acking: just ack.
+   */
+  private async checkRedelivery(incoming: IncomingMessage): Promise<DeadLetter | 'dead-lettered' | 'ok'> {
+    const { knex, queue, maxDeliveries } = this.deps;
+    if (!incoming.headers[Headers.replayedFrom] && (await deadLetterExists(knex, queue, incoming.id))) {
+      return 'dead-lettered';
+    }
+    const count = await bumpDeliveryCount(knex, queue, incoming.id);
+    if (count > maxDeliveries) {
+      return new DeadLetter('handler-failed', {
+        message: `poison message: handling it stopped the worker ${count - 1} times without finishing (limit ${maxDeliveries}, WorkerOptions.maxDeliveries)`,
+        name: 'PoisonMessageError',
+      });
+    }
+    return 'ok';
+  }
+
+  private async runTransaction(
+    envelope: Envelope,
+    payloads: readonly unknown[],
+    log: Logger,
+  ): Promise<'handled' | 'duplicate' | { error: unknown }> {
+    const { knex, app, exchange, queue } = this.deps;
+    const uow = new UnitOfWork(app, exchange, log);
+    let result: 'handled' | 'duplicate';
+    try {
+      result = await knex.transaction(async (trx) => {
+        if (!(await insertInboxRow(trx, queue, envelope.id))) return 'duplicate';
+        await uow.runHandlers(trx, envelope, payloads);
+        await insertOutboxMessages(trx, uow.outbox);
+        return 'handled';
+      });
+    } catch (error) {
+      await uow.afterRollback(error);
+      if (isConnectionError(error) || isSerializationError(error)) throw error;
+      return { error };
+    }
+    if (result === 'handled') await uow.afterCommit();
+    else log.debug('duplicate message: already processed, no effect');
+    return result;
+  }
+
+  private async deadLetter(
+    incoming: IncomingMessage,
+    dead: DeadLetter,
+    payload: unknown,
+    log: Logger,
+  ): Promise<Outcome> {
+    const { knex, queue } = this.deps;
+    const firstFailedAt = incoming.headers[Headers.firstFailedAt];
+    const result = await this.withOutageRetry(async () => {
+      await storeDeadLetter(knex, {
+        source: 'amqp',
+        queue,
+        messageId: incoming.id,
+        type: incoming.type ?? null,
+        reason: dead.reason,
+        error: dead.error,
+        attempts: incoming.attempt,
+        firstFailedAt: typeof firstFailedAt === 'string' ? new Date(firstFailedAt) : undefined,
+        payload,
+        body: payload === undefined ? incoming.body : undefined,
+        headers: incoming.headers,
+        properties: { correlationId: incoming.correlationId, timestamp: incoming.timestamp.toISOString() },
+      });
+      return 'dead-lettered' as const;
+    }, log);
+    if (result === 'dead-lettered') crashPoint('worker:after-dead-letter-before-ack');
+    return result;
+  }
+
+  /**
+   * Runs `fn` until it stops failing for lack of a database (outage, restart, terminated session,
+   * serialization conflict), backing off up to 5 s. Returns 'requeue' if shutdown starts meanwhile.
+   */
+  private async withOutageRetry<T>(fn: () => Promise<T>, log: Logger): Promise<T | 'requeue'> {
+    for (let attempt = 0; ; attempt++) {
+      if (this.deps.signal.aborted) return 'requeue';
+      try {
+        return await fn();
+      } catch (error) {
+        if (!isConnectionError(error) && !isSerializationError(error)) throw error;
+        if (attempt === 0 && !isSerializationError(error)) {
+          log.warn({ err: error }, 'database unavailable; holding the message until it is back');
+        }
+        await sleep(Math.min(5000, 50 * 2 ** attempt), this.deps.signal);
+      }
+    }
+  }
+}

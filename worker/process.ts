@@ -1,0 +1,21 @@
+import { loadApp } from '../shared/app.js';
+import type { Config } from '../shared/config.js';
+import { createLogger } from '../shared/logger.js';
+import { handleSignals, startHealthServer } from '../shared/process-lifecycle.js';
+import type { WorkerOptions } from './options.js';
+import { Worker } from './worker.js';
+
+/** `dw worker`: loads the app, starts a worker, serves `/healthz`, stops on SIGTERM (twice: at once). */
+export async function runWorkerProcess(
+  config: Config,
+  overrides: Partial<Omit<WorkerOptions, 'app' | 'config' | 'logger'>> & { app?: string },
+): Promise<void> {
+  const log = createLogger({ level: config.logLevel, name: 'worker' });
+  const { app: appModule, ...options } = overrides;
+  const app = await loadApp(appModule ?? config.app);
+  const worker = await Worker.start({ ...options, app, config, logger: log });
+  const server = config.healthPort ? await startHealthServer(worker, config.healthPort, log) : undefined;
+  handleSignals(worker, log, async () => {
+    server?.close();
+  });
+}

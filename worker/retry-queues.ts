@@ -1,0 +1,41 @@
+import type { ResilientAmqpConnection } from '../shared/amqp.js';
+import { publishConfirmed } from '../shared/amqp.js';
+
+/**
+ * Delayed retries without a broker plugin: one queue per delay tier (`<queue>.retry.<ms>ms`), with
+ * no consumer; a copy published there with a per-message expiration is dead-lettered back to the
+ * work queue through the default exchange when it expires.
+ */
+export class RetryQueues {
+  private readonly declared = new Set<string>();
+
+  constructor(
+    private readonly amqp: ResilientAmqpConnection,
+    private readonly workQueue: string,
+  ) {
+    amqp.on('disconnected', () => this.declared.clear());
+  }
+
+  queueName(tierMs: number): string {
+    return `${this.workQueue}.retry.${tierMs}ms`;
+  }
+
+  /** Publishes `content` to the tier's retry queue, to come back after `delayMs`; resolves when confirmed. */
+  async schedule(
+    tierMs: number,
+    delayMs: number,
+    content: Buffer,
+    properties: Parameters<ResilientAmqpConnection['publish']>[3],
+  ): Promise<void> {
+    const channel = await this.amqp.confirmChannel();
+    const name = this.queueName(tierMs);
+    if (!this.declared.has(name)) {
+      await channel.assertQueue(name, {
+        durable: true,
+        arguments: { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': this.workQueue },
+      });
+      this.declared.add(name);
+    }
+    await publishConfirmed(channel, '', name, content, { ...properties, expiration: String(delayMs) });
+  }
+}

@@ -1,0 +1,161 @@
+import { randomUUID } from 'node:crypto';
+import type { Knex } from 'knex';
+import type { App, HandlerContext, SendOptions } from '../shared/app.js';
+import type { Envelope } from '../shared/envelope.js';
+import { NonRetryableError } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+import { type Destination, type OutboxMessage, resolveDestination } from '../shared/outbox.js';
+import { startSaga } from '../shared/saga/start.js';
+
+/**
+ * Outbox messages and hooks gathered by handlers, per savepoint level: a dispatch that rolls back
+ * to its savepoint drops its outbox messages and commit hooks, and runs its rollback hooks.
+ */
+class Scope {
+  readonly outbox: OutboxMessage[] = [];
+  readonly commitHooks: Array<() => unknown> = [];
+  readonly rollbackHooks: Array<(error: unknown) => unknown> = [];
+
+  absorb(child: Scope): void {
+    this.outbox.push(...child.outbox);
+    this.commitHooks.push(...child.commitHooks);
+    this.rollbackHooks.push(...child.rollbackHooks);
+  }
+}
+
+/** The work of one message in one transaction: its handlers, their outbox messages and hooks. */
+export class UnitOfWork {
+  private readonly root = new Scope();
+
+  constructor(
+    private readonly app: App,
+    private readonly exchange: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Outbox messages to insert before commit. */
+  get outbox(): readonly OutboxMessage[] {
+    return this.root.outbox;
+  }
+
+  /** Runs every handler of the envelope's type with `payloads[i]` validated for handler i. */
+  async runHandlers(trx: Knex.Transaction, envelope: Envelope, payloads: readonly unknown[]): Promise<void> {
+    await this.runIn(this.root, trx, envelope, payloads);
+  }
+
+  async afterCommit(): Promise<void> {
+    for (const hook of this.root.commitHooks) {
+      try {
+        await hook();
+      } catch (error) {
+        this.log.error({ err: error }, 'an onCommit hook failed (the transaction is committed)');
+      }
+    }
+  }
+
+  async afterRollback(error: unknown): Promise<void> {
+    await runRollbackHooks(this.root, error, this.log);
+  }
+
+  private async runIn(
+    scope: Scope,
+    trx: Knex.Transaction,
+    envelope: Envelope,
+    payloads: readonly unknown[],
+  ): Promise<void> {
+    const handlers = this.app.handlers.get(envelope.type) ?? [];
+    const ctx = this.context(scope, trx, envelope);
+    for (const [i, handler] of handlers.entries()) {
+      await handler.handle(payloads[i], ctx);
+    }
+  }
+
+  private context(scope: Scope, trx: Knex.Transaction, envelope: Envelope): HandlerContext {
+    const headers = (): Record<string, string> => ({
+      correlationId: envelope.correlationId,
+      causationId: envelope.id,
+      ...(envelope.traceparent ? { traceparent: envelope.traceparent } : {}),
+    });
+    const send = (destination: Destination, type: string, payload: unknown, options: SendOptions = {}) => {
+      const messageId = options.id ?? randomUUID();
+      scope.outbox.push({
+        messageId,
+        destination: resolveDestination(destination),
+        type,
+        payload,
+        headers: headers(),
+        ...(options.delay ? { options: { delay: options.delay } } : {}),
+      });
+      return messageId;
+    };
+    return {
+      trx,
+      envelope,
+      log: this.log,
+      send,
+      publish: (type, payload, options) =>
+        send({ exchange: this.exchange, routingKey: type }, type, payload, options),
+      dispatch: (type, payload) => this.dispatch(scope, trx, envelope, type, payload),
+      onCommit: (fn) => {
+        scope.commitHooks.push(fn);
+      },
+      onRollback: (fn) => {
+        scope.rollbackHooks.push(fn);
+      },
+      startSaga: async (saga, input, options = {}) => {
+        const started = await startSaga(trx, {
+          saga,
+          input,
+          id: options.id,
+          correlationId: envelope.correlationId,
+          causationId: envelope.id,
+        });
+        scope.outbox.push(...started.outbox);
+        return { id: started.id, started: started.started };
+      },
+    };
+  }
+
+  private async dispatch(
+    parent: Scope,
+    trx: Knex.Transaction,
+    parentEnvelope: Envelope,
+    type: string,
+    payload: unknown,
+  ): Promise<void> {
+    const handlers = this.app.handlers.get(type);
+    if (!handlers?.length)
+      throw new NonRetryableError(`dispatch: this app has no handler for message type ${type}`);
+    const payloads = handlers.map((h) => {
+      const parsed = h.schema.safeParse(payload);
+      if (!parsed.success)
+        throw new NonRetryableError(`dispatch: invalid ${type} payload: ${parsed.error.message}`);
+      return parsed.data;
+    });
+    const envelope: Envelope = {
+      ...parentEnvelope,
+      id: randomUUID(),
+      type,
+      causationId: parentEnvelope.id,
+    };
+    const scope = new Scope();
+    try {
+      // A nested knex transaction is a savepoint inside the message's transaction.
+      await trx.transaction((savepoint) => this.runIn(scope, savepoint, envelope, payloads));
+    } catch (error) {
+      await runRollbackHooks(scope, error, this.log);
+      throw error;
+    }
+    parent.absorb(scope);
+  }
+}
+
+async function runRollbackHooks(scope: Scope, error: unknown, log: Logger): Promise<void> {
+  for (const hook of scope.rollbackHooks) {
+    try {
+      await hook(error);
+    } catch (hookError) {
+      log.error({ err: hookError }, 'an onRollback hook failed');
+    }
+  }
+}

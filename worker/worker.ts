@@ -1,0 +1,139 @@
+import type { Knex } from 'knex';
+import { ResilientAmqpConnection } from '../shared/amqp.js';
+import { assertDatabaseReachable, createKnex } from '../shared/db/knex.js';
+import { assertMigrated } from '../shared/db/migrate.js';
+import { startHousekeeping } from '../shared/housekeeping.js';
+import { Consumer } from './consumer.js';
+import { MessageProcessor } from './message-processor.js';
+import { type ResolvedWorkerOptions, resolveWorkerOptions, type WorkerOptions } from './options.js';
+import { RetryQueues } from './retry-queues.js';
+import { type SagaRunner, startSagaRunner } from './saga-runner.js';
+
+/**
+ * A worker: the AMQP consumer with its handler pipeline, the saga step runner and housekeeping,
+ * sharing one Postgres pool. `Worker.start` fails fast, naming any service it cannot reach.
+ */
+export class Worker {
+  private stopped: Promise<boolean> | undefined;
+
+  private constructor(
+    readonly options: ResolvedWorkerOptions,
+    readonly knex: Knex,
+    private readonly ownsKnex: boolean,
+    private readonly amqp: ResilientAmqpConnection,
+    private readonly consumer: Consumer,
+    private readonly sagaRunner: SagaRunner | undefined,
+    private readonly housekeeping: { stop(): Promise<void> },
+    /** Aborted once the grace time is over: outage backoffs stop waiting. */
+    private readonly abort: AbortController,
+  ) {}
+
+  static async start(input: WorkerOptions): Promise<Worker> {
+    const options = resolveWorkerOptions(input);
+    const { config, app, logger: log } = options;
+    const knex =
+      options.knex ??
+      createKnex(config.databaseUrl, { poolMax: options.poolMax, applicationName: 'dw-worker' });
+    const cleanups: Array<() => Promise<unknown>> = options.knex ? [] : [() => knex.destroy()];
+    try {
+      await assertDatabaseReachable(knex, config.databaseUrl);
+      await assertMigrated(knex, app.migrations);
+      const amqp = new ResilientAmqpConnection(config.amqpUrl, {
+        connectionName: `dw-worker ${app.name}`,
+        logger: log,
+      });
+      cleanups.push(() => amqp.close());
+      await amqp.start();
+      const abort = new AbortController();
+      const processor = new MessageProcessor({
+        app,
+        knex,
+        queue: options.queue,
+        exchange: config.exchange,
+        retryQueues: new RetryQueues(amqp, options.queue),
+        maxMessageBytes: options.maxMessageBytes,
+        maxDeliveries: options.maxDeliveries,
+        log,
+        signal: abort.signal,
+      });
+      const consumer = new Consumer(
+        amqp,
+        {
+          exchange: config.exchange,
+          queue: options.queue,
+          types: [...app.handlers.keys()],
+          concurrency: options.concurrency,
+          prefetch: options.prefetch,
+        },
+        processor,
+        log,
+      );
+      const sagaRunner = await startSagaRunner({
+        app,
+        knex,
+        redisUrl: config.redisUrl,
+        bullmqPrefix: config.bullmqPrefix,
+        concurrency: options.sagaConcurrency,
+        sweepIntervalMs: options.sagaSweepIntervalMs,
+        staleAfterMs: options.sagaStaleAfterMs,
+        log,
+      });
+      if (sagaRunner) cleanups.push(() => sagaRunner.stop(0));
+      if (app.handlers.size > 0) await consumer.start();
+      const housekeeping = startHousekeeping(knex, {
+        intervalMs: options.housekeepingIntervalMs,
+        dedupWindowMs: options.dedupWindowMs,
+        log,
+      });
+      const worker = new Worker(
+        options,
+        knex,
+        !options.knex,
+        amqp,
+        consumer,
+        sagaRunner,
+        housekeeping,
+        abort,
+      );
+      log.info({ app: app.name, queue: options.queue, concurrency: options.concurrency }, 'worker started');
+      return worker;
+    } catch (error) {
+      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+      throw error;
+    }
+  }
+
+  /** Which dependencies answer right now (for `/healthz`). */
+  async health(): Promise<Record<string, boolean>> {
+    const database = await this.knex
+      .raw('select 1')
+      .then(() => true)
+      .catch(() => false);
+    const result: Record<string, boolean> = { postgres: database, rabbitmq: this.amqp.connected };
+    if (this.sagaRunner) result.redis = await this.sagaRunner.healthy();
+    return result;
+  }
+
+  /**
+   * Graceful stop: no new messages or steps; started ones get `graceMs` to finish, then whatever
+   * is still running is abandoned unacked (redelivery covers it). True when everything finished.
+   */
+  stop(graceMs = this.options.shutdownGraceMs): Promise<boolean> {
+    this.stopped ??= (async () => {
+      const log = this.options.logger;
+      log.info({ graceMs }, 'worker stopping');
+      const started = Date.now();
+      const [drained] = await Promise.all([
+        this.consumer.stop(graceMs),
+        this.sagaRunner?.stop(graceMs),
+        this.housekeeping.stop(),
+      ]);
+      this.abort.abort();
+      await this.amqp.close();
+      if (this.ownsKnex) await this.knex.destroy();
+      log.info({ drained, ms: Date.now() - started }, 'worker stopped');
+      return drained;
+    })();
+    return this.stopped;
+  }
+}
