@@ -10,18 +10,25 @@ export async function publishMessages(
   channel: ConfirmChannel,
   exchange: string,
   messages: Iterable<OutgoingMessage>,
-): Promise<Array<{ id: string; type: string }>> {
+  options: { mandatory?: boolean } = {},
+): Promise<{ published: Array<{ id: string; type: string }>; unroutable: number }> {
   const published: Array<{ id: string; type: string }> = [];
   const confirms: Promise<void>[] = [];
+  // With `mandatory`, the broker returns messages no queue is bound for (before confirming them).
+  let unroutable = 0;
+  const onReturn = () => {
+    unroutable++;
+  };
+  if (options.mandatory) channel.on('return', onReturn);
   for (const message of messages) {
-    const options = publishOptions(message);
+    const properties = publishOptions(message);
     let writable = true;
     const confirmed = new Promise<void>((resolve, reject) => {
       writable = channel.publish(
         exchange,
         message.type,
         Buffer.from(JSON.stringify(message.payload)),
-        options,
+        { ...properties, mandatory: options.mandatory ?? false },
         (error) =>
           error
             ? reject(error instanceof Error ? error : new Error('publish nacked by the broker'))
@@ -29,13 +36,14 @@ export async function publishMessages(
       );
     });
     confirms.push(confirmed);
-    published.push({ id: options.messageId, type: message.type });
+    published.push({ id: properties.messageId, type: message.type });
     if (!writable) await new Promise((drained) => channel.once('drain', drained));
     // Keep the number of unconfirmed messages bounded.
     if (confirms.length >= 1000) await Promise.all(confirms.splice(0));
   }
   await Promise.all(confirms);
-  return published;
+  channel.removeListener('return', onReturn);
+  return { published, unroutable };
 }
 
 export async function assertExchange(channel: ConfirmChannel, exchange: string): Promise<void> {

@@ -5,13 +5,11 @@ import { readIncoming } from '../shared/envelope.js';
 import type { Logger } from '../shared/logger.js';
 import { messagesTotal } from '../shared/metrics.js';
 import { sleep } from '../shared/time.js';
+import { declareTopology, type Topology } from '../shared/topology.js';
 import type { MessageProcessor } from './message-processor.js';
 
 export interface ConsumerOptions {
-  exchange: string;
-  queue: string;
-  /** Message types bound to the queue (routing keys on the topic exchange). */
-  types: readonly string[];
+  topology: Topology;
   concurrency: number;
   prefetch: number;
 }
@@ -56,22 +54,24 @@ export class Consumer {
 
   private async setup(connection: ChannelModel): Promise<void> {
     if (this.stopping) return;
-    const { exchange, queue, types, prefetch } = this.options;
+    const { topology, prefetch } = this.options;
     const channel = await connection.createChannel();
     channel.on('error', (error) => this.log.warn({ err: error }, 'AMQP channel error'));
     channel.on('close', () => {
       if (this.channel === channel) this.channel = undefined;
     });
     await channel.prefetch(prefetch);
-    await channel.assertExchange(exchange, 'topic', { durable: true });
-    await channel.assertQueue(queue, { durable: true });
-    for (const type of types) await channel.bindQueue(queue, exchange, type);
+    await declareTopology(channel, topology);
     this.channel = channel;
-    const { consumerTag } = await channel.consume(queue, (msg) => msg && this.onDelivery(channel, msg), {
-      noAck: false,
-    });
+    const { consumerTag } = await channel.consume(
+      topology.queue,
+      (msg) => msg && this.onDelivery(channel, msg),
+      {
+        noAck: false,
+      },
+    );
     this.consumerTag = consumerTag;
-    this.log.info({ queue, exchange, types, prefetch }, 'consuming');
+    this.log.info({ ...topology, prefetch }, 'consuming');
   }
 
   private onDelivery(channel: Channel, msg: ConsumeMessage): void {

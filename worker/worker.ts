@@ -3,6 +3,7 @@ import { ResilientAmqpConnection } from '../shared/amqp.js';
 import { assertDatabaseReachable, createKnex } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
 import { startHousekeeping } from '../shared/housekeeping.js';
+import { appTopology } from '../shared/topology.js';
 import { Consumer } from './consumer.js';
 import { MessageProcessor } from './message-processor.js';
 import { type ResolvedWorkerOptions, resolveWorkerOptions, type WorkerOptions } from './options.js';
@@ -59,9 +60,7 @@ export class Worker {
       const consumer = new Consumer(
         amqp,
         {
-          exchange: config.exchange,
-          queue: options.queue,
-          types: [...app.handlers.keys()],
+          topology: appTopology(app, config.exchange, options.queue),
           concurrency: options.concurrency,
           prefetch: options.prefetch,
         },

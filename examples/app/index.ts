@@ -1,12 +1,14 @@
 import { defineApp } from '../../shared/app.js';
+import { bookTripHandlers, bookTripSaga } from './book-trip.js';
 import { joinMeeting } from './join-meeting.js';
 import { exampleMigrations } from './migrations.js';
+import { sendInvoiceHandlers } from './send-invoice.js';
 
 /** The example app of DESIGN.md: what `npm run demo` runs and what the default DW_APP serves. */
 export const app = defineApp({
   name: 'example',
-  handlers: [joinMeeting],
-  sagas: [],
+  handlers: [joinMeeting, ...bookTripHandlers, ...sendInvoiceHandlers],
+  sagas: [bookTripSaga],
   migrations: exampleMigrations,
 });
 

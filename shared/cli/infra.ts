@@ -1,6 +1,8 @@
+import amqp, { type ConfirmChannel } from 'amqplib';
 import type { Knex } from 'knex';
-import { type Config, loadConfig } from '../config.js';
+import { type Config, loadConfig, redactUrl } from '../config.js';
 import { assertDatabaseReachable, createKnex } from '../db/knex.js';
+import { ServiceUnavailableError } from '../errors.js';
 
 /** The validated configuration; a ConfigError (one line per problem) otherwise. */
 export function config(): Config {
@@ -15,5 +17,24 @@ export async function withDatabase<T>(cfg: Config, fn: (knex: Knex) => Promise<T
     return await fn(knex);
   } finally {
     await knex.destroy();
+  }
+}
+
+/** Runs `fn` with a confirm channel on AMQP_URL, closing the connection afterwards. */
+export async function withAmqpChannel<T>(
+  cfg: Config,
+  fn: (channel: ConfirmChannel) => Promise<T>,
+): Promise<T> {
+  let connection: amqp.ChannelModel;
+  try {
+    connection = await amqp.connect(cfg.amqpUrl, { clientProperties: { connection_name: 'dw cli' } });
+  } catch (error) {
+    throw new ServiceUnavailableError('RabbitMQ', redactUrl(cfg.amqpUrl), error);
+  }
+  try {
+    const channel = await connection.createConfirmChannel();
+    return await fn(channel);
+  } finally {
+    await connection.close().catch(() => {});
   }
 }

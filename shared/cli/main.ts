@@ -1,8 +1,11 @@
 import { Command, CommanderError } from 'commander';
 import { ConfigError, DurableWorkerError } from '../errors.js';
+import { registerDlq } from './dlq.js';
 import { registerMigrate } from './migrate.js';
 import { registerProcesses } from './processes.js';
 import { registerPublish } from './publish.js';
+import { registerSagas } from './sagas.js';
+import { registerStatus } from './status.js';
 
 const program = new Command('dw')
   .description('durable-worker: reliable message handling and sagas on RabbitMQ, Postgres and Redis')
@@ -14,6 +17,9 @@ program.configureOutput({ writeErr: (text) => process.stderr.write(text) });
 registerMigrate(program);
 registerPublish(program);
 registerProcesses(program);
+registerSagas(program);
+registerDlq(program);
+registerStatus(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -2,12 +2,15 @@ import type { Command } from 'commander';
 import { loadApp } from '../app.js';
 import { redactUrl } from '../config.js';
 import { ensureDatabase, migrate } from '../db/migrate.js';
-import { config, withDatabase } from './infra.js';
+import { appTopology, declareTopology } from '../topology.js';
+import { config, withAmqpChannel, withDatabase } from './infra.js';
 
 export function registerMigrate(program: Command): void {
   program
     .command('migrate')
-    .description("create the database if missing and apply durable-worker's and the app's migrations")
+    .description(
+      "create the database if missing, apply durable-worker's and the app's migrations, declare the app's exchange and queue",
+    )
     .option('--app <module>', 'app module whose migrations to apply too (default: DW_APP)')
     .action(async (opts: { app?: string }) => {
       const cfg = config();
@@ -21,5 +24,8 @@ export function registerMigrate(program: Command): void {
           ? `applied ${applied.length} migration(s): ${applied.join(', ')}\n`
           : 'already up to date\n',
       );
+      const topology = appTopology(app, cfg.exchange);
+      await withAmqpChannel(cfg, (channel) => declareTopology(channel, topology));
+      process.stdout.write(`declared exchange ${topology.exchange} and queue ${topology.queue}\n`);
     });
 }

@@ -1,10 +1,8 @@
-import amqp from 'amqplib';
 import type { Command } from 'commander';
-import { redactUrl } from '../config.js';
 import type { OutgoingMessage } from '../envelope.js';
-import { ServiceUnavailableError, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import { assertExchange, publishMessages } from '../publisher.js';
-import { config } from './infra.js';
+import { config, withAmqpChannel } from './infra.js';
 import { integer, jsonArgument, printJson } from './parse.js';
 
 interface PublishOptions {
@@ -37,25 +35,23 @@ export function registerPublish(program: Command): void {
         throw new UsageError(`message type "${type}" may hold letters, digits and _ . : - only`);
       }
       const cfg = config();
-      let connection: amqp.ChannelModel;
-      try {
-        connection = await amqp.connect(cfg.amqpUrl, { clientProperties: { connection_name: 'dw publish' } });
-      } catch (error) {
-        throw new ServiceUnavailableError('RabbitMQ', redactUrl(cfg.amqpUrl), error);
-      }
-      try {
-        const channel = await connection.createConfirmChannel();
+      await withAmqpChannel(cfg, async (channel) => {
         await assertExchange(channel, cfg.exchange);
         const messages = function* (): Generator<OutgoingMessage> {
           for (let i = 0; i < opts.count; i++) {
             yield { type, payload: opts.data, id: opts.id, correlationId: opts.correlationId };
           }
         };
-        const published = await publishMessages(channel, cfg.exchange, messages());
+        const { published, unroutable } = await publishMessages(channel, cfg.exchange, messages(), {
+          mandatory: true,
+        });
+        if (unroutable > 0) {
+          throw new UsageError(
+            `${unroutable} of ${published.length} ${type} message(s) reached no queue on exchange ${cfg.exchange}: no app handles ${type} there yet (run \`dw migrate\` or start a worker first)`,
+          );
+        }
         if (opts.json) printJson({ published });
         else process.stdout.write(`published ${published.length} ${type} message(s) to ${cfg.exchange}\n`);
-      } finally {
-        await connection.close().catch(() => {});
-      }
+      });
     });
 }

@@ -6,9 +6,12 @@ import { afterAll } from 'vitest';
  */
 afterAll(async () => {
   const open = () =>
-    process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap' || r === 'TCPWrap' || r === 'TCPServerWrap');
+    process
+      .getActiveResourcesInfo()
+      .filter((r) => r === 'TCPSocketWrap' || r === 'TCPWrap' || r === 'TCPServerWrap');
   const deadline = Date.now() + 5000;
   while (open().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   const left = open();
-  if (left.length > 0) throw new Error(`the test file left ${left.length} network handle(s) open: ${left.join(', ')}`);
+  if (left.length > 0)
+    throw new Error(`the test file left ${left.length} network handle(s) open: ${left.join(', ')}`);
 });

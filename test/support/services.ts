@@ -74,7 +74,8 @@ export async function deleteAmqpTopology(exchange: string, queues: readonly stri
     const names = new Set(queues);
     for (const suffix of ['example', 'app', 'test']) {
       names.add(`${exchange}.${suffix}`);
-      for (const tier of [1, 10, 50, 100, 200, 1000, 2000, 4000]) names.add(`${exchange}.${suffix}.retry.${tier}ms`);
+      for (const tier of [1, 10, 50, 100, 200, 1000, 2000, 4000])
+        names.add(`${exchange}.${suffix}.retry.${tier}ms`);
     }
     for (const name of names) {
       const channel = await connection.createChannel();
@@ -116,7 +117,8 @@ export async function waitFor<T>(
   for (;;) {
     last = await check();
     if (last) return last as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${String(last)})`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${String(last)})`);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }

@@ -1,0 +1,2 @@
+// Issue 4 fills this in: the SendInvoice handler of DESIGN.md with its retry policy.
+export const sendInvoiceHandlers = [];
