@@ -28,6 +28,7 @@ interface Options {
   cpuProf?: string;
   workerArgs: string;
   relayArgs: string;
+  only?: string;
 }
 
 const integer = (min: number) => (value: string) => {
@@ -53,6 +54,10 @@ const program = new Command('bench')
   .option('--cpu-prof <dir>', 'write V8 CPU profiles of the worker and relay children to <dir>')
   .option('--worker-args <args>', 'extra `dw worker` arguments (tuning experiments)', '')
   .option('--relay-args <args>', 'extra `dw relay` arguments (tuning experiments)', '')
+  .option(
+    '--only <parts>',
+    'comma-separated subset of pipeline,relay,live,dbos (tuning; the JSON is then partial)',
+  )
   .parse();
 
 const opts = program.opts<Options>();
@@ -74,6 +79,14 @@ const relayArgs = [
   ...split(opts.relayArgs),
 ];
 
+const parts = new Set((opts.only ?? 'pipeline,relay,live,dbos').split(','));
+for (const part of parts) {
+  if (!['pipeline', 'relay', 'live', 'dbos'].includes(part)) {
+    process.stderr.write(`bench: --only takes pipeline, relay, live, dbos; got "${part}"\n`);
+    process.exit(1);
+  }
+}
+const loadBefore = os.loadavg();
 const env = await createBenchEnv(servicesFromEnv());
 let failed = false;
 const cleanupOnSignal = () => {
@@ -126,7 +139,7 @@ async function runAll(): Promise<BenchReport> {
   };
   const worker: number[] = [];
   const pgBaseline: number[] = [];
-  for (let rep = 0; rep <= reps; rep++) {
+  for (let rep = 0; parts.has('pipeline') && rep <= reps; rep++) {
     const round0 = rep === 0;
     const settings = round0 ? { ...pipeline, messages: Math.round(pipeline.messages / 3) } : pipeline;
     progress(`pipeline ${round0 ? 'warm-up' : `${rep}/${reps}`}: worker`);
@@ -152,7 +165,7 @@ async function runAll(): Promise<BenchReport> {
   };
   const relayRates: number[] = [];
   const bullBaseline: number[] = [];
-  for (let rep = 0; rep <= reps; rep++) {
+  for (let rep = 0; parts.has('relay') && rep <= reps; rep++) {
     const round0 = rep === 0;
     const settings = round0 ? { ...relay, rows: Math.round(relay.rows / 3) } : relay;
     progress(`relay ${round0 ? 'warm-up' : `${rep}/${reps}`}: dw relay`);
@@ -169,46 +182,50 @@ async function runAll(): Promise<BenchReport> {
   }
 
   // Worker and relay together, as deployed: light-load latency, then saga throughput.
-  await truncateRunTables(env.knex);
-  progress('latency: starting a worker and a relay');
-  const live = await startLive(env, { concurrency: opts.concurrency, workerArgs, relayArgs, nodeArgs });
-  let handlerLatency: Awaited<ReturnType<typeof measureHandlerLatency>>;
+  let handlerLatency = { p50Ms: Number.NaN, p99Ms: Number.NaN, samples: 0 };
   let sagaLatency: Awaited<ReturnType<typeof measureSagaLatency>> | undefined;
   const sagaRates: number[] = [];
   let sagasAvailable = false;
-  try {
-    const latency = { ratePerSec: 50, durationSec: opts.latencySeconds, warmupSec: 1 };
-    progress(`latency: handler at ${latency.ratePerSec} msg/s for ${latency.durationSec} s`);
-    handlerLatency = await measureHandlerLatency(env, latency);
-    progress('sagas: probing the saga runner');
-    sagasAvailable = await sagasWork(env);
-    if (sagasAvailable) {
-      progress(`latency: 3-step sagas at ${latency.ratePerSec}/s for ${latency.durationSec} s`);
-      sagaLatency = await measureSagaLatency(env, latency);
-      progress('sagas: warm-up');
-      await measureSagas(env, Math.round(opts.sagas / 4));
-      for (let rep = 1; rep <= reps; rep++) {
-        progress(`sagas ${rep}/${reps}: ${opts.sagas} sagas end to end`);
-        sagaRates.push(await measureSagas(env, opts.sagas));
+  if (parts.has('live')) {
+    await truncateRunTables(env.knex);
+    progress('latency: starting a worker and a relay');
+    const live = await startLive(env, { concurrency: opts.concurrency, workerArgs, relayArgs, nodeArgs });
+    try {
+      const latency = { ratePerSec: 50, durationSec: opts.latencySeconds, warmupSec: 1 };
+      progress(`latency: handler at ${latency.ratePerSec} msg/s for ${latency.durationSec} s`);
+      handlerLatency = await measureHandlerLatency(env, latency);
+      progress('sagas: probing the saga runner');
+      sagasAvailable = await sagasWork(env);
+      if (sagasAvailable) {
+        progress(`latency: 3-step sagas at ${latency.ratePerSec}/s for ${latency.durationSec} s`);
+        sagaLatency = await measureSagaLatency(env, latency);
+        progress('sagas: warm-up');
+        await measureSagas(env, Math.round(opts.sagas / 4));
+        for (let rep = 1; rep <= reps; rep++) {
+          progress(`sagas ${rep}/${reps}: ${opts.sagas} sagas end to end`);
+          sagaRates.push(await measureSagas(env, opts.sagas));
+        }
+      } else {
+        progress('sagas: the saga runner did not complete a saga; saga figures are left out');
       }
-    } else {
-      progress('sagas: the saga runner did not complete a saga; saga figures are left out');
+    } finally {
+      peaks.worker = Math.max(peaks.worker, live.worker.peakRssMb());
+      peaks.relay = Math.max(peaks.relay, live.relay.peakRssMb());
+      await live.stop();
     }
-  } finally {
-    peaks.worker = Math.max(peaks.worker, live.worker.peakRssMb());
-    peaks.relay = Math.max(peaks.relay, live.relay.peakRssMb());
-    await live.stop();
   }
 
   progress(`DBOS: ${reps} x ${opts.sagas} three-step workflows at concurrency ${opts.concurrency}`);
-  const dbos = await measureDbos(env, {
-    workflows: opts.sagas,
-    warmup: Math.round(opts.sagas / 4),
-    repetitions: reps,
-    concurrency: opts.concurrency,
-    // As large as our worker's pool (concurrency + saga concurrency + 4).
-    poolSize: opts.concurrency + 10 + 4,
-  });
+  const dbos = !parts.has('dbos')
+    ? { rates: [], peakRssMb: 0 }
+    : await measureDbos(env, {
+        workflows: opts.sagas,
+        warmup: Math.round(opts.sagas / 4),
+        repetitions: reps,
+        concurrency: opts.concurrency,
+        // As large as our worker's pool (concurrency + saga concurrency + 4).
+        poolSize: opts.concurrency + 10 + 4,
+      });
 
   const pipelinePerSec = median(worker);
   const pipelineBase = median(pgBaseline);
@@ -220,12 +237,12 @@ async function runAll(): Promise<BenchReport> {
     pipeline: {
       perSec: round(pipelinePerSec, 1),
       baselinePerSec: round(pipelineBase, 1),
-      ratio: round(pipelinePerSec / pipelineBase, 3),
+      ratio: round(pairedRatio(worker, pgBaseline), 3),
     },
     relay: {
       perSec: round(relayPerSec, 1),
       baselinePerSec: round(relayBase, 1),
-      ratio: round(relayPerSec / relayBase, 3),
+      ratio: round(pairedRatio(relayRates, bullBaseline), 3),
     },
     saga: {
       perSec: sagaPerSec === null ? null : round(sagaPerSec, 1),
@@ -261,7 +278,18 @@ async function runAll(): Promise<BenchReport> {
         sagaLatencySamples: sagaLatency?.samples ?? 0,
       },
       sagasMeasured: sagasAvailable,
+      parts: [...parts],
+      loadAverageBefore: loadBefore.map((v) => round(v, 1)),
+      loadAverageAfter: os.loadavg().map((v) => round(v, 1)),
     },
   };
   return { ...report, goals: checkGoals(report) };
+}
+
+/**
+ * Median of the per-repetition ratios: each repetition's baseline ran right after its measurement,
+ * so a ratio of a pair is robust to load that other processes put on the machine meanwhile.
+ */
+function pairedRatio(ours: readonly number[], baseline: readonly number[]): number {
+  return median(ours.map((value, i) => value / baseline[i]!));
 }
