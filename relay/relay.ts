@@ -38,7 +38,11 @@ export class Relay {
     const { config, logger: log } = options;
     const knex =
       options.knex ??
-      createKnex(config.databaseUrl, { poolMax: options.concurrency + 2, applicationName: 'dw-relay' });
+      createKnex(config.databaseUrl, {
+        poolMax: options.concurrency + 2,
+        applicationName: 'dw-relay',
+        logger: log,
+      });
     const cleanups: Array<() => Promise<unknown>> = options.knex ? [] : [() => knex.destroy()];
     try {
       await assertDatabaseReachable(knex, config.databaseUrl);

@@ -34,7 +34,7 @@ export class Worker {
     const { config, app, logger: log } = options;
     const knex =
       options.knex ??
-      createKnex(config.databaseUrl, { poolMax: options.poolMax, applicationName: 'dw-worker' });
+      createKnex(config.databaseUrl, { poolMax: options.poolMax, applicationName: 'dw-worker', logger: log });
     const cleanups: Array<() => Promise<unknown>> = options.knex ? [] : [() => knex.destroy()];
     try {
       await assertDatabaseReachable(knex, config.databaseUrl);

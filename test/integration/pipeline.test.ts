@@ -286,6 +286,61 @@ describe('recovery', () => {
   });
 });
 
+describe('database outage', () => {
+  it('carries on after its Postgres sessions are terminated mid-load, nothing lost, nothing twice', async () => {
+    const total = 60;
+    const relay = await Relay.start({ config: env.config, pollIntervalMs: 200 });
+    try {
+      const publishing = publishRaw(
+        env.config.exchange,
+        Array.from({ length: total }, (_, i) => ({
+          routingKey: 'AddNote',
+          body: { text: `outage-${i}` },
+          properties: { messageId: `outage-${i}`, type: 'AddNote' },
+        })),
+      );
+      await waitFor(
+        async () =>
+          (await env.knex('notes').where('text', 'like', 'outage-%').count<{ c: number }[]>('* as c'))[0]?.c,
+        'the first messages to be handled',
+      );
+      // Everything of this database but our own test session: the worker's pool and the relay's sessions.
+      await env.knex.raw(
+        'select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()',
+      );
+      await publishing;
+      await waitFor(
+        async () =>
+          (
+            await env
+              .knex('dw_inbox')
+              .where('message_id', 'like', 'outage-%')
+              .count<{ c: number }[]>('* as c')
+          )[0]?.c === total,
+        'every message to be handled after the outage',
+      );
+      await waitFor(
+        async () =>
+          (await env.knex('dw_outbox').whereNull('delivered_at').count<{ c: number }[]>('* as c'))[0]?.c ===
+          0,
+        'the relay to drain the outbox after the outage',
+      );
+    } finally {
+      await relay.stop(5000);
+    }
+    const perMessage = await env
+      .knex('notes')
+      .where('message_id', 'like', 'outage-%')
+      .select('message_id')
+      .count<{ message_id: string; count: number }[]>('* as count')
+      .groupBy('message_id');
+    expect(perMessage).toHaveLength(total);
+    expect(perMessage.every((r) => Number(r.count) === 2)).toBe(true);
+    expect(await count(env.knex, 'dw_dead_letters')).toBe(2);
+    expect((await worker.health()).postgres).toBe(true);
+  });
+});
+
 describe('the relay', () => {
   it('delivers what the pipeline wrote into BullMQ, one job per outbox row', async () => {
     const relay = await Relay.start({ config: env.config, pollIntervalMs: 200 });
