@@ -39,6 +39,14 @@ export function createKnex(databaseUrl: string, options: DatabaseOptions = {}): 
   });
 }
 
+/** True when the database answers a trivial query (for `/healthz`). */
+export function databaseHealthy(knex: Knex): Promise<boolean> {
+  return knex
+    .raw('select 1')
+    .then(() => true)
+    .catch(() => false);
+}
+
 /** Fails with a message naming PostgreSQL and its URL when the database cannot be reached. */
 export async function assertDatabaseReachable(knex: Knex, databaseUrl: string): Promise<void> {
   try {
