@@ -29,6 +29,7 @@ interface Options {
   workerArgs: string;
   relayArgs: string;
   only?: string;
+  keep?: boolean;
 }
 
 const integer = (min: number) => (value: string) => {
@@ -118,8 +119,11 @@ try {
   progressDone();
   process.stderr.write(`bench: ${(error as Error).stack ?? String(error)}\n`);
 } finally {
-  progress('cleaning up the bench databases, queues and keys');
-  await env.teardown().catch((error) => process.stderr.write(`bench: cleanup failed: ${error}\n`));
+  progress(
+    opts.keep ? `kept database ${env.databaseUrl}` : 'cleaning up the bench databases, queues and keys',
+  );
+  if (!opts.keep)
+    await env.teardown().catch((error) => process.stderr.write(`bench: cleanup failed: ${error}\n`));
   progressDone();
 }
 process.exit(failed ? 1 : 0);
