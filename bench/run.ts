@@ -55,6 +55,7 @@ const program = new Command('bench')
   .option('--cpu-prof <dir>', 'write V8 CPU profiles of the worker and relay children to <dir>')
   .option('--worker-args <args>', 'extra `dw worker` arguments (tuning experiments)', '')
   .option('--relay-args <args>', 'extra `dw relay` arguments (tuning experiments)', '')
+  .option('--keep', 'keep the bench databases, queues and keys afterwards (to look into them)')
   .option(
     '--only <parts>',
     'comma-separated subset of pipeline,relay,live,dbos (tuning; the JSON is then partial)',
