@@ -77,17 +77,27 @@ export const timed = defineSaga<TestState>('timed', { retry: fast })
   .step('slow', {
     run: async (ctx) => {
       await effect(ctx, 'execute');
-      if (ctx.attempt === 1) await new Promise((r) => setTimeout(r, 2_000));
+      if (ctx.attempt === 1) await new Promise((r) => setTimeout(r, 5_000));
     },
     compensate: undo,
-    timeoutMs: 300,
+    timeoutMs: 1000,
   });
 
-export const deadlined = defineSaga<TestState>('deadlined', { retry: fast, deadlineMs: 300 })
+export const deadlined = defineSaga<TestState>('deadlined', { retry: fast, deadlineMs: 3000 })
   .step('first', [run(), undo])
   .step('wait', [run(), undo]);
 
-export const sagas: SagaDefinition<TestState>[] = [sequential, mixed, fanOut, timed, deadlined];
+/** p2's retry waits a minute: long enough for a test to lose the delayed job in Redis. */
+export const stalling = defineSaga<TestState>('stalling', { retry: fast })
+  .step('p1', [run(), undo])
+  .step('p2', {
+    run: run(),
+    compensate: undo,
+    retry: { attempts: 3, backoffMs: 60_000, maxBackoffMs: 60_000 },
+  })
+  .step('p3', run());
+
+export const sagas: SagaDefinition<TestState>[] = [sequential, mixed, fanOut, timed, deadlined, stalling];
 
 const StartTest = z.object({ saga: z.string(), id: z.string(), state: z.record(z.string(), z.unknown()) });
 
