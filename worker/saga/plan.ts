@@ -1,4 +1,4 @@
-import type { SagaDefinition, StepRetryPolicy } from '../../shared/saga/definition.js';
+import type { StepRetryPolicy } from '../../shared/saga/definition.js';
 import type { SagaPhase } from '../../shared/saga/jobs.js';
 
 /** What a step record says, as far as planning cares. */
@@ -6,6 +6,11 @@ export interface StepRecord {
   step: string;
   phase: SagaPhase;
   status: 'running' | 'completed' | 'failed';
+}
+
+/** What planning needs of a saga definition: its stages, and which steps can be compensated. */
+export interface PlannableSaga {
+  readonly stages: ReadonlyArray<ReadonlyArray<{ name: string; compensate?: unknown }>>;
 }
 
 /** The stage to work on next and its steps that still have to run, or the end of the phase. */
@@ -16,7 +21,7 @@ function completed(records: readonly StepRecord[], phase: SagaPhase): Set<string
 }
 
 /** Forward: the first stage with a step not completed yet; done when every step completed. */
-export function planExecution(saga: SagaDefinition<object>, records: readonly StepRecord[]): Plan {
+export function planExecution(saga: PlannableSaga, records: readonly StepRecord[]): Plan {
   const done = completed(records, 'execute');
   for (const [stage, steps] of saga.stages.entries()) {
     const pending = steps.filter((s) => !done.has(s.name)).map((s) => s.name);
@@ -29,7 +34,7 @@ export function planExecution(saga: SagaDefinition<object>, records: readonly St
  * Backward: the latest stage holding a completed step whose compensation has not completed;
  * steps without a compensate function are skipped. Done when nothing is left to compensate.
  */
-export function planCompensation(saga: SagaDefinition<object>, records: readonly StepRecord[]): Plan {
+export function planCompensation(saga: PlannableSaga, records: readonly StepRecord[]): Plan {
   const executed = completed(records, 'execute');
   const compensated = completed(records, 'compensate');
   for (let stage = saga.stages.length - 1; stage >= 0; stage--) {
