@@ -1,5 +1,3 @@
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   insertSaga,
@@ -7,27 +5,12 @@ import {
   recordStepFailure,
   transitionSaga,
 } from '../../shared/saga/store.js';
+import { cliEnv, runCli } from '../support/cli.js';
 import { createTestEnv, type TestEnv } from '../support/services.js';
 
-const dw = fileURLToPath(new URL('../../bin/dw.js', import.meta.url));
 let env: TestEnv;
 
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [dw, ...args], {
-      env: { ...process.env, DATABASE_URL: env.config.databaseUrl, LOG_LEVEL: 'silent' },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => {
-      stdout += d;
-    });
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const run = (args: string[]) => runCli(args, cliEnv(env.config));
 
 beforeAll(async () => {
   env = await createTestEnv();
