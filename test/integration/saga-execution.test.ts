@@ -5,7 +5,7 @@ import { exampleMigrations } from '../../examples/app/migrations.js';
 import { Relay } from '../../relay/relay.js';
 import { sagaQueue, sagaStepType } from '../../shared/saga/jobs.js';
 import { Worker } from '../../worker/worker.js';
-import { calls, hooks, sagaTestApp, startSagas, type TestState } from '../support/saga-app.js';
+import { calls, hooks, keys, sagaTestApp, startSagas, type TestState } from '../support/saga-app.js';
 import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
 
 let env: TestEnv;
@@ -74,6 +74,13 @@ describe('saga execution', () => {
     expect(await ledger(retried!)).toEqual(['+s1', '+s2', '+s3', '+s4']);
     const s2 = await env.knex('dw_saga_steps').where({ saga_id: retried, step: 's2' }).first();
     expect(s2).toMatchObject({ status: 'completed', attempts: 3 });
+    // Every attempt saw the same idempotency key; only the committed attempt's event was sent.
+    expect([...(keys.get(`${retried}/execute/s2`) ?? [])]).toEqual([`${retried}:execute:s2`]);
+    const events = await env
+      .knex('dw_outbox')
+      .where({ destination: 'saga_test_events', type: 's2.execute' })
+      .whereRaw("payload->>'sagaId' = ?", [retried!]);
+    expect(events.map((e) => e.payload.attempt)).toEqual([3]);
 
     expect((await finished(fatal!)).status).toBe('compensated');
     expect(calls.get(`${fatal}/execute/s3`)).toBe(1);

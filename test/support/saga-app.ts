@@ -21,6 +21,8 @@ type Ctx = StepContext<TestState>;
 
 /** Calls of each step function per saga, rolled back or not (the ledger only has committed ones). */
 export const calls = new Map<string, number>();
+/** Idempotency keys each step saw, per saga/phase/step. */
+export const keys = new Map<string, Set<string>>();
 /** Test hooks run inside a step before it records anything (barriers, gates). */
 export const hooks = new Map<string, (ctx: Ctx) => Promise<void> | void>();
 
@@ -32,12 +34,15 @@ function fails(map: Record<string, number> | undefined, ctx: Ctx): boolean {
 async function effect(ctx: Ctx, action: 'execute' | 'compensate'): Promise<void> {
   const key = `${ctx.sagaId}/${action}/${ctx.step}`;
   calls.set(key, (calls.get(key) ?? 0) + 1);
+  keys.set(key, (keys.get(key) ?? new Set()).add(ctx.idempotencyKey));
   await hooks.get(`${ctx.sagaName}/${ctx.step}/${action}`)?.(ctx);
   if (action === 'execute' && ctx.state.fatal === ctx.step) throw new NonRetryableError(`${ctx.step}: fatal`);
   if (fails(action === 'execute' ? ctx.state.fail : ctx.state.failCompensation, ctx)) {
     throw new Error(`${ctx.step} ${action} failed on attempt ${ctx.attempt}`);
   }
   await ctx.trx('trip_ledger').insert({ trip_id: ctx.sagaId, step: ctx.step, action });
+  // An event for other services, sent only if this step commits.
+  ctx.send('saga_test_events', `${ctx.step}.${action}`, { sagaId: ctx.sagaId, attempt: ctx.attempt });
 }
 
 const run = (result?: Record<string, unknown>) => async (ctx: Ctx) => {
