@@ -260,11 +260,16 @@ export async function reopenFailedSaga(trx: Db, sagaId: string): Promise<SagaRow
   return row as SagaRow | undefined;
 }
 
-/** Clears a compensation that failed for good, so that it gets its attempts again. */
-export async function resetCompensation(trx: Db, sagaId: string, step: string): Promise<number> {
-  return trx('dw_saga_steps')
-    .where({ saga_id: sagaId, step, phase: 'compensate', status: 'failed' })
-    .update({ status: 'running', attempts: 0, finished_at: null, error: null });
+/**
+ * Clears the saga's compensations that failed for good (two siblings of a group may both have
+ * failed), so that each gets its attempts again; returns their step names.
+ */
+export async function resetFailedCompensations(trx: Db, sagaId: string): Promise<string[]> {
+  const rows = await trx('dw_saga_steps')
+    .where({ saga_id: sagaId, phase: 'compensate', status: 'failed' })
+    .update({ status: 'running', attempts: 0, finished_at: null, error: null })
+    .returning('step');
+  return rows.map((r: { step: string }) => r.step);
 }
 
 export async function listSagas(
