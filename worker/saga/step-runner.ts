@@ -1,39 +1,24 @@
-import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import type { App } from '../../shared/app.js';
 import { crashPoint } from '../../shared/crash-points.js';
 import { isConnectionError, isSerializationError } from '../../shared/db/knex.js';
-import { storeDeadLetter } from '../../shared/dead-letters.js';
-import {
-  ConcurrencyConflictError,
-  type ErrorInfo,
-  isRetryable,
-  StepTimeoutError,
-  toErrorInfo,
-} from '../../shared/errors.js';
+import { ConcurrencyConflictError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
 import { sagaStepsTotal } from '../../shared/metrics.js';
-import { insertOutboxMessages, type OutboxMessage, resolveDestination } from '../../shared/outbox.js';
-import type { SagaDefinition, StepContext, StepDefinition } from '../../shared/saga/definition.js';
-import {
-  type SagaDeadlineJob,
-  type SagaStepJob,
-  sagaDeadLetterId,
-  sagaQueue,
-  sagaStepType,
-  stepMessage,
-} from '../../shared/saga/jobs.js';
+import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
+import type { SagaDefinition, StepDefinition } from '../../shared/saga/definition.js';
+import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
 import {
   advanceSagaVersion,
-  getSaga,
   listStepRows,
   readSagaForStep,
   recordStepCompleted,
-  recordStepFailure,
   transitionSaga,
 } from '../../shared/saga/store.js';
 import { sleep } from '../../shared/time.js';
-import { planCompensation, planExecution, retryDelayMs } from './plan.js';
+import { afterFailedAttempt } from './failures.js';
+import { planCompensation, planExecution } from './plan.js';
+import { stepContext, withTimeout } from './step-context.js';
 import { beginCompensation, stageMessages } from './transitions.js';
 
 export interface StepRunnerDeps {
@@ -87,7 +72,7 @@ export class SagaStepRunner {
         return await this.deps.knex.transaction((trx) => this.attempt(trx, saga, step, job));
       } catch (error) {
         if (!(error instanceof AttemptFailed)) throw error;
-        return this.afterFailedAttempt(saga, step, job, error);
+        return afterFailedAttempt(this.deps, saga, step, job, error.error, error.attempt);
       }
     });
     if (outcome === 'completed') crashPoint('saga:after-step-commit');
@@ -125,27 +110,16 @@ export class SagaStepRunner {
     if (row.step_status === 'completed' || row.step_status === 'failed') return 'duplicate';
     const attempt = (row.step_attempts ?? 0) + 1;
     const outbox: OutboxMessage[] = [];
-    const ctx: StepContext<Record<string, unknown>> = {
+    const ctx = stepContext({
       trx,
-      sagaId: row.id,
+      saga: row,
       sagaName: saga.name,
       step: step.name,
       phase: job.phase,
-      state: row.state,
       attempt,
-      idempotencyKey: `${row.id}:${job.phase}:${step.name}`,
-      correlationId: row.correlation_id ?? row.id,
-      log: this.deps.log.child({ sagaId: row.id, step: step.name, phase: job.phase, attempt }),
-      send: (destination, type, payload) => {
-        outbox.push({
-          messageId: randomUUID(),
-          destination: resolveDestination(destination),
-          type,
-          payload,
-          headers: { correlationId: row.correlation_id ?? row.id, causationId: row.id },
-        });
-      },
-    };
+      outbox,
+      log: this.deps.log,
+    });
     let result: unknown;
     try {
       const fn = job.phase === 'execute' ? step.run : step.compensate!;
@@ -218,90 +192,6 @@ export class SagaStepRunner {
     return 'completed';
   }
 
-  /** After a failed attempt's rollback: schedule the next attempt, or give up on the step. */
-  private async afterFailedAttempt(
-    saga: AnySaga,
-    step: AnyStep,
-    job: SagaStepJob,
-    failure: AttemptFailed,
-  ): Promise<StepOutcome> {
-    const { knex, log } = this.deps;
-    const error = toErrorInfo(failure.error);
-    const { attempt } = failure;
-    const final = !isRetryable(failure.error) || attempt >= step.retry.attempts;
-    const record = {
-      sagaId: job.sagaId,
-      step: step.name,
-      stage: step.stage,
-      phase: job.phase,
-      attempts: attempt,
-      error,
-    };
-    if (!final) {
-      const delayMs = retryDelayMs(step.retry, attempt);
-      log.warn(
-        { sagaId: job.sagaId, step: step.name, phase: job.phase, attempt, delayMs, err: failure.error },
-        'saga step failed; retrying',
-      );
-      await knex.transaction(async (trx) => {
-        const row = await getSaga(trx, job.sagaId);
-        if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) return;
-        await recordStepFailure(trx, { ...record, final: false });
-        await insertOutboxMessages(trx, [
-          stepMessage({
-            sagaId: row.id,
-            saga: saga.name,
-            phase: job.phase,
-            step: step.name,
-            generation: row.generation,
-            attempt: attempt + 1,
-            delayMs: Math.max(1, delayMs),
-            correlationId: row.correlation_id,
-          }),
-        ]);
-      });
-      return 'retry-scheduled';
-    }
-    log.error(
-      { sagaId: job.sagaId, step: step.name, phase: job.phase, attempt, err: failure.error },
-      'saga step failed for good',
-    );
-    await knex.transaction(async (trx) => {
-      await recordStepFailure(trx, { ...record, final: true });
-      await this.deadLetter(trx, job, error, attempt);
-      if (job.phase === 'execute') {
-        await beginCompensation(trx, saga, job.sagaId, withStep(error, step.name, 'execute'));
-      } else {
-        await transitionSaga(
-          trx,
-          job.sagaId,
-          'compensating',
-          'failed',
-          withStep(error, step.name, 'compensate'),
-        );
-      }
-    });
-    return 'failed';
-  }
-
-  private async deadLetter(trx: Knex.Transaction, job: SagaStepJob, error: ErrorInfo, attempts: number) {
-    const saga = await getSaga(trx, job.sagaId);
-    await storeDeadLetter(trx, {
-      source: 'saga',
-      queue: sagaQueue,
-      messageId: sagaDeadLetterId(job.sagaId, job.phase, job.step),
-      type: sagaStepType,
-      reason: job.phase === 'execute' ? 'step-failed' : 'compensation-failed',
-      error,
-      attempts,
-      payload: job,
-      headers: saga?.correlation_id ? { correlationId: saga.correlation_id } : {},
-      sagaId: job.sagaId,
-      step: job.step,
-      phase: job.phase,
-    });
-  }
-
   /**
    * Re-runs `fn` on optimistic-concurrency conflicts, serialization failures and deadlocks
    * (briefly, with jitter), and on database outages (backing off up to 5 s) until shutdown.
@@ -326,22 +216,4 @@ export class SagaStepRunner {
       }
     }
   }
-}
-
-function withStep(error: ErrorInfo, step: string, phase: string): ErrorInfo {
-  return {
-    ...error,
-    message: `${phase === 'execute' ? 'step' : 'compensation of'} ${step}: ${error.message}`,
-  };
-}
-
-/** A step past its timeoutMs fails its attempt; the late result is ignored (its transaction is gone). */
-function withTimeout<T>(promise: Promise<T>, step: AnyStep): Promise<T> {
-  const { timeoutMs } = step;
-  if (!timeoutMs) return promise;
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new StepTimeoutError(step.name, timeoutMs)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
