@@ -5,6 +5,7 @@ import { exampleMigrations } from '../../examples/app/migrations.js';
 import { Relay } from '../../relay/relay.js';
 import { sagaQueue, sagaStepType } from '../../shared/saga/jobs.js';
 import { Worker } from '../../worker/worker.js';
+import { publishRaw } from '../support/amqp.js';
 import { calls, hooks, keys, sagaTestApp, startSagas, type TestState } from '../support/saga-app.js';
 import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
 
@@ -177,6 +178,23 @@ describe('saga execution', () => {
     expect(saga).toMatchObject({ status: 'completed', state: expect.objectContaining({ first: true }) });
     expect(await ledger(id)).toEqual(['+s1', '+s2', '+s3', '+s4']);
     expect(await count(env.knex, 'dw_saga_steps', { saga_id: id })).toBe(4);
+  });
+
+  it('refuses to start a saga the app does not register', async () => {
+    await publishRaw(env.config.exchange, [
+      {
+        routingKey: 'StartStraySaga',
+        body: {},
+        properties: { messageId: randomUUID(), type: 'StartStraySaga' },
+      },
+    ]);
+    const dead = await waitFor(
+      () => env.knex('dw_dead_letters').where({ type: 'StartStraySaga' }).first(),
+      'the stray start to be dead-lettered',
+    );
+    expect(dead).toMatchObject({ reason: 'handler-failed', attempts: 1 });
+    expect(dead.error.message).toContain('saga stray is not registered in app test');
+    expect(await count(env.knex, 'dw_sagas', { name: 'stray' })).toBe(0);
   });
 
   it('a duplicated BullMQ job runs nothing twice', async () => {

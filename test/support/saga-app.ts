@@ -114,6 +114,13 @@ export const sagaTestApp = defineApp({
       if (!saga) throw new NonRetryableError(`no saga ${message.saga}`);
       await ctx.startSaga(saga, message.state as TestState, { id: message.id });
     }),
+    // Starts a saga the app does not register: refused, so it cannot sit `running` for ever.
+    defineHandler('StartStraySaga', z.object({}), async (_message, ctx) => {
+      await ctx.startSaga(
+        defineSaga('stray').step('x', () => {}),
+        {},
+      );
+    }),
   ],
   sagas,
 });
