@@ -5,13 +5,19 @@ import { type DemoContext, until } from './context.js';
 export async function bookTripDemo(ctx: DemoContext): Promise<void> {
   ctx.say('\n== BookTrip: a saga of four steps, each its own transaction, compensated in reverse on failure');
   const trips = [
-    { label: 'completes', payload: {} },
-    { label: 'fails at book-hotel every time: compensated', payload: { failAt: 'book-hotel' } },
+    { label: 'all four steps succeed', payload: {} },
     {
-      label: 'book-flight fails once, then a retry completes it',
+      label: 'book-hotel fails on every attempt: the earlier steps are undone in reverse',
+      payload: { failAt: 'book-hotel' },
+    },
+    {
+      label: 'book-flight fails once; its retry succeeds and the trip completes',
       payload: { failAt: 'book-flight', failTimes: 1 },
     },
-    { label: 'fails at the first step: nothing to compensate', payload: { failAt: 'debit-customer' } },
+    {
+      label: 'debit-customer (the first step) fails for good: nothing to undo',
+      payload: { failAt: 'debit-customer' },
+    },
   ].map((t, i) => ({
     ...t,
     tripId: randomUUID(),
@@ -20,12 +26,12 @@ export async function bookTripDemo(ctx: DemoContext): Promise<void> {
   await ctx.publish(trips.map((t) => ({ type: 'BookTrip', payload: { tripId: t.tripId, ...t.payload } })));
   ctx.say(`published ${trips.length} BookTrip messages`);
 
-  for (const trip of trips) {
+  for (const [i, trip] of trips.entries()) {
     await until(async () => {
       const row = await ctx.knex('dw_sagas').where({ id: trip.tripId }).first('status');
       return row && !['running', 'compensating'].includes(row.status);
     }, `trip ${trip.tripId} to finish`);
-    ctx.say(`\n-- trip that ${trip.label}`);
+    ctx.say(`\n-- trip ${i + 1}: ${trip.label}`);
     ctx.say((await ctx.dw(['sagas', 'show', trip.tripId])).trimEnd());
     const ledger: Array<{ step: string; action: string }> = await ctx
       .knex('trip_ledger')
