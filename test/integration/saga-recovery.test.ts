@@ -150,4 +150,30 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
       attempts: 2,
     });
   });
+
+  it('a graceful stop lets the step in flight commit; the next worker carries the saga on', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    hooks.set('sequential/s2/execute', async (ctx) => {
+      if (ctx.state.hold) await gate;
+    });
+    try {
+      const [id] = await startSagas(env.config.exchange, [{ saga: 'sequential', state: { hold: true } }]);
+      await waitFor(() => calls.get(`${id}/execute/s2`), 's2 to be running');
+      const stopping = worker!.stop(20_000);
+      worker = undefined;
+      release();
+      expect(await stopping).toBe(true);
+      expect(await ledger(id!)).toEqual(['+s1', '+s2']);
+      worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
+      expect((await finished(id!)).status).toBe('completed');
+      expect(await ledger(id!)).toEqual(['+s1', '+s2', '+s3', '+s4']);
+      expect(calls.get(`${id}/execute/s2`)).toBe(1);
+    } finally {
+      release();
+      hooks.clear();
+    }
+  });
 });
