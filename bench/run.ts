@@ -24,6 +24,7 @@ interface Options {
   relayConcurrency: number;
   sagas: number;
   latencySeconds: number;
+  latencyRate: number;
   quick?: boolean;
   cpuProf?: string;
   workerArgs: string;
@@ -51,6 +52,7 @@ const program = new Command('bench')
   .option('--relay-concurrency <n>', 'dw relay --concurrency, and the baseline loops', integer(1), 2)
   .option('--sagas <n>', 'sagas per repetition (ours and DBOS)', integer(10), 1000)
   .option('--latency-seconds <n>', 'length of each light-load latency phase', integer(2), 10)
+  .option('--latency-rate <n>', 'messages (and sagas) per second in the latency phases', integer(1), 50)
   .option('--quick', 'small sizes, one repetition: a smoke run, not figures')
   .option('--cpu-prof <dir>', 'write V8 CPU profiles of the worker and relay children to <dir>')
   .option('--worker-args <args>', 'extra `dw worker` arguments (tuning experiments)', '')
@@ -196,7 +198,7 @@ async function runAll(): Promise<BenchReport> {
     progress('latency: starting a worker and a relay');
     const live = await startLive(env, { concurrency: opts.concurrency, workerArgs, relayArgs, nodeArgs });
     try {
-      const latency = { ratePerSec: 50, durationSec: opts.latencySeconds, warmupSec: 1 };
+      const latency = { ratePerSec: opts.latencyRate, durationSec: opts.latencySeconds, warmupSec: 1 };
       progress(`latency: handler at ${latency.ratePerSec} msg/s for ${latency.durationSec} s`);
       handlerLatency = await measureHandlerLatency(env, latency);
       progress('sagas: probing the saga runner');
@@ -282,6 +284,7 @@ async function runAll(): Promise<BenchReport> {
         handlerLatencySamples: handlerLatency.samples,
         sagaLatencySamples: sagaLatency?.samples ?? 0,
       },
+      latencyRatePerSec: opts.latencyRate,
       sagasMeasured: sagasAvailable,
       parts: [...parts],
       loadAverageBefore: loadBefore.map((v) => round(v, 1)),
