@@ -36,6 +36,10 @@ export class DwProcess {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const proc = new DwProcess(name, child);
+    // If the bench itself dies, its children must not outlive it.
+    const killOnExit = () => child.kill('SIGKILL');
+    process.once('exit', killOnExit);
+    child.once('exit', () => process.removeListener('exit', killOnExit));
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(proc.failure('did not start within 30 s')), 30_000);
       const onLine = (line: string) => {

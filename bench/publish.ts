@@ -16,7 +16,10 @@ export class BenchPublisher {
   /** Connects and declares the bench app's exchange and queue, so messages queue up before a worker runs. */
   static async open(amqpUrl: string, exchange: string): Promise<BenchPublisher> {
     const connection = await amqp.connect(amqpUrl, { clientProperties: { connection_name: 'dw bench' } });
+    connection.on('error', () => {});
     const channel = await connection.createConfirmChannel();
+    // Failures surface as rejected publishes and confirms; the events must not crash the run.
+    channel.on('error', () => {});
     await declareTopology(channel, appTopology(app, exchange));
     return new BenchPublisher(connection, channel, exchange);
   }

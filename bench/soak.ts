@@ -54,7 +54,10 @@ export async function runSoak(
   const live = await startLive(env, settings);
   const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange);
   const connection = await amqp.connect(env.services.amqpUrl);
+  // A broker-side error ends the top-up loop (its awaited call rejects), not the process.
+  connection.on('error', () => {});
   const channel = await connection.createChannel();
+  channel.on('error', () => {});
   const queue = `${env.exchange}.bench`;
   const minutes: SoakMinute[] = [];
   let seq = 0;
