@@ -285,7 +285,7 @@ export class MessageProcessor {
         firstFailedAt: validDate(firstFailedAt),
         payload: dead.payload,
         body: incoming.body,
-        headers: incoming.headers,
+        headers: withoutBrokerDeathHeaders(incoming.headers),
         properties: { correlationId: incoming.correlationId, timestamp: incoming.timestamp.toISOString() },
       });
       return 'dead-lettered' as const;
