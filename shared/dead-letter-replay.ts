@@ -129,10 +129,20 @@ export async function replayDeadLetter(
     }
     if (options.dryRun) return { ...base, outcome: 'would-replay' };
     const body = row.body ?? Buffer.from(JSON.stringify(row.payload));
+    // A crash loop left its delivery count at the limit: the replay starts it afresh.
+    await deleteDeliveryCount(trx, row.queue, row.message_id);
     await publishToQueue(await channel(), row.queue, body, publishOptionsFor(row));
     await deleteDeadLetter(trx, id);
     return { ...base, outcome: 'replayed' };
   });
+}
+
+async function deleteDeliveryCount(
+  trx: Knex.Transaction,
+  consumer: string,
+  messageId: string,
+): Promise<void> {
+  await trx('dw_delivery_counts').where({ consumer, message_id: messageId }).delete();
 }
 
 async function replaySagaEntry(

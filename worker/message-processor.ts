@@ -114,12 +114,13 @@ export class MessageProcessor {
       firstFailedAt ??= new Date().toISOString();
       const decision = decideRetry(policy, envelope.attempt, error);
       if (decision.kind === 'immediate') {
-        log.warn({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
+        // Retries are expected and the final failure is logged as an error: keep these quieter.
+        log.info({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
         envelope.attempt = decision.nextAttempt;
         continue;
       }
       if (decision.kind === 'delayed') {
-        log.warn(
+        log.info(
           { err: error, attempt: envelope.attempt, delayMs: decision.delayMs },
           'handler failed; retrying after a delay',
         );

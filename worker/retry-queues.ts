@@ -4,7 +4,9 @@ import { publishConfirmed } from '../shared/amqp.js';
 /**
  * Delayed retries without a broker plugin: one queue per delay tier (`<queue>.retry.<ms>ms`), with
  * no consumer; a copy published there with a per-message expiration is dead-lettered back to the
- * work queue through the default exchange when it expires.
+ * work queue through the default exchange when it expires. RabbitMQ expires messages at the head
+ * of a queue only, so one queue per tier keeps delays in order; the jitter within a tier (±10% by
+ * default) can hold a message back behind its predecessor by at most that spread.
  */
 export class RetryQueues {
   private readonly declared = new Set<string>();
