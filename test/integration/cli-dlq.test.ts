@@ -99,9 +99,13 @@ describe('dw dlq', () => {
     expect(await entryOf('m-invoice')).toBeDefined();
 
     await env.knex('invoice_outage').delete();
+    // As if it had been in a crash loop: the replay starts its delivery count afresh.
+    const queue = `${env.config.exchange}.example`;
+    await env.knex('dw_delivery_counts').insert({ consumer: queue, message_id: 'm-invoice', count: 5 });
     const replay = await dw('dlq', 'replay', String(id));
     expect(replay).toMatchObject({ code: 0, stdout: 'replayed 1\n' });
     expect(await entryOf('m-invoice')).toBeUndefined();
+    expect(await count(env.knex, 'dw_delivery_counts', { message_id: 'm-invoice' })).toBe(0);
     await waitFor(() => count(env.knex, 'invoices_sent', { invoice_id: 'inv-9' }), 'the invoice');
     expect(await env.knex('dw_inbox').where({ message_id: 'm-invoice' }).first()).toBeDefined();
 
