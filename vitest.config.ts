@@ -4,7 +4,6 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     setupFiles: ['test/support/leak-check.ts'],
-    // Tests of the `dw` CLI run bin/dw.js, which needs a fresh dist/.
     globalSetup: ['test/support/build.ts'],
     // Files are isolated (own database, exchange, queues, BullMQ prefix), so two run side by side.
     pool: 'forks',
