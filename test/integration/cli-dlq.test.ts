@@ -3,7 +3,7 @@ import { app } from '../../examples/app/index.js';
 import { storeDeadLetter } from '../../shared/dead-letters.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { type DwResult, dwEnv, runDw } from '../support/dw.js';
+import { type CliResult as DwResult, cliEnv as dwEnv, runCli as runDw } from '../support/cli.js';
 import { count, createTestEnv, type TestEnv, waitFor } from '../support/services.js';
 
 let env: TestEnv;

@@ -3,7 +3,8 @@ import amqp, { type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
 import { publishRaw } from '../support/amqp.js';
-import { dwEnv, startDw } from '../support/dw.js';
+import { cliEnv as dwEnv } from '../support/cli.js';
+import { startDw } from '../support/dw.js';
 import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
 
 const crashLoopApp = fileURLToPath(new URL('../support/apps/crash-loop-app.mjs', import.meta.url));
