@@ -163,6 +163,12 @@ async function replaySagaEntry(
   if (answer === 'not-failed') {
     return { ...base, outcome: 'not-replayable', detail: `saga ${row.saga_id} is not failed any more` };
   }
-  await deleteDeadLetter(trx, row.id);
+  // Resuming resets every compensation of the saga that failed for good (a group fails together),
+  // so their entries are settled too.
+  await deleteSagaCompensationFailures(trx, row.saga_id);
   return { ...base, outcome: 'replayed' };
+}
+
+async function deleteSagaCompensationFailures(trx: Knex.Transaction, sagaId: string): Promise<void> {
+  await trx('dw_dead_letters').where({ saga_id: sagaId, reason: 'compensation-failed' }).delete();
 }
