@@ -65,4 +65,13 @@ describe('decideRetry', () => {
     expect(decideRetry(policy, 1, new Error('x'))).toEqual({ kind: 'dead-letter', why: 'exhausted' });
     expect(maxAttempts(policy)).toBe(1);
   });
+
+  it('refuses policies that cannot work, saying which field', () => {
+    expect(() => resolveRetryPolicy({ immediateRetries: -1 })).toThrow(/immediateRetries must be/);
+    expect(() => resolveRetryPolicy({ delayed: { factor: 0.5 } })).toThrow(/delayed.factor must be/);
+    expect(() => resolveRetryPolicy({ delayed: { initialMs: 2.5 } })).toThrow(/delayed.initialMs must be/);
+    expect(() => resolveRetryPolicy({ delayed: { jitter: 1 } })).toThrow(/delayed.jitter must be/);
+    expect(() => resolveRetryPolicy({ delayed: { initialMs: 10_000, maxMs: 1000 } })).toThrow(/maxMs/);
+    expect(resolveRetryPolicy({ delayed: { count: undefined } }).delayed.count).toBe(3);
+  });
 });
