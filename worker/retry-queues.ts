@@ -1,5 +1,13 @@
+import type { Message } from 'amqplib';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { publishConfirmed } from '../shared/amqp.js';
+
+/** The retry queue vanished (deleted by hand, or by a broker reset) after we declared it. */
+export class RetryQueueMissingError extends Error {
+  constructor(readonly queue: string) {
+    super(`retry queue ${queue} does not exist; it is declared again on the next attempt`);
+  }
+}
 
 /**
  * Delayed retries without a broker plugin: one queue per delay tier (`<queue>.retry.<ms>ms`), with
@@ -22,12 +30,16 @@ export class RetryQueues {
     return `${this.workQueue}.retry.${tierMs}ms`;
   }
 
-  /** Publishes `content` to the tier's retry queue, to come back after `delayMs`; resolves when confirmed. */
+  /**
+   * Publishes `content` to the tier's retry queue, to come back after `delayMs`; resolves when
+   * confirmed. Published as mandatory: the default exchange drops a message for a queue that does
+   * not exist and still confirms it, which would lose the message once the original is acked.
+   */
   async schedule(
     tierMs: number,
     delayMs: number,
     content: Buffer,
-    properties: Parameters<ResilientAmqpConnection['publish']>[3],
+    properties: Parameters<ResilientAmqpConnection['publish']>[3] & { messageId: string },
   ): Promise<void> {
     const channel = await this.amqp.confirmChannel();
     const name = this.queueName(tierMs);
@@ -38,6 +50,25 @@ export class RetryQueues {
       });
       this.declared.add(name);
     }
-    await publishConfirmed(channel, '', name, content, { ...properties, expiration: String(delayMs) });
+    let returned = false;
+    const onReturn = (msg: Message) => {
+      if (msg.fields.routingKey === name && msg.properties.messageId === properties.messageId)
+        returned = true;
+    };
+    // The broker sends a return before the confirm of the same message.
+    channel.on('return', onReturn);
+    try {
+      await publishConfirmed(channel, '', name, content, {
+        ...properties,
+        expiration: String(delayMs),
+        mandatory: true,
+      });
+    } finally {
+      channel.removeListener('return', onReturn);
+    }
+    if (returned) {
+      this.declared.delete(name);
+      throw new RetryQueueMissingError(name);
+    }
   }
 }

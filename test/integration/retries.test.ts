@@ -1,3 +1,4 @@
+import amqp from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { exampleMigrations } from '../../examples/app/migrations.js';
@@ -6,7 +7,7 @@ import { defineApp, defineHandler } from '../../shared/app.js';
 import { NonRetryableError } from '../../shared/errors.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { count, createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
 
 // Attempts each message id was handled with, as the handler saw them (ctx.envelope.attempt).
 const seen = new Map<string, number[]>();
@@ -72,6 +73,23 @@ describe('retries', () => {
     expect(seen.get('transient')).toEqual([1, 2, 3]);
     expect(await count(env.knex, 'invoices_sent', { invoice_id: 'transient' })).toBe(1);
     expect(await deadLetter('transient')).toBeUndefined();
+  });
+
+  it('loses nothing when a retry queue disappears under a running worker', async () => {
+    // One delayed retry makes the worker declare the 50 ms tier queue...
+    await publish('warm-up', 'Flaky', { key: 'warm-up', failTimes: 2 });
+    await waitFor(() => count(env.knex, 'invoices_sent', { invoice_id: 'warm-up' }), 'the warm-up');
+    // ...which is then deleted, as an operator might. A delayed retry must not vanish.
+    const connection = await amqp.connect(urls.amqp);
+    try {
+      const channel = await connection.createChannel();
+      await channel.deleteQueue(`${env.config.exchange}.test.retry.50ms`);
+    } finally {
+      await connection.close();
+    }
+    await publish('queue-gone', 'Flaky', { key: 'queue-gone', failTimes: 99 });
+    const entry = await waitFor(() => deadLetter('queue-gone'), 'the dead letter');
+    expect(entry).toMatchObject({ reason: 'handler-failed', attempts: 4 });
   });
 
   it('a non-retryable error goes straight to the dead letters', async () => {
