@@ -2,6 +2,7 @@ import type { ConfirmChannel, Options } from 'amqplib';
 import type { Knex } from 'knex';
 import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from './dead-letters.js';
 import { Headers } from './envelope.js';
+import { DurableWorkerError } from './errors.js';
 import { inboxHas } from './inbox.js';
 import { retrySagaCompensation } from './saga-replay.js';
 
@@ -92,7 +93,9 @@ async function publishToQueue(
   }
 }
 
-export class QueueMissingError extends Error {
+/** The queue a dead letter came from is gone; replaying would drop the message. */
+export class QueueMissingError extends DurableWorkerError {
+  override readonly code = 'DW_QUEUE_MISSING';
   constructor(readonly queue: string) {
     super(`queue ${queue} does not exist on the broker (start the worker or run \`dw migrate\` first)`);
   }

@@ -1,9 +1,11 @@
 import type { Message } from 'amqplib';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { publishConfirmed } from '../shared/amqp.js';
+import { DurableWorkerError } from '../shared/errors.js';
 
 /** The retry queue vanished (deleted by hand, or by a broker reset) after we declared it. */
-export class RetryQueueMissingError extends Error {
+export class RetryQueueMissingError extends DurableWorkerError {
+  override readonly code = 'DW_RETRY_QUEUE_MISSING';
   constructor(readonly queue: string) {
     super(`retry queue ${queue} does not exist; it is declared again on the next attempt`);
   }

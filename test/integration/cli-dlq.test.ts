@@ -156,6 +156,26 @@ describe('dw dlq', () => {
     expect(fresh.headers['x-dw-replayed-from']).toMatch(/^\d+$/);
   });
 
+  it('refuses to replay into a queue that no longer exists, and keeps the entry', async () => {
+    const id = await storeDeadLetter(env.knex, {
+      source: 'amqp',
+      queue: `${env.config.exchange}.gone`,
+      messageId: 'm-gone',
+      type: 'JoinMeeting',
+      reason: 'handler-failed',
+      error: { message: 'x' },
+      attempts: 1,
+      payload: { userId: 'u', meetingId: 'm' },
+    });
+    const result = await dw('dlq', 'replay', String(id));
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe(
+      `dw: queue ${env.config.exchange}.gone does not exist on the broker (start the worker or run \`dw migrate\` first)\n`,
+    );
+    expect(await entryOf('m-gone')).toBeDefined();
+    await env.knex('dw_dead_letters').where({ id }).delete();
+  });
+
   it('purges with guards', async () => {
     expectUsageError(await dw('dlq', 'purge', '--all'), /^dw: purge --all .* add --yes to confirm$/);
     const before = await count(env.knex, 'dw_dead_letters');
