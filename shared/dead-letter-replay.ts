@@ -4,7 +4,7 @@ import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from './dead-let
 import { Headers } from './envelope.js';
 import { DurableWorkerError } from './errors.js';
 import { inboxHas } from './inbox.js';
-import { retrySagaCompensation } from './saga-replay.js';
+import { retryCompensation } from './saga/recovery.js';
 
 export type ReplayOutcome =
   /** Sent back to its queue and removed from the dead letters. */
@@ -162,7 +162,7 @@ async function replaySagaEntry(
     };
   }
   if (options.dryRun) return { ...base, outcome: 'would-replay' };
-  const answer = await retrySagaCompensation(trx, { sagaId: row.saga_id, step: row.step });
+  const answer = await retryCompensation(trx, { sagaId: row.saga_id, step: row.step });
   if (answer === 'not-failed') {
     return { ...base, outcome: 'not-replayable', detail: `saga ${row.saga_id} is not failed any more` };
   }

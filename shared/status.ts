@@ -5,9 +5,7 @@ import type { Knex } from 'knex';
 import type { App } from './app.js';
 import { countDeadLettersByReason } from './dead-letters.js';
 import type { RetryPolicy } from './retry-policy.js';
-
-/** The BullMQ queue the saga runner consumes. */
-export const SAGA_QUEUE = 'dw-sagas';
+import { sagaQueue } from './saga/jobs.js';
 
 export interface OutboxStatus {
   pending: number;

@@ -4,6 +4,7 @@ import { loadApp } from '../app.js';
 import { redactUrl } from '../config.js';
 import { ServiceUnavailableError } from '../errors.js';
 import { assertRedisReachable } from '../redis.js';
+import { sagaQueue } from '../saga/jobs.js';
 import {
   appQueueNames,
   bullmqDestinations,
@@ -12,7 +13,6 @@ import {
   deadLetterStatus,
   outboxStatus,
   rabbitQueueStatus,
-  SAGA_QUEUE,
   type Status,
   sagaCountsByStatus,
 } from '../status.js';
@@ -51,7 +51,7 @@ export function registerStatus(program: Command): void {
       }
       await assertRedisReachable(cfg.redisUrl);
       const bullmq = await bullQueueStatus(cfg.redisUrl, cfg.bullmqPrefix, [
-        ...new Set([...bullNames, SAGA_QUEUE]),
+        ...new Set([...bullNames, sagaQueue]),
       ]);
       const status: Status = { outbox, deadLetters, sagas, queues: { rabbitmq, bullmq } };
       if (opts.json) printJson(status);
