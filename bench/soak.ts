@@ -31,7 +31,7 @@ export interface SoakMinute {
 export interface SoakReport {
   soak: {
     minutes: SoakMinute[];
-    /** Last minute against the first (throughput) or the second (RSS, after warm-up), in percent. */
+    /** Mean of the second half of the minutes against the first half, in percent. */
     handledChangePct: number;
     relayedChangePct: number;
     workerRssChangePct: number;
@@ -125,17 +125,21 @@ export async function runSoak(
     await publisher.close();
     await live.stop();
   }
-  const first = minutes[0]!;
-  const settled = minutes[Math.min(1, minutes.length - 1)]!;
-  const final = minutes[minutes.length - 1]!;
-  const change = (from: number, to: number) => round(((to - from) / from) * 100, 1);
+  // Halves, not first and last minute: one noisy minute must not decide "flat".
+  const half = Math.max(1, Math.floor(minutes.length / 2));
+  const mean = (rows: SoakMinute[], key: keyof SoakMinute) =>
+    rows.reduce((sum, m) => sum + m[key], 0) / rows.length;
+  const firstHalf = minutes.slice(0, half);
+  const secondHalf = minutes.slice(-half);
+  const change = (key: keyof SoakMinute) =>
+    round(((mean(secondHalf, key) - mean(firstHalf, key)) / mean(firstHalf, key)) * 100, 1);
   const report: SoakReport = {
     soak: {
       minutes,
-      handledChangePct: change(first.handledPerSec, final.handledPerSec),
-      relayedChangePct: change(first.relayedPerSec, final.relayedPerSec),
-      workerRssChangePct: change(settled.workerRssMb, final.workerRssMb),
-      relayRssChangePct: change(settled.relayRssMb, final.relayRssMb),
+      handledChangePct: change('handledPerSec'),
+      relayedChangePct: change('relayedPerSec'),
+      workerRssChangePct: change('workerRssMb'),
+      relayRssChangePct: change('relayRssMb'),
       machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`,
     },
   };
