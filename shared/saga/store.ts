@@ -126,6 +126,29 @@ export async function advanceSagaVersion(
   return count === 1;
 }
 
+/**
+ * A parallel group member's update: merges its result into the state (top-level keys, as the
+ * runner merges) and moves the version, without an expected version: siblings committing one
+ * after the other (serialized by the row lock this takes) need not re-run their code. False when
+ * the saga left `status` meanwhile (compensation began): the caller re-runs and finds that.
+ */
+export async function mergeSagaState(
+  trx: Db,
+  sagaId: string,
+  status: SagaStatus,
+  result: object | undefined,
+): Promise<boolean> {
+  const count = await trx('dw_sagas')
+    .where({ id: sagaId, status })
+    .update({
+      // jsonb || merges top-level keys; the bound value is the step's result as JSON.
+      ...(result ? { state: trx.raw('state || ?::jsonb', [JSON.stringify(result)]) } : {}),
+      version: trx.raw('version + 1'),
+      updated_at: trx.fn.now(),
+    });
+  return count === 1;
+}
+
 /** Sets a final or next status, only from `from`; returns the saga row when it changed. */
 export async function transitionSaga(
   trx: Db,

@@ -30,7 +30,9 @@ const app = defineApp({
         seen.set(message.key, [...(seen.get(message.key) ?? []), ctx.envelope.attempt]);
         if (message.permanent) throw new NonRetryableError(`${message.key}: cannot ever work`);
         if (ctx.envelope.attempt <= message.failTimes && message.network) {
-          const cause = Object.assign(new Error('connect ECONNREFUSED 10.0.0.1:443'), { code: 'ECONNREFUSED' });
+          const cause = Object.assign(new Error('connect ECONNREFUSED 10.0.0.1:443'), {
+            code: 'ECONNREFUSED',
+          });
           throw new TypeError('fetch failed', { cause });
         }
         if (ctx.envelope.attempt <= message.failTimes) {

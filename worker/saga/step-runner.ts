@@ -11,6 +11,7 @@ import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
 import {
   advanceSagaVersion,
   listStepRows,
+  mergeSagaState,
   readSagaForStep,
   recordStepCompleted,
   transitionSaga,
@@ -203,18 +204,16 @@ export class SagaStepRunner {
     const lastStage = saga.stages.length - 1;
     const stageSize = saga.stages[step.stage]?.length ?? 1;
     const finishes = job.phase === 'execute' && step.stage === lastStage && stageSize === 1;
-    const state =
-      job.phase === 'execute' && result && typeof result === 'object'
-        ? { ...row.state, ...(result as object) }
-        : undefined;
-    if (
-      !(await advanceSagaVersion(trx, row.id, row.version, {
-        state,
-        status: finishes ? 'completed' : undefined,
-      }))
-    ) {
-      throw new ConcurrencyConflictError(row.id, row.version);
-    }
+    const merged = job.phase === 'execute' && result && typeof result === 'object' ? result : undefined;
+    const moved =
+      stageSize > 1
+        ? // A group member: siblings serialize on the row lock instead of re-running on conflicts.
+          await mergeSagaState(trx, row.id, row.status, merged)
+        : await advanceSagaVersion(trx, row.id, row.version, {
+            state: merged ? { ...row.state, ...merged } : undefined,
+            status: finishes ? 'completed' : undefined,
+          });
+    if (!moved) throw new ConcurrencyConflictError(row.id, row.version);
     const recorded = await recordStepCompleted(trx, {
       sagaId: row.id,
       step: step.name,
@@ -241,8 +240,9 @@ export class SagaStepRunner {
         } as const;
         outbox.push(...stageMessages(saga_, plan));
       } else {
-        // A parallel group: the saga row is locked by the update above, so the sibling that
-        // commits last sees every other sibling's record and is the one that moves on.
+        // A parallel group: the saga row is locked by the update above, so this new statement
+        // sees every sibling that committed before; the sibling that commits last sees them all
+        // and is the one that moves on.
         const plan = planExecution(saga, await listStepRows(trx, row.id));
         if (plan.kind === 'done') await transitionSaga(trx, row.id, 'running', 'completed');
         else if (plan.stage !== step.stage) outbox.push(...stageMessages(saga_, plan));
