@@ -10,8 +10,14 @@ export interface Stoppable {
 /**
  * Two-stage shutdown: the first SIGTERM/SIGINT stops gracefully (exit 0 once drained, 1 if the
  * grace time ran out); a second signal exits at once, leaving in-flight messages to redelivery.
+ * Installed before the component has finished starting, so that a signal during start-up also
+ * ends in a graceful stop rather than the default abrupt exit.
  */
-export function handleSignals(component: Stoppable, log: Logger, onStopped?: () => Promise<void>): void {
+export function handleSignals(
+  component: Promise<Stoppable>,
+  log: Logger,
+  onStopped?: () => Promise<void>,
+): void {
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
@@ -21,8 +27,8 @@ export function handleSignals(component: Stoppable, log: Logger, onStopped?: () 
     stopping = true;
     log.info({ signal }, 'shutting down gracefully (send the signal again to force)');
     void component
-      .stop()
-      .then(async (drained) => {
+      .then(async (started) => {
+        const drained = await started.stop();
         await onStopped?.();
         process.exit(drained ? 0 : 1);
       })
