@@ -35,9 +35,12 @@ export function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions
     batchSize,
     concurrency,
     pollIntervalMs: options.pollIntervalMs ?? 1000,
-    keepCompleted: options.keepCompleted ?? { age: 24 * 3600, count: 100_000 },
+    keepCompleted: options.keepCompleted ?? defaultKeepCompleted,
     shutdownGraceMs: options.shutdownGraceMs ?? 10_000,
     knex: options.knex,
     logger: options.logger ?? silentLogger,
   };
 }
+
+/** Completed BullMQ jobs kept (seconds, count): a job id added again meanwhile is deduplicated. */
+export const defaultKeepCompleted = { age: 24 * 3600, count: 100_000 };
