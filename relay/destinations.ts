@@ -3,7 +3,7 @@ import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { publishOptions } from '../shared/envelope.js';
-import type { OutboxMessage, OutboxRow } from '../shared/outbox.js';
+import type { OutboxRow } from '../shared/outbox.js';
 
 /** The data of every BullMQ job the relay adds: the message with its envelope. */
 export interface OutboxJobData {
@@ -68,7 +68,22 @@ export class Destinations {
   }
 
   private job(row: OutboxRow) {
-    return bullmqJob(row, this.keepCompleted);
+    const data: OutboxJobData = {
+      messageId: row.messageId,
+      type: row.type,
+      payload: row.payload,
+      headers: row.headers,
+    };
+    return {
+      name: row.type,
+      data,
+      opts: {
+        ...row.options,
+        jobId: jobIdFor(row.messageId),
+        removeOnComplete: this.keepCompleted,
+        removeOnFail: { age: 7 * 24 * 3600 },
+      },
+    };
   }
 
   private async addJobs(queueName: string, rows: OutboxRow[], result: DeliveryResult): Promise<void> {
@@ -134,29 +149,6 @@ export class Destinations {
  * (ids made only of digits clash with its own numbering; ':' is its key separator), in which case
  * a hash of it, which is just as stable.
  */
-/**
- * The BullMQ job of an outbox message: job id from the message id, so that every producer of the
- * same message (the relay, the saga runner's direct add) makes one job.
- */
-export function bullmqJob(message: OutboxMessage, keepCompleted: { age: number; count: number }) {
-  const data: OutboxJobData = {
-    messageId: message.messageId,
-    type: message.type,
-    payload: message.payload,
-    headers: message.headers,
-  };
-  return {
-    name: message.type,
-    data,
-    opts: {
-      ...message.options,
-      jobId: jobIdFor(message.messageId),
-      removeOnComplete: keepCompleted,
-      removeOnFail: { age: 7 * 24 * 3600 },
-    },
-  };
-}
-
 export function jobIdFor(messageId: string): string {
   if (!/^\d+$/.test(messageId) && !messageId.includes(':')) return messageId;
   return `h-${createHash('sha1').update(messageId).digest('hex')}`;

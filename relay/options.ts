@@ -35,12 +35,9 @@ export function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions
     batchSize,
     concurrency,
     pollIntervalMs: options.pollIntervalMs ?? 1000,
-    keepCompleted: options.keepCompleted ?? defaultKeepCompleted,
+    keepCompleted: options.keepCompleted ?? { age: 24 * 3600, count: 100_000 },
     shutdownGraceMs: options.shutdownGraceMs ?? 10_000,
     knex: options.knex,
     logger: options.logger ?? silentLogger,
   };
 }
-
-/** Completed BullMQ jobs kept (seconds, count): a job id added again meanwhile is deduplicated. */
-export const defaultKeepCompleted = { age: 24 * 3600, count: 100_000 };

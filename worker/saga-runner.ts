@@ -1,7 +1,6 @@
 import { Worker as BullWorker, Queue } from 'bullmq';
 import type { Knex } from 'knex';
-import { bullmqJob, type OutboxJobData } from '../relay/destinations.js';
-import { defaultKeepCompleted } from '../relay/options.js';
+import type { OutboxJobData } from '../relay/destinations.js';
 import type { App } from '../shared/app.js';
 import type { Logger } from '../shared/logger.js';
 import { assertRedisReachable, createRedis, redisHealthy } from '../shared/redis.js';
@@ -45,16 +44,9 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   const connection = createRedis(deps.redisUrl);
   connection.on('error', () => {});
   const abort = new AbortController();
+  const runner = new SagaStepRunner({ app: deps.app, knex: deps.knex, log, signal: abort.signal });
   const queue = new Queue(sagaQueue, { connection, prefix: deps.bullmqPrefix });
   queue.on('error', () => {});
-  const runner = new SagaStepRunner({
-    app: deps.app,
-    knex: deps.knex,
-    log,
-    signal: abort.signal,
-    // Same job ids and retention as the relay's, so its later delivery of these rows is a no-op.
-    enqueue: (messages) => queue.addBulk(messages.map((m) => bullmqJob(m, defaultKeepCompleted))),
-  });
   const worker = new BullWorker<OutboxJobData>(
     sagaQueue,
     async (job) => {

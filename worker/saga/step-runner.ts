@@ -7,7 +7,7 @@ import type { Logger } from '../../shared/logger.js';
 import { sagaStepsTotal } from '../../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
 import type { SagaDefinition, StepDefinition } from '../../shared/saga/definition.js';
-import { type SagaDeadlineJob, type SagaStepJob, sagaQueue } from '../../shared/saga/jobs.js';
+import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
 import {
   advanceSagaVersion,
   listStepRows,
@@ -28,12 +28,6 @@ export interface StepRunnerDeps {
   log: Logger;
   /** Aborted when shutdown gives up waiting: database outage backoffs stop. */
   signal: AbortSignal;
-  /**
-   * Adds the next stage's jobs to BullMQ right after a step committed (best effort, same job ids
-   * as the relay uses, so its later delivery of the committed outbox rows is deduplicated). Saves
-   * the relay hop per step; without it, the relay alone delivers them.
-   */
-  enqueue?: (messages: OutboxMessage[]) => Promise<unknown>;
 }
 
 /** How BullMQ handed the job out. */
@@ -90,17 +84,11 @@ export class SagaStepRunner {
         return 'failed';
       }
     }
-    let committed: OutboxMessage[] = [];
     const outcome = await this.withTransactionRetry(async () => {
-      // attempt: set once the user code returned (an error after that is still this attempt's);
-      // sent: the saga jobs written with the step.
-      const progress = { attempt: 0, sent: [] as OutboxMessage[] };
+      // Set once the user code returned: an error after that is still this attempt's.
+      const progress = { attempt: 0 };
       try {
-        const result = await this.deps.knex.transaction((trx) =>
-          this.attempt(trx, saga, step, job, progress),
-        );
-        committed = progress.sent;
-        return result;
+        return await this.deps.knex.transaction((trx) => this.attempt(trx, saga, step, job, progress));
       } catch (error) {
         if (error instanceof AttemptFailed) {
           return this.afterFailure(saga, step, job, error.error, error.attempt);
@@ -118,23 +106,9 @@ export class SagaStepRunner {
         throw error;
       }
     });
-    if (outcome === 'completed') {
-      crashPoint('saga:after-step-commit');
-      await this.enqueueDirectly(committed);
-    }
+    if (outcome === 'completed') crashPoint('saga:after-step-commit');
     sagaStepsTotal.inc({ phase: job.phase, outcome });
     return outcome;
-  }
-
-  private async enqueueDirectly(sent: OutboxMessage[]): Promise<void> {
-    const jobs = sent.filter((m) => m.destination.kind === 'bullmq' && m.destination.queue === sagaQueue);
-    if (!this.deps.enqueue || jobs.length === 0) return;
-    try {
-      await this.deps.enqueue(jobs);
-    } catch (error) {
-      // The outbox rows committed with the step: the relay delivers them anyway.
-      this.deps.log.debug({ err: error }, 'direct add of the next saga jobs failed; the relay delivers them');
-    }
   }
 
   private async afterFailure(
@@ -187,7 +161,7 @@ export class SagaStepRunner {
     saga: AnySaga,
     step: AnyStep,
     job: SagaStepJob,
-    progress: { attempt: number; sent: OutboxMessage[] },
+    progress: { attempt: number },
   ): Promise<StepOutcome> {
     const row = await readSagaForStep(trx, job.sagaId, step.name, job.phase);
     if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) {
@@ -281,7 +255,6 @@ export class SagaStepRunner {
       else outbox.push(...stageMessages(saga_, plan));
     }
     await insertOutboxMessages(trx, outbox);
-    progress.sent = outbox;
     if (job.phase === 'compensate') crashPoint('saga:during-compensation');
     return 'completed';
   }
