@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import type { z } from 'zod';
 import type { App } from '../shared/app.js';
 import { crashPoint } from '../shared/crash-points.js';
-import { isConnectionError, isSerializationError } from '../shared/db/knex.js';
+import { classifyFailure } from '../shared/db/failures.js';
 import { type DeadLetterReason, deadLetterExists, storeDeadLetter } from '../shared/dead-letters.js';
 import { type Envelope, Headers, type IncomingMessage } from '../shared/envelope.js';
 import { type ErrorInfo, InvalidMessageError, toErrorInfo } from '../shared/errors.js';
@@ -263,7 +263,8 @@ export class MessageProcessor {
       });
     } catch (error) {
       await uow.afterRollback(error);
-      if (isConnectionError(error) || isSerializationError(error)) throw error;
+      // An outage or a serialization conflict is not the handler's fault: withOutageRetry runs it again.
+      if ((await classifyFailure(knex, error)) !== 'application') throw error;
       return { error };
     }
     if (result === 'handled') await uow.afterCommit();
@@ -305,8 +306,9 @@ export class MessageProcessor {
       try {
         return await fn();
       } catch (error) {
-        if (!isConnectionError(error) && !isSerializationError(error)) throw error;
-        if (attempt === 0 && !isSerializationError(error)) {
+        const kind = await classifyFailure(this.deps.knex, error);
+        if (kind === 'application') throw error;
+        if (attempt === 0 && kind === 'outage') {
           log.warn({ err: error }, 'database unavailable; holding the message until it is back');
         }
         await sleep(Math.min(5000, 50 * 2 ** attempt), this.deps.signal);
