@@ -1,11 +1,11 @@
 import type { ConfirmChannel, Options } from 'amqplib';
 import type { Knex } from 'knex';
-import type { PlannableSaga } from '../worker/saga/plan.js';
 import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from './dead-letters.js';
 import { Headers } from './envelope.js';
 import { DurableWorkerError } from './errors.js';
 import { inboxHas } from './inbox.js';
 import type { SagaStepJob } from './saga/jobs.js';
+import type { PlannableSaga } from './saga/plan.js';
 import { retryCompensation } from './saga/recovery.js';
 
 export type ReplayOutcome =

@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
-import { type PlannableSaga, planCompensation } from '../../worker/saga/plan.js';
 import { insertOutboxMessages } from '../outbox.js';
 import { stepMessage } from './jobs.js';
+import { type PlannableSaga, planCompensation } from './plan.js';
 import { listStepRows, reopenFailedSaga, resetFailedCompensations, transitionSaga } from './store.js';
 
 /**

@@ -11,8 +11,8 @@ import {
   sagaStepType,
   stepMessage,
 } from '../../shared/saga/jobs.js';
+import { retryDelayMs } from '../../shared/saga/plan.js';
 import { getSaga, recordStepFailure, touchSaga, transitionSaga } from '../../shared/saga/store.js';
-import { retryDelayMs } from './plan.js';
 import { beginCompensation } from './transitions.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: sagas of any state type share the runner

@@ -8,6 +8,7 @@ import { sagaStepsTotal } from '../../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
 import type { SagaDefinition, StepDefinition } from '../../shared/saga/definition.js';
 import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
+import { planCompensation, planExecution } from '../../shared/saga/plan.js';
 import {
   advanceSagaVersion,
   listStepRows,
@@ -18,7 +19,6 @@ import {
 } from '../../shared/saga/store.js';
 import { sleep } from '../../shared/time.js';
 import { afterFailedAttempt } from './failures.js';
-import { planCompensation, planExecution } from './plan.js';
 import { stepContext, withTimeout } from './step-context.js';
 import { beginCompensation, stageMessages } from './transitions.js';
 

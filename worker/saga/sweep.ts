@@ -5,6 +5,7 @@ import type { Logger } from '../../shared/logger.js';
 import { insertOutboxMessages } from '../../shared/outbox.js';
 import type { SagaDefinition } from '../../shared/saga/definition.js';
 import { sagaQueue, stepJobId } from '../../shared/saga/jobs.js';
+import { planCompensation, planExecution } from '../../shared/saga/plan.js';
 import {
   bumpGeneration,
   findStalledSagas,
@@ -13,7 +14,6 @@ import {
   type SagaRow,
   transitionSaga,
 } from '../../shared/saga/store.js';
-import { planCompensation, planExecution } from './plan.js';
 import { beginCompensation, stageMessages } from './transitions.js';
 
 export interface SweepDeps {
