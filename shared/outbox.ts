@@ -31,6 +31,12 @@ export interface OutboxMessage {
   payload: unknown;
   headers: Record<string, string>;
   options?: OutboxJobOptions;
+  /**
+   * Held back from the relay for this long: the process that wrote it runs it itself right after
+   * the commit (eager saga steps) and then marks it delivered. Should that process die first, the
+   * relay delivers it once the lease is over.
+   */
+  leaseMs?: number;
 }
 
 export interface OutboxRow extends OutboxMessage {
@@ -54,6 +60,10 @@ export async function insertOutboxMessages(trx: Knex | Knex.Transaction, message
         payload: JSON.stringify(m.payload ?? null),
         headers: JSON.stringify(m.headers),
         options: JSON.stringify(m.options ?? {}),
+        available_at: m.leaseMs
+          ? // make_interval keeps the lease a bound parameter.
+            trx.raw('now() + make_interval(secs => ?)', [m.leaseMs / 1000])
+          : trx.fn.now(),
       })),
     )
     .onConflict('message_id')
@@ -107,6 +117,24 @@ export async function claimOutboxBatch(trx: Knex.Transaction, limit: number): Pr
       options: r.options,
       attempts: r.attempts,
     }));
+}
+
+/** Marks leased messages delivered: their process ran them itself, the relay must not. */
+export async function markLeasedDelivered(knex: Knex, messageIds: readonly string[]): Promise<void> {
+  if (messageIds.length === 0) return;
+  await knex(table)
+    .whereIn('message_id', messageIds)
+    .whereNull('delivered_at')
+    .update({ delivered_at: knex.fn.now() });
+}
+
+/** Ends the lease of messages their process will not run after all: the relay takes them now. */
+export async function endLeases(knex: Knex, messageIds: readonly string[]): Promise<void> {
+  if (messageIds.length === 0) return;
+  await knex(table)
+    .whereIn('message_id', messageIds)
+    .whereNull('delivered_at')
+    .update({ available_at: knex.fn.now() });
 }
 
 /**

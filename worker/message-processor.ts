@@ -9,10 +9,11 @@ import { type ErrorInfo, InvalidMessageError, toErrorInfo } from '../shared/erro
 import { bumpDeliveryCount, insertInboxRow } from '../shared/inbox.js';
 import type { Logger } from '../shared/logger.js';
 import { handlerSeconds, messagesTotal } from '../shared/metrics.js';
-import { insertOutboxMessages } from '../shared/outbox.js';
+import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
 import { decideRetry } from '../shared/retry-policy.js';
 import { sleep } from '../shared/time.js';
 import type { RetryQueues } from './retry-queues.js';
+import type { EagerSteps } from './saga/eager.js';
 import { UnitOfWork } from './unit-of-work.js';
 
 /** What the consumer does with the delivery: everything but `requeue` is acked. */
@@ -27,6 +28,8 @@ export interface ProcessorDeps {
   retryQueues: RetryQueues;
   maxMessageBytes: number;
   maxDeliveries: number;
+  /** Runs the first steps of sagas the handlers started, right after the commit (see EagerSteps). */
+  eagerSagaSteps?: EagerSteps;
   log: Logger;
   /** Aborted on shutdown: outage backoffs stop waiting and the message is requeued. */
   signal: AbortSignal;
@@ -251,14 +254,16 @@ export class MessageProcessor {
     payloads: readonly unknown[],
     log: Logger,
   ): Promise<'handled' | 'duplicate' | { error: unknown }> {
-    const { knex, app, exchange, queue } = this.deps;
+    const { knex, app, exchange, queue, eagerSagaSteps } = this.deps;
     const uow = new UnitOfWork(app, exchange, log);
     let result: 'handled' | 'duplicate';
+    let written: readonly OutboxMessage[] = [];
     try {
       result = await knex.transaction(async (trx) => {
         if (!(await insertInboxRow(trx, queue, envelope.id))) return 'duplicate';
         await uow.runHandlers(trx, envelope, payloads);
-        await insertOutboxMessages(trx, uow.outbox);
+        written = eagerSagaSteps ? eagerSagaSteps.lease(uow.outbox) : uow.outbox;
+        await insertOutboxMessages(trx, written);
         return 'handled';
       });
     } catch (error) {
@@ -267,8 +272,12 @@ export class MessageProcessor {
       if ((await classifyFailure(knex, error)) !== 'application') throw error;
       return { error };
     }
-    if (result === 'handled') await uow.afterCommit();
-    else log.debug('duplicate message: already processed, no effect');
+    if (result === 'handled') {
+      eagerSagaSteps?.run(written);
+      await uow.afterCommit();
+    } else {
+      log.debug('duplicate message: already processed, no effect');
+    }
     return result;
   }
 

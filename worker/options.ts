@@ -26,11 +26,18 @@ export interface WorkerOptions {
   sagaSweepIntervalMs?: number;
   /** A running saga untouched for this long is checked by the sweep. Default 60000 ms. */
   sagaStaleAfterMs?: number;
+  /**
+   * Run a saga's next steps in this process right after a step (or the handler that started the
+   * saga) commits, holding their outbox rows back from the relay for this long; if the process dies
+   * first, the relay delivers them when the lease ends. Default 10000 ms; 0 leaves every step to the
+   * relay and BullMQ.
+   */
+  sagaEagerLeaseMs?: number;
   /** How often housekeeping prunes the inbox and the delivered outbox. Default 60000 ms; 0 turns it off. */
   housekeepingIntervalMs?: number;
   /** How long inbox rows are kept to detect duplicates. Default 7 days. */
   dedupWindowMs?: number;
-  /** Postgres pool size. Default concurrency + sagaConcurrency + 4. */
+  /** Postgres pool size. Default concurrency + 2 × sagaConcurrency (BullMQ and eager steps) + 4. */
   poolMax?: number;
   /** Use this knex instead of opening a pool (the caller closes it). */
   knex?: Knex;
@@ -54,9 +61,10 @@ export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOpti
     sagaConcurrency,
     sagaSweepIntervalMs: options.sagaSweepIntervalMs ?? 30_000,
     sagaStaleAfterMs: options.sagaStaleAfterMs ?? 60_000,
+    sagaEagerLeaseMs: options.sagaEagerLeaseMs ?? 10_000,
     housekeepingIntervalMs: options.housekeepingIntervalMs ?? 60_000,
     dedupWindowMs: options.dedupWindowMs ?? 7 * 24 * 3600 * 1000,
-    poolMax: positive(options.poolMax, concurrency + sagaConcurrency + 4, 'poolMax'),
+    poolMax: positive(options.poolMax, concurrency + 2 * sagaConcurrency + 4, 'poolMax'),
     knex: options.knex,
     logger: options.logger ?? silentLogger,
   };

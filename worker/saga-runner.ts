@@ -6,6 +6,7 @@ import type { Logger } from '../shared/logger.js';
 import { assertRedisReachable, createRedis, redisHealthy } from '../shared/redis.js';
 import { type SagaJob, sagaQueue } from '../shared/saga/jobs.js';
 import { sleep } from '../shared/time.js';
+import { EagerSteps } from './saga/eager.js';
 import { SagaStepRunner } from './saga/step-runner.js';
 import { sweepOnce } from './saga/sweep.js';
 
@@ -17,6 +18,8 @@ export interface SagaRunnerDeps {
   concurrency: number;
   sweepIntervalMs: number;
   staleAfterMs: number;
+  /** Lease of eagerly run steps (see EagerSteps); 0 leaves every step to the relay. */
+  eagerLeaseMs: number;
   log: Logger;
 }
 
@@ -26,6 +29,8 @@ export interface SagaRunner {
   healthy(): Promise<boolean>;
   /** Runs one recovery sweep now; returns how many sagas it resumed. */
   sweep(): Promise<number>;
+  /** Runs first steps of sagas started by this process's handlers; undefined when turned off. */
+  eager: EagerSteps | undefined;
 }
 
 /**
@@ -44,7 +49,19 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   const connection = createRedis(deps.redisUrl);
   connection.on('error', () => {});
   const abort = new AbortController();
-  const runner = new SagaStepRunner({ app: deps.app, knex: deps.knex, log, signal: abort.signal });
+  const eager =
+    deps.eagerLeaseMs > 0
+      ? new EagerSteps(deps.knex, { leaseMs: deps.eagerLeaseMs, concurrency: deps.concurrency, log }, (job) =>
+          runner.runStep(job),
+        )
+      : undefined;
+  const runner: SagaStepRunner = new SagaStepRunner({
+    app: deps.app,
+    knex: deps.knex,
+    log,
+    signal: abort.signal,
+    eager,
+  });
   const queue = new Queue(sagaQueue, { connection, prefix: deps.bullmqPrefix });
   queue.on('error', () => {});
   const worker = new BullWorker<OutboxJobData>(
@@ -79,11 +96,15 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   return {
     healthy: () => redisHealthy(connection),
     sweep,
+    eager,
     stop(graceMs) {
       stopped ??= (async () => {
         if (timer) clearInterval(timer);
         const closing = worker.close();
-        const drained = await Promise.race([closing.then(() => true), sleep(graceMs).then(() => false)]);
+        const [drained] = await Promise.all([
+          Promise.race([closing.then(() => true), sleep(graceMs).then(() => false)]),
+          eager?.stop(graceMs),
+        ]);
         if (!drained) {
           // Jobs still running stay in BullMQ's active list; the stalled check hands them out again.
           abort.abort();

@@ -45,6 +45,18 @@ export class Worker {
       });
       cleanups.push(() => amqp.close());
       await amqp.start();
+      const sagaRunner = await startSagaRunner({
+        app,
+        knex,
+        redisUrl: config.redisUrl,
+        bullmqPrefix: config.bullmqPrefix,
+        concurrency: options.sagaConcurrency,
+        sweepIntervalMs: options.sagaSweepIntervalMs,
+        staleAfterMs: options.sagaStaleAfterMs,
+        eagerLeaseMs: options.sagaEagerLeaseMs,
+        log,
+      });
+      if (sagaRunner) cleanups.push(() => sagaRunner.stop(0));
       const abort = new AbortController();
       const processor = new MessageProcessor({
         app,
@@ -54,6 +66,7 @@ export class Worker {
         retryQueues: new RetryQueues(amqp, options.queue),
         maxMessageBytes: options.maxMessageBytes,
         maxDeliveries: options.maxDeliveries,
+        eagerSagaSteps: sagaRunner?.eager,
         log,
         signal: abort.signal,
       });
@@ -67,17 +80,6 @@ export class Worker {
         processor,
         log,
       );
-      const sagaRunner = await startSagaRunner({
-        app,
-        knex,
-        redisUrl: config.redisUrl,
-        bullmqPrefix: config.bullmqPrefix,
-        concurrency: options.sagaConcurrency,
-        sweepIntervalMs: options.sagaSweepIntervalMs,
-        staleAfterMs: options.sagaStaleAfterMs,
-        log,
-      });
-      if (sagaRunner) cleanups.push(() => sagaRunner.stop(0));
       if (app.handlers.size > 0) await consumer.start();
       const housekeeping = startHousekeeping(knex, {
         intervalMs: options.housekeepingIntervalMs,
@@ -119,11 +121,10 @@ export class Worker {
       const log = this.options.logger;
       log.info({ graceMs }, 'worker stopping');
       const started = Date.now();
-      const [drained] = await Promise.all([
-        this.consumer.stop(graceMs),
-        this.sagaRunner?.stop(graceMs),
-        this.housekeeping.stop(),
-      ]);
+      // Messages first: a handler finishing now may still start a saga, whose first steps the
+      // saga runner then hands to the relay rather than running them while it stops.
+      const [drained] = await Promise.all([this.consumer.stop(graceMs), this.housekeeping.stop()]);
+      await this.sagaRunner?.stop(Math.max(0, graceMs - (Date.now() - started)));
       this.abort.abort();
       await this.amqp.close();
       if (this.ownsKnex) await this.knex.destroy();

@@ -18,6 +18,7 @@ import {
   transitionSaga,
 } from '../../shared/saga/store.js';
 import { sleep } from '../../shared/time.js';
+import type { EagerSteps } from './eager.js';
 import { afterFailedAttempt } from './failures.js';
 import { stepContext, withTimeout } from './step-context.js';
 import { beginCompensation, stageMessages } from './transitions.js';
@@ -28,6 +29,16 @@ export interface StepRunnerDeps {
   log: Logger;
   /** Aborted when shutdown gives up waiting: database outage backoffs stop. */
   signal: AbortSignal;
+  /** Runs the next steps in this process right after a step commits; without it the relay does. */
+  eager?: EagerSteps;
+}
+
+/** What an attempt learned that outlives its transaction. */
+interface AttemptProgress {
+  /** Set once the user code returned: an error after that is still this attempt's. */
+  attempt: number;
+  /** The outbox messages written, some leased to this process to run once the transaction committed. */
+  written: OutboxMessage[];
 }
 
 /** How BullMQ handed the job out. */
@@ -84,11 +95,15 @@ export class SagaStepRunner {
         return 'failed';
       }
     }
+    let written: OutboxMessage[] = [];
     const outcome = await this.withTransactionRetry(async () => {
-      // Set once the user code returned: an error after that is still this attempt's.
-      const progress = { attempt: 0 };
+      const progress: AttemptProgress = { attempt: 0, written: [] };
       try {
-        return await this.deps.knex.transaction((trx) => this.attempt(trx, saga, step, job, progress));
+        const result = await this.deps.knex.transaction((trx) =>
+          this.attempt(trx, saga, step, job, progress),
+        );
+        written = progress.written;
+        return result;
       } catch (error) {
         if (error instanceof AttemptFailed) {
           return this.afterFailure(saga, step, job, error.error, error.attempt);
@@ -106,7 +121,10 @@ export class SagaStepRunner {
         throw error;
       }
     });
-    if (outcome === 'completed') crashPoint('saga:after-step-commit');
+    if (outcome === 'completed') {
+      crashPoint('saga:after-step-commit');
+      this.deps.eager?.run(written);
+    }
     sagaStepsTotal.inc({ phase: job.phase, outcome });
     return outcome;
   }
@@ -161,7 +179,7 @@ export class SagaStepRunner {
     saga: AnySaga,
     step: AnyStep,
     job: SagaStepJob,
-    progress: { attempt: number },
+    progress: AttemptProgress,
   ): Promise<StepOutcome> {
     const row = await readSagaForStep(trx, job.sagaId, step.name, job.phase);
     if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) {
@@ -254,7 +272,8 @@ export class SagaStepRunner {
       // reopened compensation they may not, so writing them keeps the group moving.
       else outbox.push(...stageMessages(saga_, plan));
     }
-    await insertOutboxMessages(trx, outbox);
+    progress.written = this.deps.eager ? this.deps.eager.lease(outbox) : outbox;
+    await insertOutboxMessages(trx, progress.written);
     if (job.phase === 'compensate') crashPoint('saga:during-compensation');
     return 'completed';
   }
