@@ -116,6 +116,21 @@ export async function markOutboxDelivered(trx: Knex.Transaction, ids: readonly n
   await trx(table).whereIn('id', ids).update({ delivered_at: trx.fn.now() });
 }
 
+/**
+ * Makes the BullMQ rows delivered in the last `withinMs` pending again, for when Redis lost its
+ * data: their jobs are gone. A job that survived is not duplicated (same job id). Returns how many.
+ */
+export async function redeliverBullmqRows(knex: Knex, withinMs: number): Promise<number> {
+  return (
+    knex(table)
+      .where('destination_kind', 'bullmq')
+      .whereNotNull('delivered_at')
+      // make_interval keeps the window a bound parameter.
+      .andWhere('delivered_at', '>', knex.raw('now() - make_interval(secs => ?)', [withinMs / 1000]))
+      .update({ delivered_at: null, available_at: knex.fn.now() })
+  );
+}
+
 /** Keeps the row pending but out of the way until `retryInMs` has passed, so it blocks nothing. */
 export async function markOutboxFailed(
   trx: Knex.Transaction,
