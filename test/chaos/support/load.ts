@@ -47,7 +47,11 @@ export function publishJoinMeetings(
 let connection: amqp.ChannelModel | undefined;
 let channel: amqp.ConfirmChannel | undefined;
 
-async function publishChunk(exchange: string, meetingId: string, slice: Array<{ id: string; userId: string }>) {
+async function publishChunk(
+  exchange: string,
+  meetingId: string,
+  slice: Array<{ id: string; userId: string }>,
+) {
   const deadline = Date.now() + 120_000;
   for (let attempt = 0; ; attempt++) {
     try {
@@ -62,12 +66,17 @@ async function publishChunk(exchange: string, meetingId: string, slice: Array<{ 
         channel.on('error', () => {});
       }
       for (const m of slice) {
-        channel.publish(exchange, 'JoinMeeting', Buffer.from(JSON.stringify({ userId: m.userId, meetingId })), {
-          messageId: m.id,
-          type: 'JoinMeeting',
-          contentType: 'application/json',
-          persistent: true,
-        });
+        channel.publish(
+          exchange,
+          'JoinMeeting',
+          Buffer.from(JSON.stringify({ userId: m.userId, meetingId })),
+          {
+            messageId: m.id,
+            type: 'JoinMeeting',
+            contentType: 'application/json',
+            persistent: true,
+          },
+        );
       }
       await channel.waitForConfirms();
       return;

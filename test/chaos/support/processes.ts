@@ -103,7 +103,9 @@ export class DwProcess {
     await waitFor(
       async () => {
         if (this.exit)
-          throw new Error(`${this.name} exited (${JSON.stringify(this.exit)}) before it was healthy:\n${this.tail()}`);
+          throw new Error(
+            `${this.name} exited (${JSON.stringify(this.exit)}) before it was healthy:\n${this.tail()}`,
+          );
         return (await this.health())?.ok;
       },
       `${this.name} /healthz to report every dependency up`,
@@ -190,7 +192,10 @@ export class Supervisor {
     const proc = this.current;
     if (!proc?.running) return proc?.exit;
     proc.signal('SIGTERM');
-    const exit = await Promise.race([proc.exited, new Promise<undefined>((r) => setTimeout(r, timeoutMs))]);
+    const exit = await Promise.race([
+      proc.exited,
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), timeoutMs)),
+    ]);
     if (!exit) await proc.kill();
     return exit;
   }

@@ -61,6 +61,11 @@ export class ChaosRun {
     return run;
   }
 
+  /** The scenario's own database name (faults touch this database only). */
+  get database(): string {
+    return new URL(this.env.config.databaseUrl).pathname.slice(1);
+  }
+
   get topology() {
     return appTopology(app, this.env.config.exchange);
   }
@@ -183,7 +188,9 @@ export class ChaosRun {
       for (const id of new Set(ids)) pipeline.hget(`${config.bullmqPrefix}:${queue}:${id}`, 'data');
       const replies = (await pipeline.exec()) ?? [];
       for (const [, data] of replies) {
-        const userId = data ? (JSON.parse(String(data)) as { payload: { userId: string } }).payload.userId : '';
+        const userId = data
+          ? (JSON.parse(String(data)) as { payload: { userId: string } }).payload.userId
+          : '';
         perUser.set(userId, (perUser.get(userId) ?? 0) + 1);
       }
       for (const [user, n] of perUser) {
@@ -204,7 +211,9 @@ export class ChaosRun {
 
   /** Prints the counters with the seed and the faults injected; a failing scenario shows this line. */
   report(counters: Counters, extra: Record<string, unknown> = {}): string {
-    const restarts = Object.fromEntries(this.supervisors.map((s) => [s.all[0]?.name ?? '?', s.incarnations - 1]));
+    const restarts = Object.fromEntries(
+      this.supervisors.map((s) => [s.all[0]?.name ?? '?', s.incarnations - 1]),
+    );
     const warnings = Object.fromEntries(this.supervisors.map((s) => [s.all[0]?.name ?? '?', s.warnings]));
     const line = JSON.stringify({
       scenario: this.scenario,
