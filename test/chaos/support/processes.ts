@@ -35,6 +35,7 @@ export class DwProcess {
   warnings = 0;
   crashPointHits = 0;
   private readonly lines: string[] = [];
+  private readonly watchers: Array<{ text: string; resolve: () => void }> = [];
 
   constructor(
     readonly name: string,
@@ -79,6 +80,27 @@ export class DwProcess {
     if (level && Number(level) >= 40) this.warnings++;
     this.lines.push(line);
     if (this.lines.length > 300) this.lines.shift();
+    for (const w of this.watchers.filter((w) => line.includes(w.text))) {
+      this.watchers.splice(this.watchers.indexOf(w), 1);
+      w.resolve();
+    }
+  }
+
+  /** Resolves when the process logs a line containing `text` (fails if it exits first). */
+  async waitForLog(text: string, timeoutMs = 30_000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      new Promise<void>((resolve) => this.watchers.push({ text, resolve })),
+      this.exited.then((exit) => {
+        throw new Error(`${this.name} exited (${JSON.stringify(exit)}) before logging "${text}"`);
+      }),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`${this.name} did not log "${text}" within ${timeoutMs} ms`)),
+          timeoutMs,
+        );
+      }),
+    ]).finally(() => clearTimeout(timer));
   }
 
   tail(n = 40): string {
@@ -173,6 +195,30 @@ export class Supervisor {
     if (!proc) throw new Error(`${this.options.name} is not running`);
     await proc.kill();
     await waitFor(() => this.current !== proc && this.current, `${this.options.name} to be restarted`);
+  }
+
+  /**
+   * Runs `stopIt` on the current process (send it signals), waits for it to exit (at most
+   * `timeoutMs`, then SIGKILL), starts a successor and returns the exit of the stopped one.
+   */
+  async stopAndRestart(
+    stopIt: (proc: DwProcess) => Promise<void>,
+    timeoutMs: number,
+  ): Promise<Exit | undefined> {
+    const proc = this.current;
+    if (!proc) throw new Error(`${this.options.name} is not running`);
+    // Not the current process any more: its exit does not trigger the automatic restart.
+    this.current = undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const exit = await Promise.race([
+      stopIt(proc).then(() => proc.exited),
+      new Promise<undefined>((r) => {
+        timer = setTimeout(() => r(undefined), timeoutMs);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    if (!exit) await proc.kill();
+    await this.start();
+    return exit;
   }
 
   async waitHealthy(timeoutMs = 30_000): Promise<void> {

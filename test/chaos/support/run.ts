@@ -118,6 +118,26 @@ export class ChaosRun {
     return this.load !== undefined && (await this.handled()) >= this.load.messages.size;
   }
 
+  /**
+   * Holds handlers in flight: locks meeting_participants so every JoinMeeting transaction waits,
+   * and resolves once at least one does. Returns the release.
+   */
+  async holdHandlers(): Promise<() => Promise<void>> {
+    const trx = await this.env.knex.transaction();
+    await trx.raw('lock table meeting_participants in exclusive mode');
+    await waitFor(async () => {
+      // Sessions of our database waiting on a lock: the handlers we hold.
+      const { rows } = await this.env.knex.raw(
+        "select count(*)::int as n from pg_stat_activity where datname = ? and wait_event_type = 'Lock'",
+        [this.database],
+      );
+      return rows[0].n > 0;
+    }, 'a handler to be waiting on the held lock');
+    return async () => {
+      await trx.rollback();
+    };
+  }
+
   fault(description: string): void {
     this.faults.push(description);
   }
