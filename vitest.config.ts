@@ -4,6 +4,7 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     setupFiles: ['test/support/leak-check.ts'],
+    globalSetup: ['test/support/build.ts'],
     // Files are isolated (own database, exchange, queues, BullMQ prefix), so two run side by side.
     pool: 'forks',
     maxWorkers: 2,

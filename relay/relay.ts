@@ -2,7 +2,12 @@ import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
 import { crashPoint } from '../shared/crash-points.js';
-import { assertDatabaseReachable, createKnex, isConnectionError } from '../shared/db/knex.js';
+import {
+  assertDatabaseReachable,
+  createKnex,
+  databaseHealthy,
+  isConnectionError,
+} from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
 import { outboxFailuresTotal, outboxRelayedTotal } from '../shared/metrics.js';
 import { claimOutboxBatch, markOutboxDelivered, markOutboxFailed } from '../shared/outbox.js';
@@ -40,7 +45,11 @@ export class Relay {
     const { config, logger: log } = options;
     const knex =
       options.knex ??
-      createKnex(config.databaseUrl, { poolMax: options.concurrency + 2, applicationName: 'dw-relay' });
+      createKnex(config.databaseUrl, {
+        poolMax: options.concurrency + 2,
+        applicationName: 'dw-relay',
+        logger: log,
+      });
     const cleanups: Array<() => Promise<unknown>> = options.knex ? [] : [() => knex.destroy()];
     try {
       await assertDatabaseReachable(knex, config.databaseUrl);
@@ -75,10 +84,7 @@ export class Relay {
   }
 
   async health(): Promise<Record<string, boolean>> {
-    const postgres = await this.knex
-      .raw('select 1')
-      .then(() => true)
-      .catch(() => false);
+    const postgres = await databaseHealthy(this.knex);
     return { postgres, redis: await redisHealthy(this.redis), rabbitmq: this.amqp.connected };
   }
 

@@ -141,17 +141,42 @@ export function publishConfirmed(
   options: Options.Publish,
 ): Promise<void> {
   return new Promise((resolve, reject) => {
-    const onClose = () => reject(new Error('AMQP channel closed before the broker confirmed the publish'));
+    // The broker says why it closed the channel (a missing exchange: 404 NOT_FOUND) in 'error'.
+    let brokerError: Error | undefined;
+    const onError = (error: Error) => {
+      brokerError = error;
+    };
+    const onClose = () => {
+      cleanup();
+      reject(brokerError ?? new Error('AMQP channel closed before the broker confirmed the publish'));
+    };
+    const cleanup = () => {
+      channel.removeListener('close', onClose);
+      channel.removeListener('error', onError);
+    };
+    channel.on('error', onError);
     channel.once('close', onClose);
     try {
       channel.publish(exchange, routingKey, content, options, (error) => {
-        channel.removeListener('close', onClose);
-        if (error)
-          reject(error instanceof Error ? error : new Error('the broker refused (nacked) the publish'));
-        else resolve();
+        if (!error) {
+          cleanup();
+          resolve();
+        } else if (!brokerError) {
+          // Let a pending 'error' event name the cause before we give up.
+          setImmediate(() => {
+            cleanup();
+            reject(
+              brokerError ??
+                (error instanceof Error ? error : new Error('the broker refused (nacked) the publish')),
+            );
+          });
+        } else {
+          cleanup();
+          reject(brokerError);
+        }
       });
     } catch (error) {
-      channel.removeListener('close', onClose);
+      cleanup();
       reject(error);
     }
   });

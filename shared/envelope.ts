@@ -53,15 +53,9 @@ export function publishOptions(message: OutgoingMessage): Options.Publish & { me
 }
 
 /** A message as taken off the queue, before its body is trusted. */
-export interface IncomingMessage {
-  id: string;
+export interface IncomingMessage extends Omit<Envelope, 'type'> {
+  /** From the `type` property, else the routing key; undefined when neither is set. */
   type: string | undefined;
-  correlationId: string;
-  causationId?: string;
-  traceparent?: string;
-  attempt: number;
-  timestamp: Date;
-  headers: Record<string, unknown>;
   body: Buffer;
   redelivered: boolean;
 }

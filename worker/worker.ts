@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
-import { assertDatabaseReachable, createKnex } from '../shared/db/knex.js';
+import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
 import { startHousekeeping } from '../shared/housekeeping.js';
 import { appTopology } from '../shared/topology.js';
@@ -34,7 +34,7 @@ export class Worker {
     const { config, app, logger: log } = options;
     const knex =
       options.knex ??
-      createKnex(config.databaseUrl, { poolMax: options.poolMax, applicationName: 'dw-worker' });
+      createKnex(config.databaseUrl, { poolMax: options.poolMax, applicationName: 'dw-worker', logger: log });
     const cleanups: Array<() => Promise<unknown>> = options.knex ? [] : [() => knex.destroy()];
     try {
       await assertDatabaseReachable(knex, config.databaseUrl);
@@ -104,10 +104,7 @@ export class Worker {
 
   /** Which dependencies answer right now (for `/healthz`). */
   async health(): Promise<Record<string, boolean>> {
-    const database = await this.knex
-      .raw('select 1')
-      .then(() => true)
-      .catch(() => false);
+    const database = await databaseHealthy(this.knex);
     const result: Record<string, boolean> = { postgres: database, rabbitmq: this.amqp.connected };
     if (this.sagaRunner) result.redis = await this.sagaRunner.healthy();
     return result;

@@ -1,0 +1,67 @@
+import { describe, expect, it } from 'vitest';
+import { loadConfig, redactUrl } from '../../shared/config.js';
+import { ConfigError } from '../../shared/errors.js';
+
+describe('loadConfig', () => {
+  it('defaults to the local services of DESIGN.md', () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({
+      databaseUrl: 'postgres://postgres@127.0.0.1:5432/durable_worker',
+      amqpUrl: 'amqp://guest:guest@127.0.0.1:5672',
+      redisUrl: 'redis://127.0.0.1:6379',
+      exchange: 'dw.messages',
+      bullmqPrefix: 'bull',
+      logLevel: 'info',
+      healthPort: undefined,
+    });
+    expect(config.app).toMatch(/examples[/\\]app[/\\]index\.js$/);
+  });
+
+  it('treats empty variables as unset', () => {
+    expect(loadConfig({ DW_EXCHANGE: '' }).exchange).toBe('dw.messages');
+  });
+
+  it('reports every problem, one line each, with passwords hidden', () => {
+    let error: unknown;
+    try {
+      loadConfig({
+        DATABASE_URL: 'mysql://root:hunter2@db/x',
+        AMQP_URL: 'not a url',
+        REDIS_URL: 'redis://127.0.0.1:6379/abc',
+        LOG_LEVEL: 'loud',
+        DW_HEALTH_PORT: '70000',
+        DW_EXCHANGE: 'has space',
+      });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const problems = (error as ConfigError).problems;
+    expect(problems).toHaveLength(6);
+    expect(problems.join('\n')).not.toContain('hunter2');
+    expect(problems).toContain(
+      'DATABASE_URL must start with postgres:// or postgresql://, got "mysql://root:***@db/x"',
+    );
+    expect(problems.some((p) => p.startsWith('REDIS_URL database must be a number'))).toBe(true);
+    expect(problems.some((p) => p.startsWith('LOG_LEVEL must be one of'))).toBe(true);
+  });
+
+  it('honours a vhost and a Redis database number', () => {
+    const config = loadConfig({
+      AMQP_URL: 'amqp://u:p@h:5672/tenant-a',
+      REDIS_URL: 'redis://h:6379/3',
+      DW_HEALTH_PORT: '9464',
+    });
+    expect(config.amqpUrl).toBe('amqp://u:p@h:5672/tenant-a');
+    expect(config.redisUrl).toBe('redis://h:6379/3');
+    expect(config.healthPort).toBe(9464);
+  });
+});
+
+describe('redactUrl', () => {
+  it('hides the password and keeps the rest', () => {
+    expect(redactUrl('amqp://guest:guest@127.0.0.1:5672/vh')).toBe('amqp://guest:***@127.0.0.1:5672/vh');
+    expect(redactUrl('postgres://postgres@127.0.0.1:5432/db')).toBe('postgres://postgres@127.0.0.1:5432/db');
+    expect(redactUrl('garbage://a:b@c d')).not.toContain(':b@');
+  });
+});
