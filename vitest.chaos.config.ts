@@ -7,7 +7,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/chaos/**/*.test.ts'],
-    globalSetup: ['test/chaos/support/global-setup.ts'],
+    globalSetup: ['test/support/build.ts'],
     setupFiles: ['test/support/leak-check.ts'],
     pool: 'forks',
     maxWorkers: 1,
