@@ -46,6 +46,9 @@ class DeadLetter {
  * out without spending attempts, so it never sends good messages to the dead letters.
  */
 export class MessageProcessor {
+  /** Set while the database is unreachable, so the outage is logged once for all messages. */
+  private databaseOutage = false;
+
   constructor(private readonly deps: ProcessorDeps) {}
 
   async process(incoming: IncomingMessage): Promise<Outcome> {
@@ -286,11 +289,18 @@ export class MessageProcessor {
     for (let attempt = 0; ; attempt++) {
       if (this.deps.signal.aborted) return 'requeue';
       try {
-        return await fn();
+        const result = await fn();
+        if (this.databaseOutage) {
+          this.databaseOutage = false;
+          log.info('database reachable again; handling resumes');
+        }
+        return result;
       } catch (error) {
         if (!isConnectionError(error) && !isSerializationError(error)) throw error;
-        if (attempt === 0 && !isSerializationError(error)) {
-          log.warn({ err: error }, 'database unavailable; holding the message until it is back');
+        // One line per outage, not one per message in flight.
+        if (!this.databaseOutage && !isSerializationError(error)) {
+          this.databaseOutage = true;
+          log.warn({ err: error }, 'database unavailable; holding messages until it is back');
         }
         await sleep(Math.min(5000, 50 * 2 ** attempt), this.deps.signal);
       }
