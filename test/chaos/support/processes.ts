@@ -33,6 +33,8 @@ export class DwProcess {
   readonly exited: Promise<Exit>;
   exit: Exit | undefined;
   warnings = 0;
+  /** Warning and error lines by message, to tell a storm from the expected few lines. */
+  readonly warningKinds = new Map<string, number>();
   crashPointHits = 0;
   private readonly lines: string[] = [];
   private readonly watchers: Array<{ text: string; resolve: () => void }> = [];
@@ -77,7 +79,11 @@ export class DwProcess {
     if (!line.trim()) return;
     if (line.startsWith('crash point ')) this.crashPointHits++;
     const level = /"level":(\d+)/.exec(line)?.[1];
-    if (level && Number(level) >= 40) this.warnings++;
+    if (level && Number(level) >= 40) {
+      this.warnings++;
+      const msg = /"msg":"([^"]{0,80})/.exec(line)?.[1] ?? line.slice(0, 80);
+      this.warningKinds.set(msg, (this.warningKinds.get(msg) ?? 0) + 1);
+    }
     this.lines.push(line);
     if (this.lines.length > 300) this.lines.shift();
     for (const w of this.watchers.filter((w) => line.includes(w.text))) {
@@ -254,6 +260,12 @@ export class Supervisor {
 
   get warnings(): number {
     return this.all.reduce((n, p) => n + p.warnings, 0);
+  }
+
+  get warningKinds(): Record<string, number> {
+    const kinds: Record<string, number> = {};
+    for (const p of this.all) for (const [k, n] of p.warningKinds) kinds[k] = (kinds[k] ?? 0) + n;
+    return kinds;
   }
 
   get crashPointHits(): number {

@@ -234,7 +234,9 @@ export class ChaosRun {
     const restarts = Object.fromEntries(
       this.supervisors.map((s) => [s.all[0]?.name ?? '?', s.incarnations - 1]),
     );
-    const warnings = Object.fromEntries(this.supervisors.map((s) => [s.all[0]?.name ?? '?', s.warnings]));
+    const warnings = Object.fromEntries(
+      this.supervisors.map((s) => [s.all[0]?.name ?? '?', { total: s.warnings, ...s.warningKinds }]),
+    );
     const line = JSON.stringify({
       scenario: this.scenario,
       seed: this.random.seed,
