@@ -136,3 +136,92 @@ export class PrivateRedis {
     await this.kill();
   }
 }
+
+/**
+ * Restarts of the shared services, for the suite run alone (CI runs it after the normal suite).
+ * Each one always brings the service back (finally) and waits until it answers again.
+ */
+export const services = {
+  async restartRabbitmq(whileDown: () => Promise<void>): Promise<void> {
+    await run('rabbitmqctl', ['-q', 'stop_app']);
+    try {
+      await whileDown();
+    } finally {
+      await run('rabbitmqctl', ['-q', 'start_app']);
+      await run('rabbitmqctl', ['-q', 'await_startup']);
+    }
+  },
+
+  async restartPostgres(whileDown: () => Promise<void>): Promise<void> {
+    const version = (await run('ls', ['/etc/postgresql'])).stdout.trim().split('\n')[0] ?? '';
+    const ctl = (action: string, ...extra: string[]) =>
+      run('pg_ctlcluster', ['--skip-systemctl-redirect', version, 'main', action, ...extra]);
+    await ctl('stop', '-m', 'fast');
+    try {
+      await whileDown();
+    } finally {
+      await ctl('start');
+      await waitFor(() => postgresAnswers(), 'PostgreSQL to answer again', {
+        timeoutMs: 60_000,
+        intervalMs: 200,
+      });
+    }
+  },
+
+  /** The shared Redis, started again with the machine's command line (it comes back empty). */
+  async restartRedis(whileDown: () => Promise<void>): Promise<void> {
+    await run('redis-cli', ['-h', '127.0.0.1', '-p', '6379', 'shutdown', 'nosave']).catch(() => {});
+    try {
+      await whileDown();
+    } finally {
+      await run('redis-server', [
+        '--daemonize',
+        'yes',
+        '--bind',
+        '127.0.0.1',
+        '-::1',
+        '--port',
+        '6379',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--dir',
+        '/var/lib/redis',
+        '--logfile',
+        '/var/log/redis/ci.log',
+      ]);
+      await waitFor(() => redisAnswers(urls.redis), 'Redis to answer again', {
+        timeoutMs: 30_000,
+        intervalMs: 200,
+      });
+    }
+  },
+};
+
+async function postgresAnswers(): Promise<boolean> {
+  const client = new pg.Client({ connectionString: `${urls.postgres}/postgres` });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query('select 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function redisAnswers(url: string): Promise<boolean> {
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  probe.on('error', () => {});
+  try {
+    await probe.connect();
+    return (await probe.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    probe.disconnect();
+  }
+}

@@ -108,10 +108,14 @@ export class ChaosRun {
   /** Waits until `n` more messages than now have been handled. */
   async progress(n: number, what = `${n} more messages handled`): Promise<void> {
     const target = (await this.handled()) + n;
-    await waitFor(async () => (await this.handled()) >= target || (await this.allHandled()), what, {
-      timeoutMs: 60_000,
-      intervalMs: 25,
-    });
+    await waitFor(
+      async () => tolerant(async () => (await this.handled()) >= target || (await this.allHandled())),
+      what,
+      {
+        timeoutMs: 60_000,
+        intervalMs: 25,
+      },
+    );
   }
 
   private async allHandled(): Promise<boolean> {
@@ -152,10 +156,13 @@ export class ChaosRun {
     await load.done;
     const expectedJobs = load.messages.size * JOIN_MEETING_QUEUES.length;
     await waitFor(
-      async () =>
-        (await this.handled()) >= load.messages.size &&
-        (await count(this.env.knex, 'dw_outbox', { delivered_at: null })) === 0 &&
-        (await this.jobCount()) >= expectedJobs,
+      () =>
+        tolerant(
+          async () =>
+            (await this.handled()) >= load.messages.size &&
+            (await count(this.env.knex, 'dw_outbox', { delivered_at: null })) === 0 &&
+            (await this.jobCount()) >= expectedJobs,
+        ),
       'every message handled and relayed',
       { timeoutMs, intervalMs: 200 },
     ).catch((error: Error) => console.log(`[chaos] ${this.scenario}: ${error.message}`));
@@ -179,6 +186,8 @@ export class ChaosRun {
     const load = this.load;
     if (!load) throw new Error('no load was started');
     const { knex, config } = this.env;
+    // After a Postgres restart the test's own pool may hold dead connections: let it renew them.
+    await waitFor(() => tolerant(async () => Boolean(await knex.raw('select 1'))), 'the test database pool');
     const expected = new Set(load.messages.values());
     let lost = 0;
     let duplicated = 0;
@@ -274,6 +283,15 @@ export class ChaosRun {
     await closeLoadConnection();
     this.redisClient?.disconnect();
     await this.env.teardown();
+  }
+}
+
+/** A check that fails while a service is being restarted is simply "not yet". */
+async function tolerant(check: () => Promise<boolean>): Promise<boolean> {
+  try {
+    return await check();
+  } catch {
+    return false;
   }
 }
 
