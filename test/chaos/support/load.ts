@@ -2,9 +2,15 @@ import amqp from 'amqplib';
 import { urls } from '../../support/services.js';
 import type { Random } from './random.js';
 
-export interface JoinMeetingLoad {
-  /** Message ids published (each once or more) and the userId each one carries. */
-  readonly messages: ReadonlyMap<string, string>;
+export interface Publication {
+  id: string;
+  type: string;
+  body: unknown;
+}
+
+export interface Load {
+  /** Message ids published (each once or more) with what each one carries. */
+  readonly messages: ReadonlyMap<string, Publication>;
   /** Resolves when every message was confirmed by the broker (republished across outages). */
   readonly done: Promise<void>;
   /** Confirmed publishes, duplicates included. */
@@ -12,46 +18,46 @@ export interface JoinMeetingLoad {
 }
 
 /**
- * Publishes `count` JoinMeeting messages from an independent AMQP client (raw amqplib, the way any
- * other service would), with about `duplicateShare` of them published a second time with the same
- * message id: the inbox must absorb those. A chunk whose confirms are lost to an outage is
- * published again on a new connection; the ids stay the same, so that is only more duplicates.
+ * Publishes `messages` from an independent AMQP client (raw amqplib, the way any other service
+ * would), about `duplicateShare` of them a second time with the same message id: the inbox must
+ * absorb those. A chunk whose confirms are lost to an outage is published again on a new
+ * connection; the ids stay the same, so that only makes more duplicates.
  */
-export function publishJoinMeetings(
+export function publishLoad(
   exchange: string,
-  runId: string,
-  count: number,
+  messages: readonly Publication[],
   random: Random,
   { chunk = 50, duplicateShare = 0.05 } = {},
-): JoinMeetingLoad {
-  const messages = new Map<string, string>();
-  const plan: Array<{ id: string; userId: string }> = [];
-  for (let i = 0; i < count; i++) {
-    const id = `${runId}-jm-${i}`;
-    const userId = `${runId}-u${i}`;
-    messages.set(id, userId);
-    plan.push({ id, userId });
-    if (random.next() < duplicateShare) plan.splice(random.int(0, plan.length), 0, { id, userId });
+): Load {
+  const plan: Publication[] = [];
+  for (const m of messages) {
+    plan.push(m);
+    if (random.next() < duplicateShare) plan.splice(random.int(0, plan.length), 0, m);
   }
   let confirmed = 0;
   const done = (async () => {
     for (let start = 0; start < plan.length; start += chunk) {
       const slice = plan.slice(start, start + chunk);
-      await publishChunk(exchange, runId, slice);
+      await publishChunk(exchange, slice);
       confirmed += slice.length;
     }
   })();
-  return { messages, done, confirmed: () => confirmed };
+  return { messages: new Map(messages.map((m) => [m.id, m])), done, confirmed: () => confirmed };
+}
+
+/** `count` JoinMeeting messages, one user each, all in meeting `runId`. */
+export function joinMeetings(runId: string, count: number): Publication[] {
+  return Array.from({ length: count }, (_, i) => ({
+    id: `${runId}-jm-${i}`,
+    type: 'JoinMeeting',
+    body: { userId: `${runId}-u${i}`, meetingId: runId },
+  }));
 }
 
 let connection: amqp.ChannelModel | undefined;
 let channel: amqp.ConfirmChannel | undefined;
 
-async function publishChunk(
-  exchange: string,
-  meetingId: string,
-  slice: Array<{ id: string; userId: string }>,
-) {
+async function publishChunk(exchange: string, slice: readonly Publication[]) {
   const deadline = Date.now() + 120_000;
   for (let attempt = 0; ; attempt++) {
     try {
@@ -66,17 +72,12 @@ async function publishChunk(
         channel.on('error', () => {});
       }
       for (const m of slice) {
-        channel.publish(
-          exchange,
-          'JoinMeeting',
-          Buffer.from(JSON.stringify({ userId: m.userId, meetingId })),
-          {
-            messageId: m.id,
-            type: 'JoinMeeting',
-            contentType: 'application/json',
-            persistent: true,
-          },
-        );
+        channel.publish(exchange, m.type, Buffer.from(JSON.stringify(m.body)), {
+          messageId: m.id,
+          type: m.type,
+          contentType: 'application/json',
+          persistent: true,
+        });
       }
       await channel.waitForConfirms();
       return;

@@ -4,13 +4,21 @@ import { app } from '../../../examples/app/index.js';
 import { exampleMigrations } from '../../../examples/app/migrations.js';
 import { appTopology, declareTopology } from '../../../shared/topology.js';
 import { count, createTestEnv, randomName, type TestEnv, urls, waitFor } from '../../support/services.js';
-import { closeLoadConnection, type JoinMeetingLoad, publishJoinMeetings } from './load.js';
+import { closeLoadConnection, joinMeetings, type Load, publishLoad } from './load.js';
 import { type Kind, Supervisor } from './processes.js';
 import { type Random, seededRandom } from './random.js';
+import {
+  planTrips,
+  type SagaCounters,
+  sagaCounters,
+  sagasInFlight,
+  type TripPlan,
+  tripMessages,
+} from './trips.js';
 
 export const JOIN_MEETING_QUEUES = ['user_notification_events', 'user_ecst_events'] as const;
 
-export interface Counters {
+export interface Counters extends Partial<SagaCounters> {
   /** Published messages without their effect (participant row, or a job in either queue). */
   lost: number;
   /** Effects that happened more than once (participant rows, jobs for one user in one queue). */
@@ -19,7 +27,7 @@ export interface Counters {
   unexpected: number;
   /** Outbox rows not delivered yet. */
   outboxPending: number;
-  /** Dead letters (none of these scenarios publishes anything that deserves one). */
+  /** Dead letters of messages (none of these scenarios publishes anything that deserves one). */
   deadLetters: number;
 }
 
@@ -33,7 +41,9 @@ export class ChaosRun {
   readonly runId: string;
   readonly faults: string[] = [];
   private readonly supervisors: Supervisor[] = [];
-  private load: JoinMeetingLoad | undefined;
+  private load: Load | undefined;
+  private joins = new Map<string, string>();
+  private trips: TripPlan[] = [];
   private redisClient: Redis | undefined;
 
   private constructor(
@@ -95,8 +105,24 @@ export class ChaosRun {
     return supervisor;
   }
 
-  startLoad(count: number, options?: { chunk?: number; duplicateShare?: number }): JoinMeetingLoad {
-    this.load = publishJoinMeetings(this.env.config.exchange, this.runId, count, this.random, options);
+  /**
+   * Publishes `joins` JoinMeeting messages and `trips` BookTrip messages (a seeded mix of trips
+   * that complete, retry, or fail at some step and compensate), interleaved, from outside.
+   */
+  startLoad(
+    joins: number,
+    { trips = 0, ...options }: { trips?: number; chunk?: number; duplicateShare?: number } = {},
+  ): Load {
+    const joinList = joinMeetings(this.runId, joins);
+    this.joins = new Map(joinList.map((m) => [m.id, (m.body as { userId: string }).userId]));
+    this.trips = planTrips(trips, this.random);
+    const messages = [...joinList, ...tripMessages(this.runId, this.trips)];
+    // Interleave (seeded shuffle), so sagas and plain messages are in flight together.
+    for (let i = messages.length - 1; i > 0; i--) {
+      const j = this.random.int(0, i);
+      [messages[i], messages[j]] = [messages[j]!, messages[i]!];
+    }
+    this.load = publishLoad(this.env.config.exchange, messages, this.random, options);
     return this.load;
   }
 
@@ -154,14 +180,17 @@ export class ChaosRun {
     const load = this.load;
     if (!load) throw new Error('no load was started');
     await load.done;
-    const expectedJobs = load.messages.size * JOIN_MEETING_QUEUES.length;
+    const expectedJobs = this.joins.size * JOIN_MEETING_QUEUES.length;
     await waitFor(
       () =>
         tolerant(
           async () =>
             (await this.handled()) >= load.messages.size &&
             (await count(this.env.knex, 'dw_outbox', { delivered_at: null })) === 0 &&
-            (await this.jobCount()) >= expectedJobs,
+            (await this.jobCount()) >= expectedJobs &&
+            (this.trips.length === 0 ||
+              ((await count(this.env.knex, 'dw_sagas')) >= this.trips.length &&
+                (await sagasInFlight(this.env.knex)) === 0)),
         ),
       'every message handled and relayed',
       { timeoutMs, intervalMs: 200 },
@@ -188,7 +217,7 @@ export class ChaosRun {
     const { knex, config } = this.env;
     // After a Postgres restart the test's own pool may hold dead connections: let it renew them.
     await waitFor(() => tolerant(async () => Boolean(await knex.raw('select 1'))), 'the test database pool');
-    const expected = new Set(load.messages.values());
+    const expected = new Set(this.joins.values());
     let lost = 0;
     let duplicated = 0;
     let unexpected = 0;
@@ -234,7 +263,8 @@ export class ChaosRun {
       duplicated,
       unexpected,
       outboxPending: await count(knex, 'dw_outbox', { delivered_at: null }),
-      deadLetters: await count(knex, 'dw_dead_letters'),
+      deadLetters: await count(knex, 'dw_dead_letters', { source: 'amqp' }),
+      ...(this.trips.length ? await sagaCounters(knex, this.trips) : {}),
     };
   }
 
@@ -250,6 +280,7 @@ export class ChaosRun {
       scenario: this.scenario,
       seed: this.random.seed,
       messages: this.load?.messages.size,
+      trips: this.trips.length,
       published: this.load?.confirmed(),
       ...counters,
       faults: this.faults.length,
