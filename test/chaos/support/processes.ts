@@ -36,6 +36,8 @@ export class DwProcess {
   /** Warning and error lines by message, to tell a storm from the expected few lines. */
   readonly warningKinds = new Map<string, number>();
   crashPointHits = 0;
+  /** Crash points that killed this process, by name. */
+  readonly crashPoints: string[] = [];
   private readonly lines: string[] = [];
   private readonly watchers: Array<{ text: string; resolve: () => void }> = [];
 
@@ -77,7 +79,10 @@ export class DwProcess {
 
   private onLine(line: string): void {
     if (!line.trim()) return;
-    if (line.startsWith('crash point ')) this.crashPointHits++;
+    if (line.startsWith('crash point ')) {
+      this.crashPointHits++;
+      this.crashPoints.push(line.slice('crash point '.length).replace(/: SIGKILL$/, ''));
+    }
     const level = /"level":(\d+)/.exec(line)?.[1];
     if (level && Number(level) >= 40) {
       this.warnings++;
@@ -266,6 +271,13 @@ export class Supervisor {
     const kinds: Record<string, number> = {};
     for (const p of this.all) for (const [k, n] of p.warningKinds) kinds[k] = (kinds[k] ?? 0) + n;
     return kinds;
+  }
+
+  /** How many times each crash point killed one of the incarnations. */
+  get crashPoints(): Record<string, number> {
+    const hits: Record<string, number> = {};
+    for (const p of this.all) for (const name of p.crashPoints) hits[name] = (hits[name] ?? 0) + 1;
+    return hits;
   }
 
   get crashPointHits(): number {
