@@ -14,12 +14,14 @@ afterEach(async () => {
 describe('BookTrip sagas under faults', () => {
   test('worker killed after step commits, during compensations and at random: every saga terminal, effects once, compensations in reverse', async () => {
     run = await ChaosRun.create('sagas: worker crashes in steps and compensations');
-    // Two incarnations die during a compensation (inside its transaction, before the commit),
-    // two right after a step committed; the fifth runs clean so the run can finish.
+    // Crash points armed until two incarnations died during a compensation (inside its
+    // transaction, before the commit) and two right after a step committed; random SIGKILLs too.
     const worker = await run.spawn('worker', 'worker', {
-      envFor: (n) => {
-        if (n < 2) return { DW_CRASH_POINTS: 'saga:during-compensation', DW_CRASH_PROBABILITY: '0.25' };
-        if (n < 4) return { DW_CRASH_POINTS: 'saga:after-step-commit', DW_CRASH_PROBABILITY: '0.05' };
+      envFor: (_, hits) => {
+        if ((hits['saga:during-compensation'] ?? 0) < 2)
+          return { DW_CRASH_POINTS: 'saga:during-compensation', DW_CRASH_PROBABILITY: '0.25' };
+        if ((hits['saga:after-step-commit'] ?? 0) < 2)
+          return { DW_CRASH_POINTS: 'saga:after-step-commit', DW_CRASH_PROBABILITY: '0.05' };
         return {};
       },
     });

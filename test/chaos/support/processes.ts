@@ -161,8 +161,11 @@ export interface SupervisorOptions {
   kind: Kind;
   env: NodeJS.ProcessEnv;
   args?: string[];
-  /** Env for the n-th incarnation (0 = first), on top of `env`: e.g. crash points only for the first few. */
-  envFor?: (incarnation: number) => NodeJS.ProcessEnv;
+  /**
+   * Env for the n-th incarnation (0 = first), on top of `env`, given the crash points that killed
+   * the earlier ones: e.g. crash points armed only until they fired a few times.
+   */
+  envFor?: (incarnation: number, crashPoints: Record<string, number>) => NodeJS.ProcessEnv;
 }
 
 /**
@@ -186,7 +189,7 @@ export class Supervisor {
       `${name}#${this.incarnations}`,
       kind,
       this.port,
-      { ...env, ...envFor?.(this.incarnations) },
+      { ...env, ...envFor?.(this.incarnations, this.crashPoints) },
       args,
     );
     this.incarnations++;

@@ -5,7 +5,7 @@ import { exampleMigrations } from '../../../examples/app/migrations.js';
 import { appTopology, declareTopology } from '../../../shared/topology.js';
 import { count, createTestEnv, randomName, type TestEnv, urls, waitFor } from '../../support/services.js';
 import { closeLoadConnection, joinMeetings, type Load, publishLoad } from './load.js';
-import { type Kind, Supervisor } from './processes.js';
+import { type Kind, Supervisor, type SupervisorOptions } from './processes.js';
 import { type Random, seededRandom } from './random.js';
 import {
   planTrips,
@@ -97,7 +97,7 @@ export class ChaosRun {
   async spawn(
     kind: Kind,
     name: string,
-    options: { args?: string[]; envFor?: (incarnation: number) => NodeJS.ProcessEnv } = {},
+    options: Pick<SupervisorOptions, 'args' | 'envFor'> = {},
   ): Promise<Supervisor> {
     const supervisor = new Supervisor({ name, kind, env: this.processEnv, ...options });
     this.supervisors.push(supervisor);
