@@ -31,7 +31,7 @@ describe('dependencies going away during load', () => {
     const worker = await run.spawn('worker', 'worker');
     const relay = await run.spawn('relay', 'relay');
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
-    const load = run.startLoad(1500);
+    const load = run.startLoad(1000);
     for (let i = 0; i < 6; i++) {
       await run.progress(run.random.int(20, 150));
       const n = await terminateDatabaseSessions(run.database);
@@ -51,7 +51,7 @@ describe('dependencies going away during load', () => {
     const worker = await run.spawn('worker', 'worker');
     const relay = await run.spawn('relay', 'relay');
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
-    const load = run.startLoad(1500);
+    const load = run.startLoad(1000);
     for (let i = 0; i < 4; i++) {
       await run.progress(run.random.int(50, 200));
       const pids = [worker.current?.pid ?? 0, relay.current?.pid ?? 0];
@@ -76,7 +76,7 @@ describe('dependencies going away during load', () => {
     const worker = await run.spawn('worker', 'worker');
     const relay = await run.spawn('relay', 'relay');
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
-    const load = run.startLoad(1500);
+    const load = run.startLoad(1000);
     for (let i = 0; i < 3; i++) {
       await run.progress(run.random.int(100, 300));
       await redis.restart(async () => {

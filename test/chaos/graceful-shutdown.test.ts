@@ -17,7 +17,7 @@ describe('SIGTERM with work in flight', () => {
     const worker = await run.spawn('worker', 'worker', { args: ['--shutdown-grace', String(graceMs)] });
     const relay = await run.spawn('relay', 'relay');
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
-    const load = run.startLoad(1500);
+    const load = run.startLoad(1000);
     const exits: Array<{ who: string; code?: number | null; signal?: string | null }> = [];
     for (let i = 0; i < 6; i++) {
       await run.progress(run.random.int(30, 150));

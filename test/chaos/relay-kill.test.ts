@@ -24,7 +24,7 @@ describe('relay SIGKILL', () => {
       ),
     );
     await run.spawn('worker', 'worker');
-    run.startLoad(1500);
+    run.startLoad(1000);
     const counters = await run.settle();
     const exits = await run.stopAll();
     const hits = relays.reduce((n, r) => n + r.crashPointHits, 0);
@@ -40,7 +40,7 @@ describe('relay SIGKILL', () => {
     );
     await Promise.all(relays.map((r) => r.waitHealthy()));
     await run.spawn('worker', 'worker');
-    const load = run.startLoad(1500);
+    const load = run.startLoad(1000);
     for (let i = 0; i < 8; i++) {
       await run.progress(run.random.int(20, 150));
       const victim = run.random.pick(relays);

@@ -13,7 +13,7 @@ describe('worker SIGKILL', () => {
     const worker = await run.spawn('worker', 'worker');
     const relay = await run.spawn('relay', 'relay');
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
-    const load = run.startLoad(1500);
+    const load = run.startLoad(1000);
     const kills = 8;
     for (let i = 0; i < kills; i++) {
       // Kill after a random amount of progress, so the kill lands at a random point of the pipeline.
@@ -41,7 +41,7 @@ describe('worker SIGKILL', () => {
     });
     const relay = await run.spawn('relay', 'relay');
     await relay.waitHealthy();
-    run.startLoad(1500);
+    run.startLoad(1000);
     const counters = await run.settle();
     const exits = await run.stopAll();
     assertClean(run, counters, { exits, crashPointHits: worker.crashPointHits });
