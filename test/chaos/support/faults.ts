@@ -67,10 +67,13 @@ export async function closeAmqpConnectionsOf(pids: readonly number[]): Promise<n
 export class PrivateRedis {
   private process: ChildProcess | undefined;
 
-  private constructor(readonly port: number) {}
+  private constructor(
+    readonly port: number,
+    private readonly evictionPolicy: string,
+  ) {}
 
-  static async start(): Promise<PrivateRedis> {
-    const redis = new PrivateRedis(await freePort());
+  static async start({ evictionPolicy = 'noeviction' } = {}): Promise<PrivateRedis> {
+    const redis = new PrivateRedis(await freePort(), evictionPolicy);
     await redis.boot();
     return redis;
   }

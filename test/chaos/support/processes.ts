@@ -97,8 +97,9 @@ export class DwProcess {
     }
   }
 
-  /** Resolves when the process logs a line containing `text` (fails if it exits first). */
+  /** Resolves when the process logs (or logged) a line containing `text`; fails if it exits first. */
   async waitForLog(text: string, timeoutMs = 30_000): Promise<void> {
+    if (this.lines.some((line) => line.includes(text))) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       new Promise<void>((resolve) => this.watchers.push({ text, resolve })),
