@@ -52,7 +52,7 @@ describe('dependencies going away during load', () => {
     const relay = await run.spawn('relay', 'relay');
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
     const load = run.startLoad(1000);
-    for (let i = 0; i < 4; i++) {
+    for (let i = 0; i < 3; i++) {
       await run.progress(run.random.int(50, 200));
       const pids = [worker.current?.pid ?? 0, relay.current?.pid ?? 0];
       const n = await closeAmqpConnectionsOf(pids);

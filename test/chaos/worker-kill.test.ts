@@ -14,7 +14,7 @@ describe('worker SIGKILL', () => {
     const relay = await run.spawn('relay', 'relay');
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
     const load = run.startLoad(1000);
-    const kills = 8;
+    const kills = 6;
     for (let i = 0; i < kills; i++) {
       // Kill after a random amount of progress, so the kill lands at a random point of the pipeline.
       await run.progress(run.random.int(10, 120));
@@ -31,7 +31,7 @@ describe('worker SIGKILL', () => {
 
   test('crash after commit, before ack (DW_CRASH_POINTS), restarted each time', async () => {
     run = await ChaosRun.create('worker crash after commit before ack');
-    const crashes = 6;
+    const crashes = 4;
     // Crash points armed for the first incarnations only, so the run ends.
     const worker = await run.spawn('worker', 'worker', {
       envFor: (n) =>
