@@ -48,4 +48,22 @@ describe('worker SIGKILL', () => {
     expect(worker.crashPointHits).toBeGreaterThan(0);
     expect(exits.every((e) => e.code === 0)).toBe(true);
   });
+
+  test('crash after storing a dead letter, before ack: one dead letter per invalid message, nothing else', async () => {
+    run = await ChaosRun.create('worker crash after dead letter before ack');
+    const crashes = 3;
+    const worker = await run.spawn('worker', 'worker', {
+      envFor: (n) =>
+        n < crashes
+          ? { DW_CRASH_POINTS: 'worker:after-dead-letter-before-ack', DW_CRASH_PROBABILITY: '0.2' }
+          : {},
+    });
+    await run.spawn('relay', 'relay');
+    run.startLoad(500, { invalid: 60 });
+    const counters = await run.settle();
+    const exits = await run.stopAll();
+    assertClean(run, counters, { exits, crashPoints: worker.crashPoints });
+    expect(worker.crashPoints).toEqual({ 'worker:after-dead-letter-before-ack': crashes });
+    expect(exits.every((e) => e.code === 0)).toBe(true);
+  });
 });

@@ -27,7 +27,7 @@ export interface Counters extends Partial<SagaCounters> {
   unexpected: number;
   /** Outbox rows not delivered yet. */
   outboxPending: number;
-  /** Dead letters of messages (none of these scenarios publishes anything that deserves one). */
+  /** Dead letters of messages that are missing (an invalid message without one) or not deserved. */
   deadLetters: number;
 }
 
@@ -44,6 +44,7 @@ export class ChaosRun {
   private load: Load | undefined;
   private joins = new Map<string, string>();
   private trips: TripPlan[] = [];
+  private invalid = new Set<string>();
   private redisClient: Redis | undefined;
 
   private constructor(
@@ -111,12 +112,23 @@ export class ChaosRun {
    */
   startLoad(
     joins: number,
-    { trips = 0, ...options }: { trips?: number; chunk?: number; duplicateShare?: number } = {},
+    {
+      trips = 0,
+      invalid = 0,
+      ...options
+    }: { trips?: number; invalid?: number; chunk?: number; duplicateShare?: number } = {},
   ): Load {
     const joinList = joinMeetings(this.runId, joins);
+    // JoinMeeting without a meetingId: each must end as exactly one dead letter and nothing else.
+    const invalidList = Array.from({ length: invalid }, (_, i) => ({
+      id: `${this.runId}-bad-${i}`,
+      type: 'JoinMeeting',
+      body: { userId: `${this.runId}-bad-u${i}` },
+    }));
+    this.invalid = new Set(invalidList.map((m) => m.id));
     this.joins = new Map(joinList.map((m) => [m.id, (m.body as { userId: string }).userId]));
     this.trips = planTrips(trips, this.random);
-    const messages = [...joinList, ...tripMessages(this.runId, this.trips)];
+    const messages = [...joinList, ...invalidList, ...tripMessages(this.runId, this.trips)];
     // Interleave (seeded shuffle), so sagas and plain messages are in flight together.
     for (let i = messages.length - 1; i > 0; i--) {
       const j = this.random.int(0, i);
@@ -145,7 +157,7 @@ export class ChaosRun {
   }
 
   private async allHandled(): Promise<boolean> {
-    return this.load !== undefined && (await this.handled()) >= this.load.messages.size;
+    return this.load !== undefined && (await this.handled()) >= this.load.messages.size - this.invalid.size;
   }
 
   /**
@@ -185,7 +197,8 @@ export class ChaosRun {
       () =>
         tolerant(
           async () =>
-            (await this.handled()) >= load.messages.size &&
+            (await this.handled()) >= load.messages.size - this.invalid.size &&
+            (await count(this.env.knex, 'dw_dead_letters', { source: 'amqp' })) >= this.invalid.size &&
             (await count(this.env.knex, 'dw_outbox', { delivered_at: null })) === 0 &&
             (await this.jobCount()) >= expectedJobs &&
             (this.trips.length === 0 ||
@@ -234,7 +247,12 @@ export class ChaosRun {
     for (const user of expected) if (!participants.has(user)) lost++;
 
     const inbox = await knex('dw_inbox').pluck('message_id');
-    for (const id of inbox) if (!load.messages.has(id)) unexpected++;
+    for (const id of inbox) if (!load.messages.has(id) || this.invalid.has(id)) unexpected++;
+
+    const dead = new Set<string>(await knex('dw_dead_letters').where({ source: 'amqp' }).pluck('message_id'));
+    let deadLetters = 0;
+    for (const id of dead) if (!this.invalid.has(id)) deadLetters++;
+    for (const id of this.invalid) if (!dead.has(id)) deadLetters++;
 
     // The onward effect: one job per participant in each queue, nothing consumes them in this app.
     const redis = this.redis();
@@ -263,7 +281,7 @@ export class ChaosRun {
       duplicated,
       unexpected,
       outboxPending: await count(knex, 'dw_outbox', { delivered_at: null }),
-      deadLetters: await count(knex, 'dw_dead_letters', { source: 'amqp' }),
+      deadLetters,
       ...(this.trips.length ? await sagaCounters(knex, this.trips) : {}),
     };
   }
