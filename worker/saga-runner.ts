@@ -1,6 +1,13 @@
+import { Worker as BullWorker, Queue } from 'bullmq';
 import type { Knex } from 'knex';
+import type { OutboxJobData } from '../relay/destinations.js';
 import type { App } from '../shared/app.js';
 import type { Logger } from '../shared/logger.js';
+import { assertRedisReachable, createRedis, redisHealthy } from '../shared/redis.js';
+import { type SagaJob, sagaQueue } from '../shared/saga/jobs.js';
+import { sleep } from '../shared/time.js';
+import { SagaStepRunner } from './saga/step-runner.js';
+import { sweepOnce } from './saga/sweep.js';
 
 export interface SagaRunnerDeps {
   app: App;
@@ -17,10 +24,75 @@ export interface SagaRunner {
   stop(graceMs: number): Promise<void>;
   /** True when Redis answers. */
   healthy(): Promise<boolean>;
+  /** Runs one recovery sweep now; returns how many sagas it resumed. */
+  sweep(): Promise<number>;
 }
+
+/**
+ * BullMQ settings of the step worker. A job's lock is renewed every lockDuration / 2 while it
+ * runs; a SIGKILLed worker stops renewing, and the stalled check (every stalledInterval) puts its
+ * job back within about lockDuration + stalledInterval. maxStalledCount is high because the step
+ * records make a re-run harmless, while a job failed for stalling would leave the saga to the sweep.
+ */
+const workerSettings = { lockDuration: 10_000, stalledInterval: 5_000, maxStalledCount: 1000 };
 
 /** Runs the app's saga steps from BullMQ; undefined when the app defines no sagas. */
 export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner | undefined> {
   if (deps.app.sagas.size === 0) return undefined;
-  return undefined;
+  const { log } = deps;
+  await assertRedisReachable(deps.redisUrl);
+  const connection = createRedis(deps.redisUrl);
+  connection.on('error', () => {});
+  const abort = new AbortController();
+  const runner = new SagaStepRunner({ app: deps.app, knex: deps.knex, log, signal: abort.signal });
+  const queue = new Queue(sagaQueue, { connection, prefix: deps.bullmqPrefix });
+  queue.on('error', () => {});
+  const worker = new BullWorker<OutboxJobData>(
+    sagaQueue,
+    async (job) => {
+      const data = job.data.payload as SagaJob;
+      if (data.kind === 'deadline') return runner.runDeadline(data);
+      return runner.runStep(data);
+    },
+    { connection, prefix: deps.bullmqPrefix, concurrency: deps.concurrency, ...workerSettings },
+  );
+  worker.on('error', (error) => log.warn({ err: error }, 'saga worker: Redis error'));
+  worker.on('failed', (job, error) =>
+    log.error({ err: error, jobId: job?.id }, 'saga job failed outside its step; the sweep will resume it'),
+  );
+
+  const sweep = () =>
+    sweepOnce({ app: deps.app, knex: deps.knex, queue, staleAfterMs: deps.staleAfterMs, log });
+  let sweeping: Promise<unknown> = Promise.resolve();
+  const timer =
+    deps.sweepIntervalMs > 0
+      ? setInterval(() => {
+          sweeping = sweep().catch((error) =>
+            log.warn({ err: error }, 'saga sweep failed; next pass retries'),
+          );
+        }, deps.sweepIntervalMs)
+      : undefined;
+  timer?.unref();
+
+  let stopped: Promise<void> | undefined;
+  return {
+    healthy: () => redisHealthy(connection),
+    sweep,
+    stop(graceMs) {
+      stopped ??= (async () => {
+        if (timer) clearInterval(timer);
+        const closing = worker.close();
+        const drained = await Promise.race([closing.then(() => true), sleep(graceMs).then(() => false)]);
+        if (!drained) {
+          // Jobs still running stay in BullMQ's active list; the stalled check hands them out again.
+          abort.abort();
+          await worker.close(true);
+        }
+        await sweeping;
+        await queue.close();
+        connection.disconnect();
+      })();
+      return stopped;
+    },
+  };
 }

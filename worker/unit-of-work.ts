@@ -103,6 +103,12 @@ export class UnitOfWork {
         scope.rollbackHooks.push(fn);
       },
       startSaga: async (saga, input, options = {}) => {
+        // Only the app's own sagas have a step runner; any other would stay `running` for ever.
+        if (this.app.sagas.get(saga.name) !== saga) {
+          throw new NonRetryableError(
+            `saga ${saga.name} is not registered in app ${this.app.name}: add it to defineApp({ sagas: [...] })`,
+          );
+        }
         const started = await startSaga(trx, {
           saga,
           input,

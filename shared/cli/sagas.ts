@@ -1,4 +1,67 @@
 import type { Command } from 'commander';
+import { DurableWorkerError, UsageError } from '../errors.js';
+import { getSaga, listSagas, listStepRows, type SagaStatus, sagaStatuses } from '../saga/store.js';
+import { formatTimeline, sagaView } from '../saga/view.js';
+import { config, withDatabase } from './infra.js';
+import { integer, printJson } from './parse.js';
+
+class SagaNotFoundError extends DurableWorkerError {
+  override readonly code = 'DW_SAGA_NOT_FOUND';
+  override readonly retryable = false;
+}
 
 /** `dw sagas list | show` (issue 3). */
-export function registerSagas(_program: Command): void {}
+export function registerSagas(program: Command): void {
+  const sagas = program.command('sagas').description('inspect saga instances and their step logs');
+
+  sagas
+    .command('list')
+    .description('saga instances, newest first')
+    .option('--status <status>', `only sagas in this status (${sagaStatuses.join(', ')})`)
+    .option('--name <name>', 'only sagas of this definition, e.g. book-trip')
+    .option('--limit <n>', 'at most this many', integer(1, 100_000), 50)
+    .option('--json', 'print a JSON array of sagas (without steps)')
+    .action(async (opts: { status?: string; name?: string; limit: number; json?: boolean }) => {
+      if (opts.status !== undefined && !sagaStatuses.includes(opts.status as SagaStatus)) {
+        throw new UsageError(`--status must be one of ${sagaStatuses.join(', ')}; got "${opts.status}"`);
+      }
+      const rows = await withDatabase(config(), (knex) =>
+        listSagas(knex, {
+          status: opts.status as SagaStatus | undefined,
+          name: opts.name,
+          limit: opts.limit,
+        }),
+      );
+      const views = rows.map((row) => sagaView(row));
+      if (opts.json) return printJson(views);
+      if (views.length === 0) {
+        process.stdout.write('no sagas\n');
+        return;
+      }
+      const idWidth = Math.max(2, ...views.map((v) => v.id.length));
+      const nameWidth = Math.max(4, ...views.map((v) => v.name.length));
+      process.stdout.write(
+        `${'ID'.padEnd(idWidth)}  ${'NAME'.padEnd(nameWidth)}  STATUS        STARTED                   LAST ERROR\n`,
+      );
+      for (const v of views) {
+        process.stdout.write(
+          `${v.id.padEnd(idWidth)}  ${v.name.padEnd(nameWidth)}  ${v.status.padEnd(12)}  ${v.createdAt.padEnd(24)}  ${v.lastError?.message.slice(0, 80) ?? ''}\n`,
+        );
+      }
+    });
+
+  sagas
+    .command('show')
+    .description('one saga with its step log (a timeline; --json for the JSON document)')
+    .argument('<id>', 'saga id')
+    .option('--json', 'print the saga as JSON, with its steps in the order they happened')
+    .action(async (id: string, opts: { json?: boolean }) => {
+      const view = await withDatabase(config(), async (knex) => {
+        const row = await getSaga(knex, id);
+        return row ? sagaView(row, await listStepRows(knex, id)) : undefined;
+      });
+      if (!view) throw new SagaNotFoundError(`no saga with id "${id}" (dw sagas list shows the ids)`);
+      if (opts.json) printJson(view);
+      else process.stdout.write(`${formatTimeline(view)}\n`);
+    });
+}

@@ -24,9 +24,9 @@ export interface StepContext<State> {
 }
 
 export type StepResult<State> = Partial<State> | undefined;
-// biome-ignore lint/suspicious/noConfusingVoidType: a step may return nothing
 export type StepRun<State> = (
   ctx: StepContext<State>,
+  // biome-ignore lint/suspicious/noConfusingVoidType: a step may return nothing
 ) => Promise<StepResult<State> | void> | StepResult<State> | void;
 export type StepCompensate<State> = (ctx: StepContext<State>) => Promise<void> | void;
 

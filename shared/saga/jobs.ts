@@ -1,0 +1,116 @@
+import { v5 as uuidv5 } from 'uuid';
+import type { OutboxMessage } from '../outbox.js';
+
+/**
+ * The BullMQ queue of saga work (under BULLMQ_PREFIX). One queue for every saga of the app: a
+ * step job names its saga, so a single Worker with one concurrency limit serves them all.
+ */
+export const sagaQueue = 'dw-sagas';
+
+export type SagaPhase = 'execute' | 'compensate';
+
+/** Runs one attempt of a step (execute) or of its compensation. */
+export interface SagaStepJob {
+  kind: 'step';
+  sagaId: string;
+  saga: string;
+  phase: SagaPhase;
+  step: string;
+}
+
+/** Fires at a saga's deadline: compensates it unless it finished meanwhile. */
+export interface SagaDeadlineJob {
+  kind: 'deadline';
+  sagaId: string;
+  saga: string;
+}
+
+export type SagaJob = SagaStepJob | SagaDeadlineJob;
+
+export const sagaStepType = 'dw.saga.step';
+export const sagaDeadlineType = 'dw.saga.deadline';
+
+// Any fixed namespace works; it only has to never change, so ids stay stable across releases.
+const namespace = '5b0a7c8e-3f0d-4f55-9f6e-2a7d0a1c9e41';
+
+/**
+ * Deterministic outbox message id (= BullMQ job id) of a step job: writing the same job twice, or
+ * the relay delivering it twice, makes one job. `generation` changes when the sweep re-enqueues
+ * work, so that lost jobs are replaced by new ones instead of being collapsed into the old ids.
+ */
+export function stepJobId(
+  sagaId: string,
+  phase: SagaPhase,
+  step: string,
+  generation: number,
+  attempt = 1,
+): string {
+  return uuidv5(`${sagaId}/${phase}/${step}/${generation}/${attempt}`, namespace);
+}
+
+export function deadlineJobId(sagaId: string, generation: number): string {
+  return uuidv5(`${sagaId}/deadline/${generation}`, namespace);
+}
+
+export interface StepMessageInput {
+  sagaId: string;
+  saga: string;
+  phase: SagaPhase;
+  step: string;
+  generation: number;
+  /** The attempt this job runs (1 for the first); retries get their own job ids. */
+  attempt?: number;
+  delayMs?: number;
+  correlationId?: string | null;
+  causationId?: string;
+}
+
+function headers(correlationId?: string | null, causationId?: string): Record<string, string> {
+  return {
+    ...(correlationId ? { correlationId } : {}),
+    ...(causationId ? { causationId } : {}),
+  };
+}
+
+/** The outbox message that makes the relay add a step job to the saga queue. */
+export function stepMessage(input: StepMessageInput): OutboxMessage {
+  const payload: SagaStepJob = {
+    kind: 'step',
+    sagaId: input.sagaId,
+    saga: input.saga,
+    phase: input.phase,
+    step: input.step,
+  };
+  return {
+    messageId: stepJobId(input.sagaId, input.phase, input.step, input.generation, input.attempt),
+    destination: { kind: 'bullmq', queue: sagaQueue },
+    type: sagaStepType,
+    payload,
+    headers: headers(input.correlationId, input.causationId),
+    ...(input.delayMs ? { options: { delay: Math.round(input.delayMs) } } : {}),
+  };
+}
+
+export function deadlineMessage(input: {
+  sagaId: string;
+  saga: string;
+  generation: number;
+  delayMs: number;
+  correlationId?: string | null;
+  causationId?: string;
+}): OutboxMessage {
+  const payload: SagaDeadlineJob = { kind: 'deadline', sagaId: input.sagaId, saga: input.saga };
+  return {
+    messageId: deadlineJobId(input.sagaId, input.generation),
+    destination: { kind: 'bullmq', queue: sagaQueue },
+    type: sagaDeadlineType,
+    payload,
+    headers: headers(input.correlationId, input.causationId),
+    options: { delay: Math.max(1, Math.round(input.delayMs)) },
+  };
+}
+
+/** Dead-letter message id of a step or compensation that failed for good. */
+export function sagaDeadLetterId(sagaId: string, phase: SagaPhase, step: string): string {
+  return `${sagaId}:${phase}:${step}`;
+}

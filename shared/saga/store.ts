@@ -1,0 +1,286 @@
+import type { Knex } from 'knex';
+import type { ErrorInfo } from '../errors.js';
+import type { SagaPhase } from './jobs.js';
+
+/** Plain database operations on dw_sagas and dw_saga_steps, one statement each. */
+
+export type SagaStatus = 'running' | 'compensating' | 'completed' | 'compensated' | 'failed';
+export const sagaStatuses: readonly SagaStatus[] = [
+  'running',
+  'compensating',
+  'completed',
+  'compensated',
+  'failed',
+];
+export type StepStatus = 'running' | 'completed' | 'failed';
+
+type Db = Knex | Knex.Transaction;
+
+export interface SagaRow {
+  id: string;
+  name: string;
+  status: SagaStatus;
+  state: Record<string, unknown>;
+  version: number;
+  correlation_id: string | null;
+  created_at: Date;
+  updated_at: Date;
+  deadline_at: Date | null;
+  last_error: ErrorInfo | null;
+  generation: number;
+}
+
+export interface StepRow {
+  id: number;
+  saga_id: string;
+  step: string;
+  stage: number;
+  phase: SagaPhase;
+  status: StepStatus;
+  attempts: number;
+  started_at: Date;
+  finished_at: Date | null;
+  error: ErrorInfo | null;
+}
+
+/** Inserts a new running saga; false when the id exists (starting it again is a no-op). */
+export async function insertSaga(
+  trx: Db,
+  saga: { id: string; name: string; state: unknown; correlationId: string; deadlineMs?: number },
+): Promise<boolean> {
+  const rows = await trx('dw_sagas')
+    .insert({
+      id: saga.id,
+      name: saga.name,
+      status: 'running',
+      state: JSON.stringify(saga.state ?? {}),
+      correlation_id: saga.correlationId,
+      // make_interval keeps the deadline a bound parameter.
+      deadline_at:
+        saga.deadlineMs === undefined
+          ? null
+          : trx.raw('now() + make_interval(secs => ?)', [saga.deadlineMs / 1000]),
+    })
+    .onConflict('id')
+    .ignore()
+    .returning('id');
+  return rows.length > 0;
+}
+
+export interface SagaForStep {
+  id: string;
+  name: string;
+  status: SagaStatus;
+  state: Record<string, unknown>;
+  version: number;
+  generation: number;
+  correlation_id: string | null;
+  step_status: StepStatus | null;
+  step_attempts: number | null;
+}
+
+/** The saga with the record of one of its steps (absent: never ran), in one round trip. */
+export async function readSagaForStep(
+  trx: Db,
+  sagaId: string,
+  step: string,
+  phase: SagaPhase,
+): Promise<SagaForStep | undefined> {
+  // A left join: the step row may not exist yet.
+  const { rows } = await trx.raw<{ rows: SagaForStep[] }>(
+    `select s.id, s.name, s.status, s.state, s.version, s.generation, s.correlation_id,
+            st.status as step_status, st.attempts as step_attempts
+       from dw_sagas s
+       left join dw_saga_steps st on st.saga_id = s.id and st.step = ? and st.phase = ?
+      where s.id = ?`,
+    [step, phase, sagaId],
+  );
+  return rows[0];
+}
+
+export async function getSaga(db: Db, sagaId: string): Promise<SagaRow | undefined> {
+  return db('dw_sagas').where({ id: sagaId }).first();
+}
+
+/**
+ * Optimistic update after a step: new state, version + 1, and optionally a final status. Returns
+ * false when the version moved (another step of the saga committed first): the caller re-runs.
+ * The update takes the row lock, so whatever the transaction reads afterwards is settled.
+ */
+export async function advanceSagaVersion(
+  trx: Db,
+  sagaId: string,
+  expectedVersion: number,
+  changes: { state?: unknown; status?: SagaStatus },
+): Promise<boolean> {
+  const count = await trx('dw_sagas')
+    .where({ id: sagaId, version: expectedVersion })
+    .update({
+      ...(changes.state !== undefined ? { state: JSON.stringify(changes.state) } : {}),
+      ...(changes.status ? { status: changes.status } : {}),
+      version: trx.raw('version + 1'),
+      updated_at: trx.fn.now(),
+    });
+  return count === 1;
+}
+
+/** Sets a final or next status, only from `from`; returns the saga row when it changed. */
+export async function transitionSaga(
+  trx: Db,
+  sagaId: string,
+  from: SagaStatus,
+  to: SagaStatus,
+  lastError?: ErrorInfo,
+): Promise<SagaRow | undefined> {
+  const [row] = await trx('dw_sagas')
+    .where({ id: sagaId, status: from })
+    .update({
+      status: to,
+      ...(lastError ? { last_error: JSON.stringify(lastError) } : {}),
+      version: trx.raw('version + 1'),
+      updated_at: trx.fn.now(),
+    })
+    .returning('*');
+  return row as SagaRow | undefined;
+}
+
+/**
+ * Records a step (or compensation) that committed. False when the record says it completed
+ * already: a duplicate ran concurrently and won, so the caller rolls its own run back.
+ */
+export async function recordStepCompleted(
+  trx: Db,
+  step: { sagaId: string; step: string; stage: number; phase: SagaPhase; attempts: number },
+): Promise<boolean> {
+  // Upsert: the first attempt has no row yet; failed attempts left one.
+  const { rows } = await trx.raw<{ rows: unknown[] }>(
+    `insert into dw_saga_steps (saga_id, step, stage, phase, status, attempts, finished_at, error)
+     values (?, ?, ?, ?, 'completed', ?, now(), null)
+     on conflict (saga_id, step, phase) do update
+        set status = 'completed', attempts = excluded.attempts, finished_at = now(), error = null
+      where dw_saga_steps.status <> 'completed'
+     returning id`,
+    [step.sagaId, step.step, step.stage, step.phase, step.attempts],
+  );
+  return rows.length > 0;
+}
+
+/** Records a failed attempt (`final`: failed for good). Never overwrites a completed record. */
+export async function recordStepFailure(
+  trx: Db,
+  step: {
+    sagaId: string;
+    step: string;
+    stage: number;
+    phase: SagaPhase;
+    attempts: number;
+    error: ErrorInfo;
+    final: boolean;
+  },
+): Promise<void> {
+  const status: StepStatus = step.final ? 'failed' : 'running';
+  // Upsert: the failed attempt's own transaction rolled back, so there may be no row yet.
+  await trx.raw(
+    `insert into dw_saga_steps (saga_id, step, stage, phase, status, attempts, finished_at, error)
+     values (?, ?, ?, ?, ?, ?, case when ? then now() end, ?)
+     on conflict (saga_id, step, phase) do update
+        set status = excluded.status, attempts = greatest(dw_saga_steps.attempts, excluded.attempts),
+            finished_at = excluded.finished_at, error = excluded.error
+      where dw_saga_steps.status <> 'completed'`,
+    [
+      step.sagaId,
+      step.step,
+      step.stage,
+      step.phase,
+      status,
+      step.attempts,
+      step.final,
+      JSON.stringify(step.error),
+    ],
+  );
+}
+
+/** Every step record of a saga, in the order they happened. */
+export async function listStepRows(db: Db, sagaId: string): Promise<StepRow[]> {
+  return db('dw_saga_steps')
+    .where({ saga_id: sagaId })
+    .orderBy([
+      { column: 'started_at', order: 'asc' },
+      { column: 'id', order: 'asc' },
+    ]);
+}
+
+/** Running or compensating sagas untouched for `staleAfterMs`, or past their deadline, oldest first. */
+export async function findStalledSagas(db: Db, staleAfterMs: number, limit: number): Promise<SagaRow[]> {
+  return db('dw_sagas')
+    .whereIn('status', ['running', 'compensating'])
+    .andWhere((q) =>
+      q
+        // make_interval keeps the age a bound parameter.
+        .where('updated_at', '<', db.raw('now() - make_interval(secs => ?)', [staleAfterMs / 1000]))
+        .orWhere((d) => d.where('status', 'running').andWhere('deadline_at', '<', db.fn.now())),
+    )
+    .orderBy('updated_at')
+    .limit(limit);
+}
+
+/** Bumps the generation (new job ids for re-enqueued work) if nobody else moved the saga meanwhile. */
+export async function bumpGeneration(trx: Db, saga: Pick<SagaRow, 'id' | 'version'>): Promise<number | null> {
+  const [row] = await trx('dw_sagas')
+    .where({ id: saga.id, version: saga.version })
+    .update({ generation: trx.raw('generation + 1'), updated_at: trx.fn.now() })
+    .returning('generation');
+  return row ? (row as { generation: number }).generation : null;
+}
+
+/** True when the outbox still holds an undelivered saga job of this saga. */
+export async function hasPendingSagaJobs(db: Db, queue: string, sagaId: string): Promise<boolean> {
+  // Scans only pending rows (the partial index dw_outbox_pending keeps that set small).
+  const { rows } = await db.raw<{ rows: unknown[] }>(
+    `select 1 from dw_outbox
+      where delivered_at is null and destination_kind = 'bullmq' and destination = ?
+        and payload->>'sagaId' = ?
+      limit 1`,
+    [queue, sagaId],
+  );
+  return rows.length > 0;
+}
+
+/** Reopens a failed saga for another compensation try; returns the row when it was failed. */
+export async function reopenFailedSaga(trx: Db, sagaId: string): Promise<SagaRow | undefined> {
+  const [row] = await trx('dw_sagas')
+    .where({ id: sagaId, status: 'failed' })
+    .update({
+      status: 'compensating',
+      generation: trx.raw('generation + 1'),
+      version: trx.raw('version + 1'),
+      updated_at: trx.fn.now(),
+    })
+    .returning('*');
+  return row as SagaRow | undefined;
+}
+
+/**
+ * Clears the saga's compensations that failed for good (two siblings of a group may both have
+ * failed), so that each gets its attempts again; returns their step names.
+ */
+export async function resetFailedCompensations(trx: Db, sagaId: string): Promise<string[]> {
+  const rows = await trx('dw_saga_steps')
+    .where({ saga_id: sagaId, phase: 'compensate', status: 'failed' })
+    .update({ status: 'running', attempts: 0, finished_at: null, error: null })
+    .returning('step');
+  return rows.map((r: { step: string }) => r.step);
+}
+
+export async function listSagas(
+  db: Db,
+  filter: { status?: SagaStatus; name?: string; limit: number },
+): Promise<SagaRow[]> {
+  const query = db('dw_sagas').orderBy([
+    { column: 'created_at', order: 'desc' },
+    { column: 'id', order: 'asc' },
+  ]);
+  if (filter.status) query.where({ status: filter.status });
+  if (filter.name) query.where({ name: filter.name });
+  return query.limit(filter.limit);
+}

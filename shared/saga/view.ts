@@ -1,0 +1,86 @@
+import type { ErrorInfo } from '../errors.js';
+import type { SagaPhase } from './jobs.js';
+import type { SagaRow, SagaStatus, StepRow, StepStatus } from './store.js';
+
+/** The JSON shape of a saga (DESIGN.md, "JSON shapes"); fields may be added, never renamed. */
+export interface SagaView {
+  id: string;
+  name: string;
+  status: SagaStatus;
+  state: unknown;
+  correlationId: string | null;
+  createdAt: string;
+  updatedAt: string;
+  deadlineAt: string | null;
+  lastError: ErrorInfo | null;
+  steps?: StepView[];
+}
+
+export interface StepView {
+  name: string;
+  phase: SagaPhase;
+  status: StepStatus;
+  attempts: number;
+  startedAt: string;
+  finishedAt: string | null;
+  error?: ErrorInfo;
+}
+
+export function sagaView(row: SagaRow, steps?: readonly StepRow[]): SagaView {
+  return {
+    id: row.id,
+    name: row.name,
+    status: row.status,
+    state: row.state,
+    correlationId: row.correlation_id,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString(),
+    deadlineAt: row.deadline_at?.toISOString() ?? null,
+    lastError: row.last_error,
+    ...(steps ? { steps: steps.map(stepView) } : {}),
+  };
+}
+
+function stepView(row: StepRow): StepView {
+  return {
+    name: row.step,
+    phase: row.phase,
+    status: row.status,
+    attempts: row.attempts,
+    startedAt: row.started_at.toISOString(),
+    finishedAt: row.finished_at?.toISOString() ?? null,
+    ...(row.error ? { error: row.error } : {}),
+  };
+}
+
+const pad = (text: string, width: number) => text.padEnd(width);
+
+/** A readable timeline of one saga: what ran, in order, with times relative to the start. */
+export function formatTimeline(saga: SagaView): string {
+  const start = Date.parse(saga.createdAt);
+  const since = (iso: string | null) => (iso ? `+${Date.parse(iso) - start} ms` : '');
+  const lines = [
+    `saga ${saga.id} (${saga.name}): ${saga.status}`,
+    `  started ${saga.createdAt}, last change ${saga.updatedAt}${saga.correlationId ? `, correlation ${saga.correlationId}` : ''}`,
+  ];
+  if (saga.lastError) lines.push(`  last error: ${saga.lastError.message}`);
+  const steps = saga.steps ?? [];
+  if (steps.length === 0) lines.push('  (no step has run yet)');
+  const nameWidth = Math.max(4, ...steps.map((s) => s.name.length));
+  for (const step of steps) {
+    const mark =
+      step.status === 'completed'
+        ? step.phase === 'execute'
+          ? '+'
+          : '-'
+        : step.status === 'failed'
+          ? 'x'
+          : '…';
+    const attempts = `${step.attempts} attempt${step.attempts === 1 ? '' : 's'}`;
+    const error = step.error && step.status !== 'completed' ? `  ${step.error.message}` : '';
+    lines.push(
+      `  ${mark} ${pad(since(step.finishedAt ?? step.startedAt), 10)} ${pad(step.phase === 'execute' ? 'run' : 'undo', 4)} ${pad(step.name, nameWidth)}  ${pad(step.status, 9)} ${attempts}${error}`,
+    );
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,179 @@
+import { Queue } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { exampleMigrations } from '../../examples/app/migrations.js';
+import { Relay } from '../../relay/relay.js';
+import { silentLogger } from '../../shared/logger.js';
+import { deadlineJobId, sagaQueue } from '../../shared/saga/jobs.js';
+import { retryCompensation } from '../../shared/saga/recovery.js';
+import { sweepOnce } from '../../worker/saga/sweep.js';
+import { Worker } from '../../worker/worker.js';
+import { calls, hooks, sagaTestApp, startSagas } from '../support/saga-app.js';
+import { count, createTestEnv, deleteRedisKeys, type TestEnv, urls, waitFor } from '../support/services.js';
+
+let env: TestEnv;
+let worker: Worker | undefined;
+let relay: Relay;
+let queue: Queue;
+
+beforeAll(async () => {
+  env = await createTestEnv(exampleMigrations);
+  worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
+  relay = await Relay.start({ config: env.config });
+  queue = new Queue(sagaQueue, { connection: { url: urls.redis }, prefix: env.config.bullmqPrefix });
+});
+
+afterAll(async () => {
+  await queue?.close();
+  await relay?.stop();
+  await worker?.stop();
+  await env?.teardown();
+});
+
+const ledger = async (id: string) =>
+  (await env.knex('trip_ledger').where({ trip_id: id }).orderBy('id')).map(
+    (r: { step: string; action: string }) => `${r.action === 'execute' ? '+' : '-'}${r.step}`,
+  );
+
+function finished(id: string) {
+  return waitFor(async () => {
+    const row = await env.knex('dw_sagas').where({ id }).first();
+    return row && !['running', 'compensating'].includes(row.status) ? row : undefined;
+  }, `saga ${id} to finish`);
+}
+
+const outboxDrained = () =>
+  waitFor(
+    async () => (await count(env.knex, 'dw_outbox', { delivered_at: null })) === 0,
+    'the outbox to drain',
+  );
+
+describe('saga timeouts, deadlines, failed compensations and the recovery sweep', () => {
+  it('counts a step past its timeoutMs as a failed attempt', async () => {
+    const [id] = await startSagas(env.config.exchange, [{ saga: 'timed' }]);
+    expect((await finished(id!)).status).toBe('completed');
+    expect(await ledger(id!)).toEqual(['+quick', '+slow']);
+    const slow = await env.knex('dw_saga_steps').where({ saga_id: id, step: 'slow' }).first();
+    expect(slow).toMatchObject({ status: 'completed', attempts: 2 });
+    expect(calls.get(`${id}/execute/slow`)).toBe(2);
+  });
+
+  it('compensates a saga past its deadline; a deadline firing after the end is ignored', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    hooks.set('deadlined/wait/execute', async (ctx) => {
+      if (ctx.state.hold) await gate;
+    });
+    try {
+      const [late, quick] = await startSagas(env.config.exchange, [
+        { saga: 'deadlined', state: { hold: true } },
+        { saga: 'deadlined' },
+      ]);
+      const saga = await finished(late!);
+      release();
+      expect(saga.status).toBe('compensated');
+      expect(saga.last_error).toMatchObject({ name: 'SagaDeadlineError' });
+      expect((await finished(quick!)).status).toBe('completed');
+      // The quick saga's timer fires later and must change nothing.
+      await waitFor(
+        async () => (await queue.getJobState(deadlineJobId(quick!, 0))) === 'completed',
+        'the deadline timer of the completed saga to fire',
+      );
+      expect((await env.knex('dw_sagas').where({ id: quick }).first()).status).toBe('completed');
+      expect(await ledger(quick!)).toEqual(['+first', '+wait']);
+      // The held step's late finish lost the optimistic check: its effect never committed.
+      await waitFor(() => calls.get(`${late}/execute/wait`), 'the held step to go on');
+      expect(await ledger(late!)).toEqual(['+first', '-first']);
+    } finally {
+      release();
+      hooks.clear();
+    }
+  });
+
+  it('leaves a saga failed with a dead letter when a compensation keeps failing; a replay resumes it', async () => {
+    const [id] = await startSagas(env.config.exchange, [
+      { saga: 'sequential', state: { fail: { s3: -1 }, failCompensation: { s1: -1 } } },
+    ]);
+    const saga = await finished(id!);
+    expect(saga.status).toBe('failed');
+    expect(await ledger(id!)).toEqual(['+s1', '+s2', '-s2']);
+    const dead = await env.knex('dw_dead_letters').where({ saga_id: id }).orderBy('id');
+    expect(dead.map((d) => [d.reason, d.message_id, d.attempts])).toEqual([
+      ['step-failed', `${id}:execute:s3`, 3],
+      ['compensation-failed', `${id}:compensate:s1`, 3],
+    ]);
+    expect(dead[1]).toMatchObject({ source: 'saga', queue: sagaQueue, step: 's1', phase: 'compensate' });
+
+    // A person fixes the cause (here: the saga's own failure switch), then replays the dead letter.
+    await env
+      .knex('dw_sagas')
+      .where({ id })
+      .update({ state: JSON.stringify({ fail: { s3: -1 } }) });
+    expect(await retryCompensation(env.knex, { sagaId: id!, step: 's1' })).toBe('resumed');
+    expect(await retryCompensation(env.knex, { sagaId: id!, step: 's1' })).toBe('not-failed');
+    expect((await finished(id!)).status).toBe('compensated');
+    expect(await ledger(id!)).toEqual(['+s1', '+s2', '-s2', '-s1']);
+  });
+
+  it('the sweep resumes a saga whose jobs Redis lost, without running any step twice', async () => {
+    const [id] = await startSagas(env.config.exchange, [{ saga: 'stalling', state: { fail: { p2: 1 } } }]);
+    // p1 done, p2 failed once and waits a minute for its retry, as a delayed BullMQ job.
+    await waitFor(
+      async () =>
+        (await env.knex('dw_saga_steps').where({ saga_id: id, step: 'p2' }).first())?.attempts === 1,
+      'p2 to fail once',
+    );
+    await outboxDrained();
+    const sweep = () =>
+      sweepOnce({ app: sagaTestApp, knex: env.knex, queue, staleAfterMs: 0, log: silentLogger });
+    expect(await sweep()).toBe(0); // the delayed retry is alive: nothing to do
+
+    await worker!.stop();
+    worker = undefined;
+    await deleteRedisKeys(`${env.config.bullmqPrefix}:${sagaQueue}:*`); // Redis lost its data
+    expect(await sweep()).toBe(1);
+    expect(await sweep()).toBe(0); // the new job is pending in the outbox now
+
+    worker = await Worker.start({
+      app: sagaTestApp,
+      config: env.config,
+      sagaSweepIntervalMs: 100,
+      sagaStaleAfterMs: 100,
+    });
+    const saga = await finished(id!);
+    expect(saga).toMatchObject({ status: 'completed', generation: 1 });
+    expect(await ledger(id!)).toEqual(['+p1', '+p2', '+p3']);
+    expect(calls.get(`${id}/execute/p1`)).toBe(1);
+    expect(await env.knex('dw_saga_steps').where({ saga_id: id, step: 'p2' }).first()).toMatchObject({
+      status: 'completed',
+      attempts: 2,
+    });
+  });
+
+  it('a graceful stop lets the step in flight commit; the next worker carries the saga on', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    hooks.set('sequential/s2/execute', async (ctx) => {
+      if (ctx.state.hold) await gate;
+    });
+    try {
+      const [id] = await startSagas(env.config.exchange, [{ saga: 'sequential', state: { hold: true } }]);
+      await waitFor(() => calls.get(`${id}/execute/s2`), 's2 to be running');
+      const stopping = worker!.stop(20_000);
+      worker = undefined;
+      release();
+      expect(await stopping).toBe(true);
+      expect(await ledger(id!)).toEqual(['+s1', '+s2']);
+      worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
+      expect((await finished(id!)).status).toBe('completed');
+      expect(await ledger(id!)).toEqual(['+s1', '+s2', '+s3', '+s4']);
+      expect(calls.get(`${id}/execute/s2`)).toBe(1);
+    } finally {
+      release();
+      hooks.clear();
+    }
+  });
+});

@@ -1,0 +1,57 @@
+import type { StepRetryPolicy } from '../../shared/saga/definition.js';
+import type { SagaPhase } from '../../shared/saga/jobs.js';
+
+/** What a step record says, as far as planning cares. */
+export interface StepRecord {
+  step: string;
+  phase: SagaPhase;
+  status: 'running' | 'completed' | 'failed';
+}
+
+/** What planning needs of a saga definition: its stages, and which steps can be compensated. */
+export interface PlannableSaga {
+  readonly stages: ReadonlyArray<ReadonlyArray<{ name: string; compensate?: unknown }>>;
+}
+
+/** The stage to work on next and its steps that still have to run, or the end of the phase. */
+export type Plan = { kind: 'stage'; phase: SagaPhase; stage: number; pending: string[] } | { kind: 'done' };
+
+function completed(records: readonly StepRecord[], phase: SagaPhase): Set<string> {
+  return new Set(records.filter((r) => r.phase === phase && r.status === 'completed').map((r) => r.step));
+}
+
+/** Forward: the first stage with a step not completed yet; done when every step completed. */
+export function planExecution(saga: PlannableSaga, records: readonly StepRecord[]): Plan {
+  const done = completed(records, 'execute');
+  for (const [stage, steps] of saga.stages.entries()) {
+    const pending = steps.filter((s) => !done.has(s.name)).map((s) => s.name);
+    if (pending.length > 0) return { kind: 'stage', phase: 'execute', stage, pending };
+  }
+  return { kind: 'done' };
+}
+
+/**
+ * Backward: the latest stage holding a completed step whose compensation has not completed;
+ * steps without a compensate function are skipped. Done when nothing is left to compensate.
+ */
+export function planCompensation(saga: PlannableSaga, records: readonly StepRecord[]): Plan {
+  const executed = completed(records, 'execute');
+  const compensated = completed(records, 'compensate');
+  for (let stage = saga.stages.length - 1; stage >= 0; stage--) {
+    const pending = (saga.stages[stage] ?? [])
+      .filter((s) => s.compensate && executed.has(s.name) && !compensated.has(s.name))
+      .map((s) => s.name);
+    if (pending.length > 0) return { kind: 'stage', phase: 'compensate', stage, pending };
+  }
+  return { kind: 'done' };
+}
+
+/** Delay before attempt `attempt + 1`: exponential from backoffMs, capped, spread by ± jitter. */
+export function retryDelayMs(
+  policy: StepRetryPolicy,
+  attempt: number,
+  random: () => number = Math.random,
+): number {
+  const base = Math.min(policy.maxBackoffMs, policy.backoffMs * 2 ** Math.max(0, attempt - 1));
+  return Math.max(0, Math.round(base * (1 + policy.jitter * (2 * random() - 1))));
+}

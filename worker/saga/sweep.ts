@@ -1,0 +1,95 @@
+import type { Queue } from 'bullmq';
+import type { Knex } from 'knex';
+import type { App } from '../../shared/app.js';
+import type { Logger } from '../../shared/logger.js';
+import { insertOutboxMessages } from '../../shared/outbox.js';
+import type { SagaDefinition } from '../../shared/saga/definition.js';
+import { sagaQueue, stepJobId } from '../../shared/saga/jobs.js';
+import {
+  bumpGeneration,
+  findStalledSagas,
+  hasPendingSagaJobs,
+  listStepRows,
+  type SagaRow,
+  transitionSaga,
+} from '../../shared/saga/store.js';
+import { planCompensation, planExecution } from './plan.js';
+import { beginCompensation, stageMessages } from './transitions.js';
+
+export interface SweepDeps {
+  app: App;
+  knex: Knex;
+  queue: Queue;
+  staleAfterMs: number;
+  log: Logger;
+  /** Sagas looked at per pass. Default 200. */
+  batchSize?: number;
+}
+
+const aliveStates = new Set(['waiting', 'delayed', 'active', 'prioritized', 'waiting-children']);
+// pg_try_advisory_xact_lock key: one sweeping process at a time per database ("dwsweep").
+const sweepLockKey = 0x6477_7377;
+
+/**
+ * One pass of the recovery sweep: finds sagas left running or compensating with nothing to drive
+ * them (Redis lost its jobs, a job failed outside the step runner) and re-enqueues the pending
+ * steps of their current stage under a new generation (fresh job ids). The step records make
+ * sure nothing already done runs again. Also compensates sagas past their deadline whose timer
+ * job was lost. Returns how many sagas it resumed.
+ */
+export async function sweepOnce(deps: SweepDeps): Promise<number> {
+  const { knex, app, log } = deps;
+  return knex.transaction(async (trx) => {
+    const { rows } = await trx.raw<{ rows: [{ locked: boolean }] }>(
+      'select pg_try_advisory_xact_lock(?) as locked',
+      [sweepLockKey],
+    );
+    if (!rows[0]?.locked) return 0;
+    let resumed = 0;
+    for (const saga of await findStalledSagas(trx, deps.staleAfterMs, deps.batchSize ?? 200)) {
+      const definition = app.sagas.get(saga.name) as SagaDefinition<object> | undefined;
+      if (!definition) continue;
+      if (saga.status === 'running' && saga.deadline_at && saga.deadline_at.getTime() < Date.now()) {
+        const started = await beginCompensation(trx, definition, saga.id, {
+          name: 'SagaDeadlineError',
+          message: `saga ${saga.name} did not complete within its deadline of ${definition.deadlineMs} ms`,
+        });
+        if (started) resumed++;
+        continue;
+      }
+      if (await resume(trx, deps, definition, saga)) {
+        resumed++;
+        log.warn({ sagaId: saga.id, status: saga.status }, 'stalled saga resumed by the sweep');
+      }
+    }
+    return resumed;
+  });
+}
+
+async function resume(
+  trx: Knex.Transaction,
+  deps: SweepDeps,
+  definition: SagaDefinition<object>,
+  saga: SagaRow,
+): Promise<boolean> {
+  const records = await listStepRows(trx, saga.id);
+  const plan =
+    saga.status === 'running' ? planExecution(definition, records) : planCompensation(definition, records);
+  if (plan.kind === 'done') {
+    // Every step is recorded but the final status is not (cannot happen through the runner; heal it).
+    const to = saga.status === 'running' ? 'completed' : 'compensated';
+    return (await transitionSaga(trx, saga.id, saga.status, to)) !== undefined;
+  }
+  if (await hasPendingSagaJobs(trx, sagaQueue, saga.id)) return false;
+  for (const step of plan.pending) {
+    const attempts = definition.getStep(step)?.retry.attempts ?? 1;
+    for (let attempt = 1; attempt <= attempts; attempt++) {
+      const id = stepJobId(saga.id, plan.phase, step, saga.generation, attempt);
+      if (aliveStates.has(await deps.queue.getJobState(id))) return false;
+    }
+  }
+  const generation = await bumpGeneration(trx, saga);
+  if (generation === null) return false;
+  await insertOutboxMessages(trx, stageMessages(saga, plan, generation));
+  return true;
+}
