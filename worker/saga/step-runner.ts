@@ -58,6 +58,9 @@ type AnyStep = StepDefinition<any>;
  * either a delayed retry or the switch to compensation / `failed`, each in its own transaction.
  */
 export class SagaStepRunner {
+  /** Set while the database is unreachable, so the outage is logged once for all steps in flight. */
+  private databaseOutage = false;
+
   constructor(private readonly deps: StepRunnerDeps) {}
 
   async runStep(job: SagaStepJob): Promise<StepOutcome> {
@@ -200,7 +203,12 @@ export class SagaStepRunner {
   private async withTransactionRetry<T>(fn: () => Promise<T>): Promise<T> {
     for (let conflicts = 0, outages = 0; ; ) {
       try {
-        return await fn();
+        const result = await fn();
+        if (this.databaseOutage) {
+          this.databaseOutage = false;
+          this.deps.log.info('database reachable again; saga steps resume');
+        }
+        return result;
       } catch (error) {
         if (error instanceof ConcurrencyConflictError || isSerializationError(error)) {
           conflicts++;
@@ -208,7 +216,11 @@ export class SagaStepRunner {
           continue;
         }
         if (isConnectionError(error) && !this.deps.signal.aborted) {
-          if (outages++ === 0) this.deps.log.warn({ err: error }, 'database unavailable; saga step waits');
+          outages++;
+          if (!this.databaseOutage) {
+            this.databaseOutage = true;
+            this.deps.log.warn({ err: error }, 'database unavailable; saga steps wait until it is back');
+          }
           await sleep(Math.min(5000, 50 * 2 ** Math.min(outages, 7)), this.deps.signal);
           continue;
         }
