@@ -19,8 +19,8 @@ describe('Redis safety', () => {
     const worker = await run.spawn('worker', 'worker');
     // The processes still run: the warning says what to change, it does not refuse to start.
     await Promise.all([
-      relay.current!.waitForLog('maxmemory-policy is "allkeys-lru"'),
-      worker.current!.waitForLog('maxmemory-policy is "allkeys-lru"'),
+      relay.current!.waitForLog('"policy":"allkeys-lru"'),
+      worker.current!.waitForLog('"policy":"allkeys-lru"'),
       relay.waitHealthy(),
       worker.waitHealthy(),
     ]);

@@ -95,7 +95,7 @@ export class PrivateRedis {
         '--appendonly',
         'no',
         '--maxmemory-policy',
-        'noeviction',
+        this.evictionPolicy,
       ],
       { stdio: 'ignore' },
     );
