@@ -19,23 +19,25 @@ describe('SIGTERM with work in flight', () => {
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
     const load = run.startLoad(1000);
     const exits: Array<{ who: string; code?: number | null; signal?: string | null }> = [];
-    for (let i = 0; i < 6; i++) {
-      await run.progress(run.random.int(30, 150));
-      if (i % 2 === 0) {
-        // Handlers are certainly in flight: blocked on a lock the test releases only once the
-        // worker is shutting down, so they must finish during the grace time.
-        const release = await run.holdHandlers();
-        run.fault(`SIGTERM ${worker.current?.name} with handlers in flight`);
-        const exit = await worker.stopAndRestart(async (proc) => {
-          proc.signal('SIGTERM');
-          await proc.waitForLog('shutting down gracefully').finally(release);
-        }, exitWithinMs);
-        exits.push({ who: 'worker', code: exit?.code, signal: exit?.signal });
-      } else {
-        run.fault(`SIGTERM ${relay.current?.name}`);
-        const exit = await relay.stopAndRestart(async (proc) => proc.signal('SIGTERM'), exitWithinMs);
-        exits.push({ who: 'relay', code: exit?.code, signal: exit?.signal });
-      }
+    // The worker first: it consumes only while the test waits for progress, so messages are left
+    // for each round to hold in flight.
+    for (let i = 0; i < 3; i++) {
+      await run.progress(run.random.int(10, 80));
+      // Handlers are certainly in flight: blocked on a lock the test releases only once the
+      // worker is shutting down, so they must finish during the grace time.
+      const release = await run.holdHandlers();
+      run.fault(`SIGTERM ${worker.current?.name} with handlers in flight`);
+      const exit = await worker.stopAndRestart(async (proc) => {
+        proc.signal('SIGTERM');
+        await proc.waitForLog('shutting down gracefully').finally(release);
+      }, exitWithinMs);
+      exits.push({ who: 'worker', code: exit?.code, signal: exit?.signal });
+    }
+    for (let i = 0; i < 3; i++) {
+      await run.progress(run.random.int(10, 80));
+      run.fault(`SIGTERM ${relay.current?.name}`);
+      const exit = await relay.stopAndRestart(async (proc) => proc.signal('SIGTERM'), exitWithinMs);
+      exits.push({ who: 'relay', code: exit?.code, signal: exit?.signal });
     }
     await load.done;
     const counters = await run.settle();
@@ -54,7 +56,7 @@ describe('SIGTERM with work in flight', () => {
     const load = run.startLoad(1000);
     const exits = [];
     for (let i = 0; i < 3; i++) {
-      await run.progress(run.random.int(30, 150));
+      await run.progress(run.random.int(10, 80));
       const release = await run.holdHandlers();
       run.fault(`SIGTERM twice ${worker.current?.name} with handlers in flight`);
       try {

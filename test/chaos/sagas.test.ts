@@ -18,11 +18,11 @@ describe('BookTrip sagas under faults', () => {
     // transaction, before the commit) and two right after a step committed; random SIGKILLs too.
     const worker = await run.spawn('worker', 'worker', {
       envFor: (_, hits) => {
-        if ((hits['saga:during-compensation'] ?? 0) < 2)
-          return { DW_CRASH_POINTS: 'saga:during-compensation', DW_CRASH_PROBABILITY: '0.25' };
-        if ((hits['saga:after-step-commit'] ?? 0) < 2)
-          return { DW_CRASH_POINTS: 'saga:after-step-commit', DW_CRASH_PROBABILITY: '0.05' };
-        return {};
+        const armed = [
+          (hits['saga:during-compensation'] ?? 0) < 2 && 'saga:during-compensation=0.3',
+          (hits['saga:after-step-commit'] ?? 0) < 2 && 'saga:after-step-commit=0.03',
+        ].filter(Boolean);
+        return { DW_CRASH_POINTS: armed.join(',') };
       },
     });
     const relay = await run.spawn('relay', 'relay');
