@@ -1,3 +1,4 @@
+import type { Server } from 'node:http';
 import type { Config } from '../shared/config.js';
 import { createLogger } from '../shared/logger.js';
 import { handleSignals, startHealthServer } from '../shared/process-lifecycle.js';
@@ -10,9 +11,12 @@ export async function runRelayProcess(
   overrides: Partial<Omit<RelayOptions, 'config' | 'logger'>>,
 ): Promise<void> {
   const log = createLogger({ level: config.logLevel, name: 'relay' });
-  const relay = await Relay.start({ ...overrides, config, logger: log });
-  const server = config.healthPort ? await startHealthServer(relay, config.healthPort, log) : undefined;
-  handleSignals(relay, log, async () => {
+  let server: Server | undefined;
+  const starting = Relay.start({ ...overrides, config, logger: log });
+  // Before the start completes: a SIGTERM during start must still end in a clean stop.
+  handleSignals(starting, log, async () => {
     server?.close();
   });
+  const relay = await starting;
+  if (config.healthPort) server = await startHealthServer(relay, config.healthPort, log);
 }

@@ -10,8 +10,14 @@ export interface Stoppable {
 /**
  * Two-stage shutdown: the first SIGTERM/SIGINT stops gracefully (exit 0 once drained, 1 if the
  * grace time ran out); a second signal exits at once, leaving in-flight messages to redelivery.
+ * Pass the component while it is still starting: a signal that arrives during the start waits
+ * for it and then stops as usual, instead of killing the process with the default action.
  */
-export function handleSignals(component: Stoppable, log: Logger, onStopped?: () => Promise<void>): void {
+export function handleSignals(
+  component: Stoppable | Promise<Stoppable>,
+  log: Logger,
+  onStopped?: () => Promise<void>,
+): void {
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
@@ -20,8 +26,8 @@ export function handleSignals(component: Stoppable, log: Logger, onStopped?: () 
     }
     stopping = true;
     log.info({ signal }, 'shutting down gracefully (send the signal again to force)');
-    void component
-      .stop()
+    void Promise.resolve(component)
+      .then((started) => started.stop())
       .then(async (drained) => {
         await onStopped?.();
         process.exit(drained ? 0 : 1);

@@ -1,3 +1,4 @@
+import type { Server } from 'node:http';
 import { loadApp } from '../shared/app.js';
 import type { Config } from '../shared/config.js';
 import { createLogger } from '../shared/logger.js';
@@ -12,10 +13,14 @@ export async function runWorkerProcess(
 ): Promise<void> {
   const log = createLogger({ level: config.logLevel, name: 'worker' });
   const { app: appModule, ...options } = overrides;
-  const app = await loadApp(appModule ?? config.app);
-  const worker = await Worker.start({ ...options, app, config, logger: log });
-  const server = config.healthPort ? await startHealthServer(worker, config.healthPort, log) : undefined;
-  handleSignals(worker, log, async () => {
+  let server: Server | undefined;
+  const starting = loadApp(appModule ?? config.app).then((app) =>
+    Worker.start({ ...options, app, config, logger: log }),
+  );
+  // Before the start completes: a SIGTERM during start must still end in a clean stop.
+  handleSignals(starting, log, async () => {
     server?.close();
   });
+  const worker = await starting;
+  if (config.healthPort) server = await startHealthServer(worker, config.healthPort, log);
 }
