@@ -35,6 +35,8 @@ describe('SIGTERM with work in flight', () => {
     }
     for (let i = 0; i < 3; i++) {
       await run.progress(run.random.int(10, 80));
+      // A running relay (a signal during Node's own bootstrap, before any code runs, cannot be handled).
+      await relay.waitHealthy();
       run.fault(`SIGTERM ${relay.current?.name}`);
       const exit = await relay.stopAndRestart(async (proc) => proc.signal('SIGTERM'), exitWithinMs);
       exits.push({ who: 'relay', code: exit?.code, signal: exit?.signal });
