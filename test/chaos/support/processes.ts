@@ -252,6 +252,9 @@ export class Supervisor {
     this.stopped = true;
     const proc = this.current;
     if (!proc?.running) return proc?.exit;
+    // A process restarted a moment ago may still be in Node's bootstrap, where no handler can
+    // catch the signal yet: stop it once it runs.
+    await proc.waitHealthy(timeoutMs).catch(() => {});
     proc.signal('SIGTERM');
     const exit = await Promise.race([
       proc.exited,
