@@ -13,7 +13,6 @@ export async function runRelayProcess(
   const log = createLogger({ level: config.logLevel, name: 'relay' });
   let server: Server | undefined;
   const starting = Relay.start({ ...overrides, config, logger: log });
-  // Before the start completes: a SIGTERM during start must still end in a clean stop.
   handleSignals(starting, log, async () => {
     server?.close();
   });

@@ -10,11 +10,11 @@ export interface Stoppable {
 /**
  * Two-stage shutdown: the first SIGTERM/SIGINT stops gracefully (exit 0 once drained, 1 if the
  * grace time ran out); a second signal exits at once, leaving in-flight messages to redelivery.
- * Pass the component while it is still starting: a signal that arrives during the start waits
- * for it and then stops as usual, instead of killing the process with the default action.
+ * Installed before the component has finished starting, so that a signal during start-up also
+ * ends in a graceful stop rather than the default abrupt exit.
  */
 export function handleSignals(
-  component: Stoppable | Promise<Stoppable>,
+  component: Promise<Stoppable>,
   log: Logger,
   onStopped?: () => Promise<void>,
 ): void {
@@ -26,9 +26,9 @@ export function handleSignals(
     }
     stopping = true;
     log.info({ signal }, 'shutting down gracefully (send the signal again to force)');
-    void Promise.resolve(component)
-      .then((started) => started.stop())
-      .then(async (drained) => {
+    void component
+      .then(async (started) => {
+        const drained = await started.stop();
         await onStopped?.();
         process.exit(drained ? 0 : 1);
       })

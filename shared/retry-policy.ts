@@ -1,4 +1,4 @@
-import { isRetryable } from './errors.js';
+import { DefinitionError, isRetryable } from './errors.js';
 
 /**
  * How a failing message is retried: first `immediateRetries` attempts at once in the same process,
@@ -32,14 +32,34 @@ export const defaultRetryPolicy: RetryPolicy = {
   delayed: { count: 3, initialMs: 1000, factor: 2, maxMs: 300_000, jitter: 0.1 },
 };
 
+/** Fills in defaults from `base` and refuses values that cannot work (at defineApp time). */
 export function resolveRetryPolicy(
   input: RetryPolicyInput | undefined,
   base = defaultRetryPolicy,
 ): RetryPolicy {
-  return {
+  const policy: RetryPolicy = {
     immediateRetries: input?.immediateRetries ?? base.immediateRetries,
-    delayed: { ...base.delayed, ...input?.delayed },
+    delayed: { ...base.delayed, ...stripUndefined(input?.delayed ?? {}) },
   };
+  const { count, initialMs, factor, maxMs, jitter } = policy.delayed;
+  const problems = [
+    wholeAtLeast(policy.immediateRetries, 0) ? '' : 'immediateRetries must be a whole number >= 0',
+    wholeAtLeast(count, 0) ? '' : 'delayed.count must be a whole number >= 0',
+    wholeAtLeast(initialMs, 1) ? '' : 'delayed.initialMs must be a whole number of ms >= 1',
+    Number.isFinite(factor) && factor >= 1 ? '' : 'delayed.factor must be a number >= 1',
+    wholeAtLeast(maxMs, initialMs) ? '' : 'delayed.maxMs must be a whole number of ms >= delayed.initialMs',
+    jitter >= 0 && jitter < 1 ? '' : 'delayed.jitter must be a fraction from 0 to below 1',
+  ].filter(Boolean);
+  if (problems.length) throw new DefinitionError(`invalid retry policy: ${problems.join('; ')}`);
+  return policy;
+}
+
+function wholeAtLeast(value: number, min: number): boolean {
+  return Number.isInteger(value) && value >= min;
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 export type RetryDecision =

@@ -36,7 +36,16 @@ class DeadLetter {
   constructor(
     readonly reason: DeadLetterReason,
     readonly error: ErrorInfo,
+    /** The parsed body, when it parsed. */
+    readonly payload?: unknown,
   ) {}
+}
+
+/** Headers RabbitMQ adds when a retry copy expires back into the work queue; they grow with each round. */
+function withoutBrokerDeathHeaders(headers: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(
+    Object.entries(headers).filter(([name]) => !/^x-(first-|last-)?death/.test(name)),
+  );
 }
 
 /**
@@ -67,14 +76,18 @@ export class MessageProcessor {
         { reason: validated.reason, error: validated.error.message },
         'invalid message: dead-lettered',
       );
-      return this.deadLetter(incoming, validated, undefined, log);
+      return this.deadLetter(incoming, validated, log);
     }
     if (incoming.redelivered) {
       const verdict = await this.withOutageRetry(() => this.checkRedelivery(incoming), log);
       if (verdict === 'requeue' || verdict === 'dead-lettered') return verdict;
       if (verdict instanceof DeadLetter) {
         log.error({ reason: verdict.reason, error: verdict.error.message }, 'poison message: dead-lettered');
-        return this.deadLetter(incoming, verdict, validated.payload, log);
+        return this.deadLetter(
+          incoming,
+          new DeadLetter(verdict.reason, verdict.error, validated.payload),
+          log,
+        );
       }
     }
 
@@ -89,6 +102,8 @@ export class MessageProcessor {
       timestamp: incoming.timestamp,
       headers: incoming.headers,
     };
+    // When the first attempt failed: kept across retries for the dead-letter entry.
+    let firstFailedAt = stringOrUndefined(incoming.headers[Headers.firstFailedAt]);
     for (;;) {
       const result = await this.withOutageRetry(
         () => this.runTransaction(envelope, validated.payloads, log),
@@ -99,14 +114,16 @@ export class MessageProcessor {
         return result;
       }
       const error = result.error;
+      firstFailedAt ??= new Date().toISOString();
       const decision = decideRetry(policy, envelope.attempt, error);
       if (decision.kind === 'immediate') {
-        log.warn({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
+        // Retries are expected and the final failure is logged as an error: keep these quieter.
+        log.info({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
         envelope.attempt = decision.nextAttempt;
         continue;
       }
       if (decision.kind === 'delayed') {
-        log.warn(
+        log.info(
           { err: error, attempt: envelope.attempt, delayMs: decision.delayMs },
           'handler failed; retrying after a delay',
         );
@@ -119,11 +136,9 @@ export class MessageProcessor {
             timestamp: Math.floor(incoming.timestamp.getTime() / 1000),
             persistent: true,
             headers: {
-              ...incoming.headers,
+              ...withoutBrokerDeathHeaders(incoming.headers),
               [Headers.attempt]: decision.nextAttempt,
-              [Headers.firstFailedAt]: String(
-                incoming.headers[Headers.firstFailedAt] ?? new Date().toISOString(),
-              ),
+              [Headers.firstFailedAt]: firstFailedAt,
             },
           });
           return 'retry-scheduled';
@@ -138,9 +153,12 @@ export class MessageProcessor {
         'handler failed for good: dead-lettered',
       );
       return this.deadLetter(
-        { ...incoming, attempt: envelope.attempt },
-        new DeadLetter('handler-failed', toErrorInfo(error)),
-        validated.payload,
+        {
+          ...incoming,
+          attempt: envelope.attempt,
+          headers: { ...incoming.headers, [Headers.firstFailedAt]: firstFailedAt },
+        },
+        new DeadLetter('handler-failed', toErrorInfo(error), validated.payload),
         log,
       );
     }
@@ -183,6 +201,7 @@ export class MessageProcessor {
               : 'message has neither a type property nor a routing key',
           ),
         ),
+        payload,
       );
     }
     const payloads: unknown[] = [];
@@ -200,6 +219,7 @@ export class MessageProcessor {
               `${type} payload does not match its schema: ${issues}`,
             ),
           ),
+          payload,
         );
       }
       payloads.push(parsed.data);
@@ -217,10 +237,12 @@ export class MessageProcessor {
     if (!incoming.headers[Headers.replayedFrom] && (await deadLetterExists(knex, queue, incoming.id))) {
       return 'dead-lettered';
     }
+    // Only redeliveries are counted (the first delivery costs no write); the n-th redelivery means
+    // n deliveries started and never finished.
     const count = await bumpDeliveryCount(knex, queue, incoming.id);
-    if (count > maxDeliveries) {
+    if (count >= maxDeliveries) {
       return new DeadLetter('handler-failed', {
-        message: `poison message: handling it stopped the worker ${count - 1} times without finishing (limit ${maxDeliveries}, WorkerOptions.maxDeliveries)`,
+        message: `poison message: ${count} deliveries started without finishing (the worker died or lost its connection each time; limit ${maxDeliveries}, WorkerOptions.maxDeliveries)`,
         name: 'PoisonMessageError',
       });
     }
@@ -252,12 +274,7 @@ export class MessageProcessor {
     return result;
   }
 
-  private async deadLetter(
-    incoming: IncomingMessage,
-    dead: DeadLetter,
-    payload: unknown,
-    log: Logger,
-  ): Promise<Outcome> {
+  private async deadLetter(incoming: IncomingMessage, dead: DeadLetter, log: Logger): Promise<Outcome> {
     const { knex, queue } = this.deps;
     const firstFailedAt = incoming.headers[Headers.firstFailedAt];
     const result = await this.withOutageRetry(async () => {
@@ -269,10 +286,10 @@ export class MessageProcessor {
         reason: dead.reason,
         error: dead.error,
         attempts: incoming.attempt,
-        firstFailedAt: typeof firstFailedAt === 'string' ? new Date(firstFailedAt) : undefined,
-        payload,
-        body: payload === undefined ? incoming.body : undefined,
-        headers: incoming.headers,
+        firstFailedAt: validDate(firstFailedAt),
+        payload: dead.payload,
+        body: incoming.body,
+        headers: withoutBrokerDeathHeaders(incoming.headers),
         properties: { correlationId: incoming.correlationId, timestamp: incoming.timestamp.toISOString() },
       });
       return 'dead-lettered' as const;
@@ -306,4 +323,16 @@ export class MessageProcessor {
       }
     }
   }
+}
+
+function stringOrUndefined(value: unknown): string | undefined {
+  if (typeof value === 'string') return value;
+  if (Buffer.isBuffer(value)) return value.toString('utf8');
+  return undefined;
+}
+
+function validDate(value: unknown): Date | undefined {
+  const text = stringOrUndefined(value);
+  const date = text ? new Date(text) : undefined;
+  return date && !Number.isNaN(date.getTime()) ? date : undefined;
 }

@@ -13,11 +13,9 @@ export async function runWorkerProcess(
 ): Promise<void> {
   const log = createLogger({ level: config.logLevel, name: 'worker' });
   const { app: appModule, ...options } = overrides;
+  const app = await loadApp(appModule ?? config.app);
   let server: Server | undefined;
-  const starting = loadApp(appModule ?? config.app).then((app) =>
-    Worker.start({ ...options, app, config, logger: log }),
-  );
-  // Before the start completes: a SIGTERM during start must still end in a clean stop.
+  const starting = Worker.start({ ...options, app, config, logger: log });
   handleSignals(starting, log, async () => {
     server?.close();
   });

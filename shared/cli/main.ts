@@ -9,7 +9,6 @@ import { registerStatus } from './status.js';
 
 const program = new Command('dw')
   .description('durable-worker: reliable message handling and sagas on RabbitMQ, Postgres and Redis')
-  .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 // Commander exits 1 on errors by default; exitOverride lets us keep one format for every error.
 program.configureOutput({ writeErr: (text) => process.stderr.write(text) });

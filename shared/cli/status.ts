@@ -1,4 +1,109 @@
+import amqp from 'amqplib';
 import type { Command } from 'commander';
+import { loadApp } from '../app.js';
+import { redactUrl } from '../config.js';
+import { ServiceUnavailableError } from '../errors.js';
+import { assertRedisReachable } from '../redis.js';
+import { sagaQueue } from '../saga/jobs.js';
+import {
+  appQueueNames,
+  bullmqDestinations,
+  bullQueueStatus,
+  deadLetterQueues,
+  deadLetterStatus,
+  outboxStatus,
+  rabbitQueueStatus,
+  type Status,
+  sagaCountsByStatus,
+} from '../status.js';
+import { config, withDatabase } from './infra.js';
+import { printJson } from './parse.js';
 
-/** `dw status` (issue 4). */
-export function registerStatus(_program: Command): void {}
+export function registerStatus(program: Command): void {
+  program
+    .command('status')
+    .description('outbox backlog and oldest age, dead-letter count, sagas by status, queue depths')
+    .option('--app <module>', 'app whose work and retry queues to show (default: DW_APP)')
+    .option('--json', 'print one JSON object')
+    .action(async (opts: { app?: string; json?: boolean }) => {
+      const cfg = config();
+      const app = await loadApp(opts.app ?? cfg.app);
+      const workQueue = `${cfg.exchange}.${app.name}`;
+      const { outbox, deadLetters, sagas, bullNames, dlqQueues } = await withDatabase(cfg, async (knex) => ({
+        outbox: await outboxStatus(knex),
+        deadLetters: await deadLetterStatus(knex),
+        sagas: await sagaCountsByStatus(knex),
+        bullNames: await bullmqDestinations(knex),
+        dlqQueues: await deadLetterQueues(knex),
+      }));
+      const rabbitNames = [...new Set([...appQueueNames(app, workQueue), ...dlqQueues])];
+      let connection: amqp.ChannelModel;
+      try {
+        connection = await amqp.connect(cfg.amqpUrl, { clientProperties: { connection_name: 'dw status' } });
+      } catch (error) {
+        throw new ServiceUnavailableError('RabbitMQ', redactUrl(cfg.amqpUrl), error);
+      }
+      let rabbitmq: Status['queues']['rabbitmq'];
+      try {
+        rabbitmq = await rabbitQueueStatus(connection, rabbitNames);
+      } finally {
+        await connection.close().catch(() => {});
+      }
+      await assertRedisReachable(cfg.redisUrl);
+      const bullmq = await bullQueueStatus(cfg.redisUrl, cfg.bullmqPrefix, [
+        ...new Set([...bullNames, sagaQueue]),
+      ]);
+      const status: Status = { outbox, deadLetters, sagas, queues: { rabbitmq, bullmq } };
+      if (opts.json) printJson(status);
+      else printStatus(status);
+    });
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows
+    .map(
+      (row) =>
+        `  ${row
+          .map((c, i) => c.padEnd(widths[i]!))
+          .join('  ')
+          .trimEnd()}`,
+    )
+    .join('\n');
+}
+
+function printStatus(s: Status): void {
+  const age = s.outbox.oldestPendingAgeSeconds === null ? '-' : `${s.outbox.oldestPendingAgeSeconds}s`;
+  const reasons = Object.entries(s.deadLetters.byReason)
+    .map(([reason, n]) => `${reason} ${n}`)
+    .join(', ');
+  const sagas = Object.entries(s.sagas)
+    .map(([status, n]) => `${status} ${n}`)
+    .join(', ');
+  const lines = [
+    `outbox:        ${s.outbox.pending} pending, oldest ${age}, ${s.outbox.failing} failing`,
+    `dead letters:  ${s.deadLetters.total}${reasons ? ` (${reasons})` : ''}`,
+    `sagas:         ${sagas || 'none'}`,
+    '',
+    'RabbitMQ queues',
+    table([
+      ['QUEUE', 'MESSAGES', 'CONSUMERS'],
+      ...s.queues.rabbitmq.map((q) =>
+        q.exists ? [q.name, String(q.messages), String(q.consumers)] : [q.name, '(absent)', '-'],
+      ),
+    ]),
+    '',
+    'BullMQ queues',
+    table([
+      ['QUEUE', 'WAITING', 'ACTIVE', 'DELAYED', 'FAILED'],
+      ...s.queues.bullmq.map((q) => [
+        q.name,
+        String(q.waiting),
+        String(q.active),
+        String(q.delayed),
+        String(q.failed),
+      ]),
+    ]),
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+}

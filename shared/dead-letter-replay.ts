@@ -1,0 +1,177 @@
+import type { ConfirmChannel, Options } from 'amqplib';
+import type { Knex } from 'knex';
+import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from './dead-letters.js';
+import { Headers } from './envelope.js';
+import { DurableWorkerError } from './errors.js';
+import { inboxHas } from './inbox.js';
+import { retryCompensation } from './saga/recovery.js';
+
+export type ReplayOutcome =
+  /** Sent back to its queue and removed from the dead letters. */
+  | 'replayed'
+  /** --dry-run: would have been replayed. */
+  | 'would-replay'
+  /** The inbox holds its id: handling it again would have no effect, so it stays a dead letter. */
+  | 'already-processed'
+  /** A failed saga step: the saga compensated already; the entry is a record, not replayable. */
+  | 'not-replayable'
+  | 'not-found';
+
+export interface ReplayResult {
+  id: number;
+  outcome: ReplayOutcome;
+  messageId?: string;
+  queue?: string;
+  /** Why, for outcomes other than replayed. */
+  detail?: string;
+  /** The entry is older than the deduplication window: a duplicate would not be detected. */
+  beyondDedupWindow?: boolean;
+}
+
+export interface ReplayOptions {
+  dryRun: boolean;
+  /** Inbox rows older than this are pruned; older entries are replayed with a warning. */
+  dedupWindowMs: number;
+}
+
+/** Headers the retry machinery and the broker add; a replay starts the attempt count afresh. */
+function replayHeaders(row: DeadLetterRow): Record<string, unknown> {
+  const headers: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(row.headers ?? {})) {
+    if (name === Headers.attempt || name === Headers.firstFailedAt || name === Headers.replayedFrom) continue;
+    if (/^x-(first-|last-)?death/.test(name)) continue;
+    headers[name] = value;
+  }
+  headers[Headers.replayedFrom] = String(row.id);
+  return headers;
+}
+
+function publishOptionsFor(row: DeadLetterRow): Options.Publish {
+  const props = row.properties ?? {};
+  const timestamp = typeof props.timestamp === 'string' ? Date.parse(props.timestamp) : Number.NaN;
+  return {
+    messageId: row.message_id,
+    ...(row.type ? { type: row.type } : {}),
+    ...(typeof props.correlationId === 'string' ? { correlationId: props.correlationId } : {}),
+    contentType: 'application/json',
+    ...(Number.isNaN(timestamp) ? {} : { timestamp: Math.floor(timestamp / 1000) }),
+    persistent: true,
+    mandatory: true,
+    headers: replayHeaders(row),
+  };
+}
+
+/**
+ * Publishes to `queue` through the default exchange and waits for the confirm. `mandatory` makes
+ * the broker return the message if the queue does not exist (it would be dropped silently
+ * otherwise); a return comes before the confirm.
+ */
+async function publishToQueue(
+  channel: ConfirmChannel,
+  queue: string,
+  body: Buffer,
+  options: Options.Publish,
+): Promise<void> {
+  let returned = false;
+  const onReturn = (msg: { properties: { messageId?: string } }) => {
+    if (msg.properties.messageId === options.messageId) returned = true;
+  };
+  channel.on('return', onReturn);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      channel.publish('', queue, body, options, (error) =>
+        error
+          ? reject(error instanceof Error ? error : new Error('the broker refused the publish'))
+          : resolve(),
+      );
+    });
+  } finally {
+    channel.removeListener('return', onReturn);
+  }
+  if (returned) {
+    throw new QueueMissingError(queue);
+  }
+}
+
+/** The queue a dead letter came from is gone; replaying would drop the message. */
+export class QueueMissingError extends DurableWorkerError {
+  override readonly code = 'DW_QUEUE_MISSING';
+  constructor(readonly queue: string) {
+    super(`queue ${queue} does not exist on the broker (start the worker or run \`dw migrate\` first)`);
+  }
+}
+
+/**
+ * Replays one dead letter. The entry stays locked while its message is published and is deleted
+ * after the broker confirmed: a crash in between replays it twice at worst (the inbox absorbs the
+ * second), and a worker dead-lettering the replayed message again waits for our delete, so the new
+ * entry is never lost.
+ */
+export async function replayDeadLetter(
+  knex: Knex,
+  channel: () => Promise<ConfirmChannel>,
+  id: number,
+  options: ReplayOptions,
+): Promise<ReplayResult> {
+  return knex.transaction(async (trx) => {
+    const row = await lockDeadLetter(trx, id);
+    if (!row) return { id, outcome: 'not-found', detail: 'no dead letter with this id' };
+    const base = {
+      id,
+      messageId: row.message_id,
+      queue: row.queue,
+      beyondDedupWindow: Date.now() - row.first_failed_at.getTime() > options.dedupWindowMs,
+    };
+    if (row.source === 'saga') return replaySagaEntry(trx, row, base, options);
+    if (await inboxHas(trx, row.queue, row.message_id)) {
+      return {
+        ...base,
+        outcome: 'already-processed',
+        detail: 'already processed (inbox holds its id); not replayed',
+      };
+    }
+    if (options.dryRun) return { ...base, outcome: 'would-replay' };
+    const body = row.body ?? Buffer.from(JSON.stringify(row.payload));
+    // A crash loop left its delivery count at the limit: the replay starts it afresh.
+    await deleteDeliveryCount(trx, row.queue, row.message_id);
+    await publishToQueue(await channel(), row.queue, body, publishOptionsFor(row));
+    await deleteDeadLetter(trx, id);
+    return { ...base, outcome: 'replayed' };
+  });
+}
+
+async function deleteDeliveryCount(
+  trx: Knex.Transaction,
+  consumer: string,
+  messageId: string,
+): Promise<void> {
+  await trx('dw_delivery_counts').where({ consumer, message_id: messageId }).delete();
+}
+
+async function replaySagaEntry(
+  trx: Knex.Transaction,
+  row: DeadLetterRow,
+  base: Omit<ReplayResult, 'outcome'>,
+  options: ReplayOptions,
+): Promise<ReplayResult> {
+  if (row.reason !== 'compensation-failed' || !row.saga_id || !row.step) {
+    return {
+      ...base,
+      outcome: 'not-replayable',
+      detail: 'a failed saga step is a record only: the saga compensated already',
+    };
+  }
+  if (options.dryRun) return { ...base, outcome: 'would-replay' };
+  const answer = await retryCompensation(trx, { sagaId: row.saga_id, step: row.step });
+  if (answer === 'not-failed') {
+    return { ...base, outcome: 'not-replayable', detail: `saga ${row.saga_id} is not failed any more` };
+  }
+  // Resuming resets every compensation of the saga that failed for good (a group fails together),
+  // so their entries are settled too.
+  await deleteSagaCompensationFailures(trx, row.saga_id);
+  return { ...base, outcome: 'replayed' };
+}
+
+async function deleteSagaCompensationFailures(trx: Knex.Transaction, sagaId: string): Promise<void> {
+  await trx('dw_dead_letters').where({ saga_id: sagaId, reason: 'compensation-failed' }).delete();
+}

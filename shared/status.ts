@@ -1,0 +1,151 @@
+import type { ChannelModel } from 'amqplib';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { Knex } from 'knex';
+import type { App } from './app.js';
+import { countDeadLettersByReason } from './dead-letters.js';
+import type { RetryPolicy } from './retry-policy.js';
+import { sagaQueue } from './saga/jobs.js';
+
+export interface OutboxStatus {
+  pending: number;
+  /** Age in seconds of the oldest undelivered row; null when none is pending. */
+  oldestPendingAgeSeconds: number | null;
+  /** Pending rows whose delivery failed at least once. */
+  failing: number;
+}
+
+export interface RabbitQueueStatus {
+  name: string;
+  exists: boolean;
+  messages: number;
+  consumers: number;
+}
+
+export interface BullQueueStatus {
+  name: string;
+  waiting: number;
+  active: number;
+  delayed: number;
+  failed: number;
+}
+
+export interface Status {
+  outbox: OutboxStatus;
+  deadLetters: { total: number; byReason: Record<string, number> };
+  sagas: Record<string, number>;
+  queues: { rabbitmq: RabbitQueueStatus[]; bullmq: BullQueueStatus[] };
+}
+
+export async function outboxStatus(knex: Knex): Promise<OutboxStatus> {
+  // One pass over the partial index of pending rows.
+  const { rows } = await knex.raw<{
+    rows: [{ pending: number; oldest: number | null; failing: number }];
+  }>(
+    `select count(*)::int as pending,
+            extract(epoch from now() - min(created_at))::float8 as oldest,
+            count(*) filter (where attempts > 0)::int as failing
+       from dw_outbox where delivered_at is null`,
+  );
+  const row = rows[0];
+  return {
+    pending: row.pending,
+    oldestPendingAgeSeconds: row.oldest === null ? null : Math.max(0, Math.round(row.oldest)),
+    failing: row.failing,
+  };
+}
+
+export async function sagaCountsByStatus(knex: Knex): Promise<Record<string, number>> {
+  const rows = (await knex('dw_sagas')
+    .select('status')
+    .count('* as count')
+    .groupBy('status')
+    .orderBy('status')) as unknown as Array<{ status: string; count: string | number }>;
+  return Object.fromEntries(rows.map((r) => [r.status, Number(r.count)]));
+}
+
+export async function bullmqDestinations(knex: Knex): Promise<string[]> {
+  const rows: Array<{ destination: string }> = await knex('dw_outbox')
+    .distinct('destination')
+    .where('destination_kind', 'bullmq')
+    .orderBy('destination');
+  return rows.map((r) => r.destination);
+}
+
+export async function deadLetterQueues(knex: Knex): Promise<string[]> {
+  const rows: Array<{ queue: string }> = await knex('dw_dead_letters')
+    .distinct('queue')
+    .where('source', 'amqp')
+    .orderBy('queue');
+  return rows.map((r) => r.queue);
+}
+
+/** Delay tiers a policy's retries use: each is a retry queue `<queue>.retry.<tier>ms`. */
+export function retryTiers(policy: RetryPolicy): number[] {
+  const { count, initialMs, factor, maxMs } = policy.delayed;
+  return Array.from({ length: count }, (_, i) => Math.min(maxMs, Math.round(initialMs * factor ** i)));
+}
+
+/** The app's work queue and every retry queue its policies can use. */
+export function appQueueNames(app: App, workQueue: string): string[] {
+  const tiers = new Set<number>();
+  for (const type of app.handlers.keys()) for (const t of retryTiers(app.retryPolicyFor(type))) tiers.add(t);
+  return [workQueue, ...[...tiers].sort((a, b) => a - b).map((t) => `${workQueue}.retry.${t}ms`)];
+}
+
+/** Message counts of RabbitMQ queues; a queue that does not exist is reported, not fatal. */
+export async function rabbitQueueStatus(
+  connection: ChannelModel,
+  names: string[],
+): Promise<RabbitQueueStatus[]> {
+  const result: RabbitQueueStatus[] = [];
+  for (const name of names) {
+    // A failed checkQueue closes its channel, so each check gets its own.
+    const channel = await connection.createChannel();
+    channel.on('error', () => {});
+    try {
+      const { messageCount, consumerCount } = await channel.checkQueue(name);
+      result.push({ name, exists: true, messages: messageCount, consumers: consumerCount });
+      await channel.close().catch(() => {});
+    } catch {
+      result.push({ name, exists: false, messages: 0, consumers: 0 });
+    }
+  }
+  return result;
+}
+
+export async function bullQueueStatus(
+  redisUrl: string,
+  prefix: string,
+  names: string[],
+): Promise<BullQueueStatus[]> {
+  const result: BullQueueStatus[] = [];
+  // One connection for every queue; commands fail instead of waiting forever for a Redis that is down.
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, retryStrategy: () => null });
+  redis.on('error', () => {});
+  try {
+    for (const name of names) {
+      const queue = new Queue(name, { connection: redis, prefix });
+      try {
+        const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed');
+        result.push({
+          name,
+          waiting: counts.waiting ?? 0,
+          active: counts.active ?? 0,
+          delayed: counts.delayed ?? 0,
+          failed: counts.failed ?? 0,
+        });
+      } finally {
+        await queue.close();
+      }
+    }
+  } finally {
+    redis.disconnect();
+  }
+  return result;
+}
+
+export async function deadLetterStatus(knex: Knex): Promise<Status['deadLetters']> {
+  const byReason = await countDeadLettersByReason(knex);
+  return { total: Object.values(byReason).reduce((a, b) => a + b, 0), byReason };
+}
