@@ -41,7 +41,7 @@ async function scenario(
   const relay = await run.spawn('relay', 'relay');
   const processes = [worker, relay];
   await Promise.all(processes.map((p) => p.waitHealthy()));
-  const load = run.startLoad(1000);
+  const load = run.startLoad(800, { trips: 60 });
   for (let i = 0; i < 2; i++) {
     await run.progress(run.random.int(100, 400));
     run.fault(`${dependency} restart`);
