@@ -22,7 +22,9 @@ async function expectRecoveredWithoutRestart(processes: Supervisor[]): Promise<v
 /** A log storm is many lines per outage (one per message, per retry); a few per outage is what we expect. */
 function expectNoLogStorm(processes: Supervisor[], faults: number): void {
   for (const p of processes)
-    expect(p.warnings, `${p.all[0]?.name} warnings`).toBeLessThanOrEqual(3 * faults + 5);
+    expect(p.outageWarnings, `${p.all[0]?.name} warnings about dependencies`).toBeLessThanOrEqual(
+      3 * faults + 5,
+    );
 }
 
 describe('dependencies going away during load', () => {

@@ -53,7 +53,9 @@ async function scenario(
   const counters = await run.settle();
   for (const p of processes) expect(p.incarnations, `${p.all[0]?.name} should not have died`).toBe(1);
   for (const p of processes)
-    expect(p.warnings, `${p.all[0]?.name} warnings`).toBeLessThanOrEqual(10 * run.faults.length + 5);
+    expect(p.outageWarnings, `${p.all[0]?.name} warnings about dependencies`).toBeLessThanOrEqual(
+      10 * run.faults.length + 5,
+    );
   const exits = await run.stopAll();
   assertClean(run, counters, { exits });
   expect(exits.every((e) => e.code === 0)).toBe(true);

@@ -280,6 +280,17 @@ export class Supervisor {
     return kinds;
   }
 
+  /**
+   * Warnings about dependencies (outages, reconnections), leaving out those the load asks for
+   * (steps that fail on purpose, invalid messages): what a log storm would be made of.
+   */
+  get outageWarnings(): number {
+    const expected = /^(saga step failed|invalid message|handler failed)/;
+    return Object.entries(this.warningKinds)
+      .filter(([msg]) => !expected.test(msg))
+      .reduce((n, [, count]) => n + count, 0);
+  }
+
   /** How many times each crash point killed one of the incarnations. */
   get crashPoints(): Record<string, number> {
     const hits: Record<string, number> = {};
