@@ -60,11 +60,19 @@ export class OutboxListener {
     client.on('notification', () => this.wake());
     client.on('error', (error) => this.log.debug({ err: error }, 'LISTEN connection error'));
     client.on('end', () => {
-      if (this.client === client) this.client = undefined;
+      // Only a live connection that ends starts the reconnect loop; a failed attempt also ends,
+      // and restarting the loop for it would multiply the loops (and connections) per failure.
+      if (this.client !== client) return;
+      this.client = undefined;
       if (!this.closed) void this.reconnect();
     });
-    await client.connect();
-    await client.query('listen dw_outbox');
+    try {
+      await client.connect();
+      await client.query('listen dw_outbox');
+    } catch (error) {
+      await client.end().catch(() => {});
+      throw error;
+    }
     this.client = client;
     // Rows may have been committed while we were not listening.
     this.wake();
