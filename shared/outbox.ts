@@ -74,46 +74,39 @@ interface OutboxDbRow {
 }
 
 /**
- * Locks up to `limit` deliverable rows, oldest first. SKIP LOCKED lets several relays claim
- * disjoint batches at once; the locks last until the caller's transaction ends.
+ * Claims up to `limit` deliverable rows, oldest first, and marks them delivered in the same
+ * statement. The mark is only seen once the caller's transaction commits, which the relay does after
+ * the delivery succeeded; a crash before that leaves the rows pending. SKIP LOCKED lets several relays
+ * claim disjoint batches at once. Returned in id order.
  */
 export async function claimOutboxBatch(trx: Knex.Transaction, limit: number): Promise<OutboxRow[]> {
-  const rows: OutboxDbRow[] = await trx(table)
-    .select(
-      'id',
-      'message_id',
-      'destination_kind',
-      'destination',
-      'routing_key',
-      'type',
-      'payload',
-      'headers',
-    )
-    .select('options', 'attempts')
-    .whereNull('delivered_at')
-    .andWhere('available_at', '<=', trx.fn.now())
-    .orderBy('id')
-    .limit(limit)
-    .forUpdate()
-    .skipLocked();
-  return rows.map((r) => ({
-    id: r.id,
-    messageId: r.message_id,
-    destination:
-      r.destination_kind === 'bullmq'
-        ? { kind: 'bullmq', queue: r.destination }
-        : { kind: 'amqp', exchange: r.destination, routingKey: r.routing_key ?? '' },
-    type: r.type,
-    payload: r.payload,
-    headers: r.headers,
-    options: r.options,
-    attempts: r.attempts,
-  }));
-}
-
-export async function markOutboxDelivered(trx: Knex.Transaction, ids: readonly number[]): Promise<void> {
-  if (ids.length === 0) return;
-  await trx(table).whereIn('id', ids).update({ delivered_at: trx.fn.now() });
+  // The subquery picks and locks the oldest deliverable rows (skipping other relays' rows); the
+  // update marks exactly those, saving a second pass over the batch.
+  const { rows } = await trx.raw<{ rows: OutboxDbRow[] }>(
+    `update ${table} o set delivered_at = now()
+       from (select id from ${table}
+              where delivered_at is null and available_at <= now()
+              order by id limit ? for update skip locked) claimed
+      where o.id = claimed.id
+      returning o.id, o.message_id, o.destination_kind, o.destination, o.routing_key, o.type,
+                o.payload, o.headers, o.options, o.attempts`,
+    [limit],
+  );
+  return rows
+    .sort((a, b) => a.id - b.id)
+    .map((r) => ({
+      id: r.id,
+      messageId: r.message_id,
+      destination:
+        r.destination_kind === 'bullmq'
+          ? { kind: 'bullmq', queue: r.destination }
+          : { kind: 'amqp', exchange: r.destination, routingKey: r.routing_key ?? '' },
+      type: r.type,
+      payload: r.payload,
+      headers: r.headers,
+      options: r.options,
+      attempts: r.attempts,
+    }));
 }
 
 /**
@@ -131,7 +124,10 @@ export async function redeliverBullmqRows(knex: Knex, withinMs: number): Promise
   );
 }
 
-/** Keeps the row pending but out of the way until `retryInMs` has passed, so it blocks nothing. */
+/**
+ * Un-claims a row the relay could not deliver: pending again, but out of the way until `retryInMs`
+ * has passed, so it blocks nothing.
+ */
 export async function markOutboxFailed(
   trx: Knex.Transaction,
   id: number,
@@ -140,7 +136,7 @@ export async function markOutboxFailed(
 ): Promise<void> {
   // make_interval keeps the delay a bound parameter.
   await trx.raw(
-    `update ${table} set attempts = attempts + 1, last_error = ?,
+    `update ${table} set delivered_at = null, attempts = attempts + 1, last_error = ?,
        available_at = now() + make_interval(secs => ?) where id = ?`,
     [error.slice(0, 2000), retryInMs / 1000, id],
   );

@@ -1,5 +1,5 @@
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { redactUrl } from '../config.js';
 import { type ReplayResult, replayDeadLetter } from '../dead-letter-replay.js';
 import {
@@ -199,7 +199,7 @@ export function registerDlq(program: Command): void {
     dlq
       .command('list')
       .description('dead letters, newest first')
-      .option('--limit <n>', 'at most this many (default 50)', integer(1, 100_000), 50)
+      .option('--limit <n>', 'at most this many', integer(1, 100_000), 50)
       .option('--json', 'print a JSON array'),
   ).action(async (opts: FilterOptions & { limit: number; json?: boolean }) => {
     const rows = await withDatabase(config(), (knex) => listDeadLetters(knex, filterOf(opts), opts.limit));
@@ -231,11 +231,13 @@ export function registerDlq(program: Command): void {
       .argument('[ids...]', 'dead-letter ids')
       .option('--all', 'every dead letter matching the filters')
       .option('--dry-run', 'show what would be replayed, change nothing')
-      .option(
-        '--dedup-window <duration>',
-        "the workers' deduplication window, to warn about older entries (default 7d)",
-        durationArgument,
-        DEFAULT_DEDUP_WINDOW_MS,
+      .addOption(
+        new Option(
+          '--dedup-window <duration>',
+          "the workers' deduplication window, to warn about older entries",
+        )
+          .argParser(durationArgument)
+          .default(DEFAULT_DEDUP_WINDOW_MS, '7d'),
       )
       .option('--json', 'print a JSON summary'),
   ).action(

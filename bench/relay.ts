@@ -1,0 +1,140 @@
+import { randomUUID } from 'node:crypto';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { jobIdFor } from '../relay/destinations.js';
+import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
+import { DwProcess } from './children.js';
+import { type BenchEnv, deleteRedisKeys, truncateRunTables } from './env.js';
+import { NOTE } from './publish.js';
+import { countRows, waitUntil } from './wait.js';
+
+export interface RelaySettings {
+  rows: number;
+  warmup: number;
+  /** `dw relay --batch-size`; the baseline adds jobs in bulks of the same size. */
+  batchSize: number;
+  /** `dw relay --concurrency`; the baseline runs as many addBulk loops. */
+  concurrency: number;
+  relayArgs: readonly string[];
+  nodeArgs: readonly string[];
+}
+
+const QUEUE = 'bench_relay';
+
+function message(seq: number): OutboxMessage {
+  const messageId = randomUUID();
+  return {
+    messageId,
+    destination: { kind: 'bullmq', queue: QUEUE },
+    type: 'BenchItemStored',
+    payload: { seq, note: NOTE },
+    headers: { correlationId: messageId, causationId: randomUUID() },
+  };
+}
+
+/**
+ * Relay rate: the outbox is filled with N + W pending rows first (multi-row inserts), then a fresh
+ * `dw relay` drains them into BullMQ. The clock starts once W rows are delivered (start-up and
+ * warm-up left out) and stops when none is pending.
+ */
+export async function measureRelay(
+  env: BenchEnv,
+  settings: RelaySettings,
+  rep: number,
+): Promise<{ perSec: number; peakRssMb: number }> {
+  await truncateRunTables(env.knex);
+  const total = settings.rows + settings.warmup;
+  for (let start = 0; start < total; start += 1000) {
+    const batch = Array.from({ length: Math.min(1000, total - start) }, (_, i) => message(start + i));
+    await insertOutboxMessages(env.knex, batch);
+  }
+  await env.knex.raw('analyze dw_outbox');
+  const prefix = `${env.bullmqPrefix}-relay${rep}`;
+  const pending = () =>
+    countRows(env.knex, 'select count(*)::int as n from dw_outbox where delivered_at is null');
+  const relay = await DwProcess.start(
+    'relay',
+    [
+      'relay',
+      '--batch-size',
+      String(settings.batchSize),
+      '--concurrency',
+      String(settings.concurrency),
+      ...settings.relayArgs,
+    ],
+    env.childEnv({ BULLMQ_PREFIX: prefix }),
+    'relay started',
+    settings.nodeArgs,
+  );
+  let warmedAt = 0;
+  let remainingAtWarm = 0;
+  let doneAt = 0;
+  try {
+    warmedAt = await waitUntil(async () => {
+      remainingAtWarm = await pending();
+      return remainingAtWarm <= settings.rows;
+    }, 'the relay to deliver the warm-up rows');
+    doneAt = await waitUntil(async () => (await pending()) === 0, `the relay to drain ${total} rows`);
+  } finally {
+    await relay.stop();
+  }
+  await deleteRedisKeys(env.services.redisUrl, `${prefix}:*`);
+  return { perSec: (remainingAtWarm * 1000) / (doneAt - warmedAt), peakRssMb: relay.peakRssMb() };
+}
+
+/**
+ * The baseline: BullMQ `addBulk` of the same jobs (same name, data, job id and options as the
+ * relay's), in bulks of the same size, from as many loops as the relay runs, into its own queue.
+ */
+export async function measureRelayBaseline(
+  env: BenchEnv,
+  settings: RelaySettings,
+  rep: number,
+): Promise<number> {
+  const prefix = `${env.bullmqPrefix}-base${rep}`;
+  const redis = new Redis(env.services.redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue(QUEUE, { connection: redis, prefix });
+  const total = settings.rows + settings.warmup;
+  const messages = Array.from({ length: total }, (_, i) => message(i));
+  let next = 0;
+  let delivered = 0;
+  let warmedAt = 0;
+  let deliveredAtWarm = 0;
+  const loop = async () => {
+    for (let start = next; start < total; start = next) {
+      next += settings.batchSize;
+      const rows = messages.slice(start, start + settings.batchSize);
+      await queue.addBulk(
+        rows.map((m) => ({
+          name: m.type,
+          data: { messageId: m.messageId, type: m.type, payload: m.payload, headers: m.headers },
+          opts: {
+            jobId: jobIdFor(m.messageId),
+            removeOnComplete: { age: 24 * 3600, count: 100_000 },
+            removeOnFail: { age: 7 * 24 * 3600 },
+          },
+        })),
+      );
+      delivered += rows.length;
+      if (!warmedAt && delivered >= settings.warmup) {
+        warmedAt = performance.now();
+        deliveredAtWarm = delivered;
+      }
+    }
+  };
+  let doneAt = 0;
+  try {
+    await queue.waitUntilReady();
+    await Promise.all(
+      Array.from({ length: settings.concurrency }, async () => {
+        await loop();
+      }),
+    );
+    doneAt = performance.now();
+  } finally {
+    await queue.close();
+    redis.disconnect();
+  }
+  await deleteRedisKeys(env.services.redisUrl, `${prefix}:*`);
+  return ((total - deliveredAtWarm) * 1000) / (doneAt - warmedAt);
+}
