@@ -12,6 +12,7 @@ export class OutboxListener {
   private closed = false;
   private woken = false;
   private waiters: Array<() => void> = [];
+  private reconnecting = false;
   private readonly abort = new AbortController();
 
   constructor(
@@ -60,8 +61,8 @@ export class OutboxListener {
     client.on('notification', () => this.wake());
     client.on('error', (error) => this.log.debug({ err: error }, 'LISTEN connection error'));
     client.on('end', () => {
-      // Only a live connection that ends starts the reconnect loop; a failed attempt also ends,
-      // and restarting the loop for it would multiply the loops (and connections) per failure.
+      // Only the live connection's end starts a reconnection: a failed attempt's client also
+      // ends, and must not start a second reconnection loop (each would leave a connection open).
       if (this.client !== client) return;
       this.client = undefined;
       if (!this.closed) void this.reconnect();
@@ -73,12 +74,26 @@ export class OutboxListener {
       await client.end().catch(() => {});
       throw error;
     }
+    if (this.closed) {
+      await client.end().catch(() => {});
+      return;
+    }
     this.client = client;
     // Rows may have been committed while we were not listening.
     this.wake();
   }
 
   private async reconnect(): Promise<void> {
+    if (this.reconnecting) return;
+    this.reconnecting = true;
+    try {
+      await this.reconnectLoop();
+    } finally {
+      this.reconnecting = false;
+    }
+  }
+
+  private async reconnectLoop(): Promise<void> {
     this.log.warn('LISTEN connection lost; polling until it is back');
     for (let attempt = 0; !this.closed; attempt++) {
       await sleep(Math.min(5000, 100 * 2 ** attempt), this.abort.signal);

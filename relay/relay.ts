@@ -2,12 +2,7 @@ import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
 import { crashPoint } from '../shared/crash-points.js';
-import {
-  assertDatabaseReachable,
-  createKnex,
-  databaseHealthy,
-  isConnectionError,
-} from '../shared/db/knex.js';
+import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
 import { outboxFailuresTotal, outboxRelayedTotal } from '../shared/metrics.js';
 import { claimOutboxBatch, markOutboxFailed } from '../shared/outbox.js';
@@ -146,10 +141,7 @@ export class Relay {
         failures++;
         if (!this.outageLogged) {
           this.outageLogged = true;
-          log.warn(
-            { err: error, database: isConnectionError(error) },
-            'relay cannot deliver right now; retrying with backoff',
-          );
+          log.warn({ err: error }, 'relay cannot deliver right now; retrying with backoff');
         }
         await sleep(Math.min(5000, 50 * 2 ** failures), this.abort.signal);
         continue;

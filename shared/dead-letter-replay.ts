@@ -4,6 +4,8 @@ import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from './dead-let
 import { Headers } from './envelope.js';
 import { DurableWorkerError } from './errors.js';
 import { inboxHas } from './inbox.js';
+import type { SagaStepJob } from './saga/jobs.js';
+import type { PlannableSaga } from './saga/plan.js';
 import { retryCompensation } from './saga/recovery.js';
 
 export type ReplayOutcome =
@@ -32,6 +34,11 @@ export interface ReplayOptions {
   dryRun: boolean;
   /** Inbox rows older than this are pruned; older entries are replayed with a warning. */
   dedupWindowMs: number;
+  /**
+   * The app's definition of a saga, to plan which compensations a replayed saga entry resumes.
+   * Without it (or when it answers undefined) the entry's own compensation is re-enqueued.
+   */
+  sagaDefinition?: (name: string) => Promise<PlannableSaga | undefined>;
 }
 
 /** Headers the retry machinery and the broker add; a replay starts the attempt count afresh. */
@@ -162,7 +169,9 @@ async function replaySagaEntry(
     };
   }
   if (options.dryRun) return { ...base, outcome: 'would-replay' };
-  const answer = await retryCompensation(trx, { sagaId: row.saga_id, step: row.step });
+  const name = (row.payload as Partial<SagaStepJob> | null)?.saga;
+  const definition = name ? await options.sagaDefinition?.(name) : undefined;
+  const answer = await retryCompensation(trx, { sagaId: row.saga_id, step: row.step }, definition);
   if (answer === 'not-failed') {
     return { ...base, outcome: 'not-replayable', detail: `saga ${row.saga_id} is not failed any more` };
   }

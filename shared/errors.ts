@@ -85,6 +85,20 @@ export class StepTimeoutError extends DurableWorkerError {
   }
 }
 
+/**
+ * A saga job was handed out again after its worker died (or hung past its BullMQ lock) during an
+ * attempt; that attempt counts as failed. If it happens each time, look for what kills the process
+ * in the step (memory, a native crash, process.exit) or raise its timeoutMs / the lock duration.
+ */
+export class WorkerDiedError extends DurableWorkerError {
+  override readonly code = 'DW_WORKER_DIED';
+  constructor(step: string, phase: string, attempt: number) {
+    super(
+      `the worker died during attempt ${attempt} of ${phase === 'execute' ? 'step' : 'compensation of'} ${step} (the job was handed out again after its lock expired)`,
+    );
+  }
+}
+
 /** A CLI argument or option is wrong; the CLI prints the message alone and exits 1. */
 export class UsageError extends DurableWorkerError {
   override readonly code = 'DW_USAGE';

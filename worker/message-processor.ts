@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import type { z } from 'zod';
 import type { App } from '../shared/app.js';
 import { crashPoint } from '../shared/crash-points.js';
-import { isConnectionError, isSerializationError } from '../shared/db/knex.js';
+import { classifyFailure } from '../shared/db/failures.js';
 import { type DeadLetterReason, deadLetterExists, storeDeadLetter } from '../shared/dead-letters.js';
 import { type Envelope, Headers, type IncomingMessage } from '../shared/envelope.js';
 import { type ErrorInfo, InvalidMessageError, toErrorInfo } from '../shared/errors.js';
@@ -266,7 +266,8 @@ export class MessageProcessor {
       });
     } catch (error) {
       await uow.afterRollback(error);
-      if (isConnectionError(error) || isSerializationError(error)) throw error;
+      // An outage or a serialization conflict is not the handler's fault: withOutageRetry runs it again.
+      if ((await classifyFailure(knex, error)) !== 'application') throw error;
       return { error };
     }
     if (result === 'handled') await uow.afterCommit();
@@ -313,9 +314,10 @@ export class MessageProcessor {
         }
         return result;
       } catch (error) {
-        if (!isConnectionError(error) && !isSerializationError(error)) throw error;
+        const kind = await classifyFailure(this.deps.knex, error);
+        if (kind === 'application') throw error;
         // One line per outage, not one per message in flight.
-        if (!this.databaseOutage && !isSerializationError(error)) {
+        if (kind === 'outage' && !this.databaseOutage) {
           this.databaseOutage = true;
           log.warn({ err: error }, 'database unavailable; holding messages until it is back');
         }

@@ -53,7 +53,8 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     async (job) => {
       const data = job.data.payload as SagaJob;
       if (data.kind === 'deadline') return runner.runDeadline(data);
-      return runner.runStep(data);
+      // Started before: a stalled job handed out again (BullMQ counts both on the job, for free).
+      return runner.runStep(data, { restarted: job.attemptsStarted > 1 || job.stalledCounter > 0 });
     },
     { connection, prefix: deps.bullmqPrefix, concurrency: deps.concurrency, ...workerSettings },
   );

@@ -1,5 +1,6 @@
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { type Command, InvalidArgumentError, Option } from 'commander';
+import { loadApp } from '../app.js';
 import { redactUrl } from '../config.js';
 import { type ReplayResult, replayDeadLetter } from '../dead-letter-replay.js';
 import {
@@ -239,15 +240,28 @@ export function registerDlq(program: Command): void {
           .argParser(durationArgument)
           .default(DEFAULT_DEDUP_WINDOW_MS, '7d'),
       )
+      .option('--app <module>', 'app whose sagas replayed compensations belong to (default: DW_APP)')
       .option('--json', 'print a JSON summary'),
   ).action(
     async (
       ids: string[],
-      opts: FilterOptions & { all?: boolean; dryRun?: boolean; dedupWindow: number; json?: boolean },
+      opts: FilterOptions & {
+        all?: boolean;
+        dryRun?: boolean;
+        dedupWindow: number;
+        json?: boolean;
+        app?: string;
+      },
     ) => {
       const explicit = targetOf(ids, opts, 'replay');
       const cfg = config();
       const channel = lazyChannel(cfg.amqpUrl);
+      // Loaded only when a saga entry is replayed: it plans which compensations to resume.
+      let app: ReturnType<typeof loadApp> | undefined;
+      const sagaDefinition = async (name: string) => {
+        app ??= loadApp(opts.app ?? cfg.app);
+        return (await app).sagas.get(name);
+      };
       try {
         const results = await withDatabase(cfg, async (knex) => {
           const targets = explicit ?? (await deadLetterIds(knex, filterOf(opts)));
@@ -256,6 +270,7 @@ export function registerDlq(program: Command): void {
             const result = await replayDeadLetter(knex, channel.get, id, {
               dryRun: Boolean(opts.dryRun),
               dedupWindowMs: opts.dedupWindow,
+              sagaDefinition,
             });
             out.push(result);
             reportOne(result, opts.dedupWindow);

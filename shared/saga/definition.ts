@@ -19,6 +19,11 @@ export interface StepContext<State> {
   idempotencyKey: string;
   correlationId: string;
   log: Logger;
+  /**
+   * Aborted when the attempt passes its timeoutMs: pass it to fetch and other I/O so that they
+   * stop too (the attempt's database query is cancelled by the runner).
+   */
+  signal: AbortSignal;
   /** Writes an outbox row in the step's transaction. */
   send(destination: Destination, type: string, payload: unknown): void;
 }

@@ -1,27 +1,42 @@
 import type { Knex } from 'knex';
 import { insertOutboxMessages } from '../outbox.js';
 import { stepMessage } from './jobs.js';
-import { reopenFailedSaga, resetFailedCompensations } from './store.js';
+import { type PlannableSaga, planCompensation } from './plan.js';
+import { listStepRows, reopenFailedSaga, resetFailedCompensations, transitionSaga } from './store.js';
 
 /**
  * Replays a compensation that failed for good (a `compensation-failed` dead letter): the `failed`
  * saga goes back to `compensating`; the compensation's record, and that of any sibling of its
- * group that failed for good too, is cleared so it gets its attempts again; a job for each is
- * written to the outbox under a new generation (fresh job ids). When they complete, compensation
- * carries on backwards as usual. 'not-failed' when the saga is not `failed` (already replayed,
- * or never failed), so replaying twice does nothing twice.
+ * group that failed for good too, is cleared so it gets its attempts again. Then, under a new
+ * generation (fresh job ids), the pending compensations of the stage to compensate are written to
+ * the outbox, planned from the step records as the runner plans them (the named compensation may
+ * have completed meanwhile; then the stage's others, or the next stage down, are what is left).
+ * When they complete, compensation carries on backwards as usual. Without `definition` (the app
+ * does not define the saga any more) only the named and reset compensations are enqueued.
+ * 'not-failed' when the saga is not `failed` (already replayed, or never failed), so replaying
+ * twice does nothing twice.
  */
 export async function retryCompensation(
   knex: Knex,
   target: { sagaId: string; step: string },
+  definition?: PlannableSaga,
 ): Promise<'resumed' | 'not-failed'> {
   return knex.transaction(async (trx) => {
     const saga = await reopenFailedSaga(trx, target.sagaId);
     if (!saga) return 'not-failed';
-    const steps = new Set([target.step, ...(await resetFailedCompensations(trx, target.sagaId))]);
+    const reset = await resetFailedCompensations(trx, target.sagaId);
+    let steps = [target.step, ...reset];
+    if (definition) {
+      const plan = planCompensation(definition, await listStepRows(trx, saga.id));
+      if (plan.kind === 'done') {
+        await transitionSaga(trx, saga.id, 'compensating', 'compensated');
+        return 'resumed';
+      }
+      steps = plan.pending;
+    }
     await insertOutboxMessages(
       trx,
-      [...steps].map((step) =>
+      [...new Set(steps)].map((step) =>
         stepMessage({
           sagaId: saga.id,
           saga: saga.name,

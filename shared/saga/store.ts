@@ -77,6 +77,8 @@ export interface SagaForStep {
   correlation_id: string | null;
   step_status: StepStatus | null;
   step_attempts: number | null;
+  /** The session running the transaction: a step past its timeout has its query cancelled. */
+  backend_pid: number;
 }
 
 /** The saga with the record of one of its steps (absent: never ran), in one round trip. */
@@ -89,7 +91,7 @@ export async function readSagaForStep(
   // A left join: the step row may not exist yet.
   const { rows } = await trx.raw<{ rows: SagaForStep[] }>(
     `select s.id, s.name, s.status, s.state, s.version, s.generation, s.correlation_id,
-            st.status as step_status, st.attempts as step_attempts
+            st.status as step_status, st.attempts as step_attempts, pg_backend_pid() as backend_pid
        from dw_sagas s
        left join dw_saga_steps st on st.saga_id = s.id and st.step = ? and st.phase = ?
       where s.id = ?`,
@@ -118,6 +120,29 @@ export async function advanceSagaVersion(
     .update({
       ...(changes.state !== undefined ? { state: JSON.stringify(changes.state) } : {}),
       ...(changes.status ? { status: changes.status } : {}),
+      version: trx.raw('version + 1'),
+      updated_at: trx.fn.now(),
+    });
+  return count === 1;
+}
+
+/**
+ * A parallel group member's update: merges its result into the state (top-level keys, as the
+ * runner merges) and moves the version, without an expected version: siblings committing one
+ * after the other (serialized by the row lock this takes) need not re-run their code. False when
+ * the saga left `status` meanwhile (compensation began): the caller re-runs and finds that.
+ */
+export async function mergeSagaState(
+  trx: Db,
+  sagaId: string,
+  status: SagaStatus,
+  result: object | undefined,
+): Promise<boolean> {
+  const count = await trx('dw_sagas')
+    .where({ id: sagaId, status })
+    .update({
+      // jsonb || merges top-level keys; the bound value is the step's result as JSON.
+      ...(result ? { state: trx.raw('state || ?::jsonb', [JSON.stringify(result)]) } : {}),
       version: trx.raw('version + 1'),
       updated_at: trx.fn.now(),
     });
@@ -165,7 +190,12 @@ export async function recordStepCompleted(
   return rows.length > 0;
 }
 
-/** Records a failed attempt (`final`: failed for good). Never overwrites a completed record. */
+/**
+ * Records a failed attempt (`final`: failed for good). Returns false, changing nothing, when the
+ * record moved past it: completed (a duplicate job succeeded meanwhile), failed for good, or
+ * holding this attempt or a later one (another chain of jobs recorded it first). The caller then
+ * must not act on the failure (schedule a retry, dead-letter, compensate).
+ */
 export async function recordStepFailure(
   trx: Db,
   step: {
@@ -177,16 +207,17 @@ export async function recordStepFailure(
     error: ErrorInfo;
     final: boolean;
   },
-): Promise<void> {
+): Promise<boolean> {
   const status: StepStatus = step.final ? 'failed' : 'running';
   // Upsert: the failed attempt's own transaction rolled back, so there may be no row yet.
-  await trx.raw(
+  const { rows } = await trx.raw<{ rows: unknown[] }>(
     `insert into dw_saga_steps (saga_id, step, stage, phase, status, attempts, finished_at, error)
      values (?, ?, ?, ?, ?, ?, case when ? then now() end, ?)
      on conflict (saga_id, step, phase) do update
-        set status = excluded.status, attempts = greatest(dw_saga_steps.attempts, excluded.attempts),
+        set status = excluded.status, attempts = excluded.attempts,
             finished_at = excluded.finished_at, error = excluded.error
-      where dw_saga_steps.status <> 'completed'`,
+      where dw_saga_steps.status = 'running' and dw_saga_steps.attempts < excluded.attempts
+     returning id`,
     [
       step.sagaId,
       step.step,
@@ -198,6 +229,25 @@ export async function recordStepFailure(
       JSON.stringify(step.error),
     ],
   );
+  return rows.length > 0;
+}
+
+/**
+ * Marks the saga as moving (version + 1, updated_at) when a retry is scheduled, so that the sweep,
+ * which re-enqueues only a saga whose version it read, does not start a second chain beside the
+ * retry job (and a long backoff does not look stale). Takes the row lock; returns the row when
+ * the saga is still in `status`.
+ */
+export async function touchSaga(
+  trx: Db,
+  sagaId: string,
+  status: SagaStatus,
+): Promise<Pick<SagaRow, 'id' | 'generation' | 'correlation_id'> | undefined> {
+  const [row] = await trx('dw_sagas')
+    .where({ id: sagaId, status })
+    .update({ version: trx.raw('version + 1'), updated_at: trx.fn.now() })
+    .returning(['id', 'generation', 'correlation_id']);
+  return row as Pick<SagaRow, 'id' | 'generation' | 'correlation_id'> | undefined;
 }
 
 /** Every step record of a saga, in the order they happened. */
@@ -224,11 +274,20 @@ export async function findStalledSagas(db: Db, staleAfterMs: number, limit: numb
     .limit(limit);
 }
 
-/** Bumps the generation (new job ids for re-enqueued work) if nobody else moved the saga meanwhile. */
+/**
+ * Bumps the generation (new job ids for re-enqueued work) if nobody moved the saga since it was
+ * read (same version: steps, retries and transitions all bump it). Bumps the version too, so that
+ * a step that read the old generation conflicts and runs again under the new one instead of
+ * committing with it.
+ */
 export async function bumpGeneration(trx: Db, saga: Pick<SagaRow, 'id' | 'version'>): Promise<number | null> {
   const [row] = await trx('dw_sagas')
     .where({ id: saga.id, version: saga.version })
-    .update({ generation: trx.raw('generation + 1'), updated_at: trx.fn.now() })
+    .update({
+      generation: trx.raw('generation + 1'),
+      version: trx.raw('version + 1'),
+      updated_at: trx.fn.now(),
+    })
     .returning('generation');
   return row ? (row as { generation: number }).generation : null;
 }

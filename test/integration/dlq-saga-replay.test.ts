@@ -30,7 +30,12 @@ function finished(id: string) {
 }
 
 const noChannel = () => Promise.reject(new Error('a saga replay publishes nothing to RabbitMQ'));
-const options = { dryRun: false, dedupWindowMs: 7 * 86_400_000 };
+// As `dw dlq replay` does: the app's saga definitions plan the compensations the replay resumes.
+const options = {
+  dryRun: false,
+  dedupWindowMs: 7 * 86_400_000,
+  sagaDefinition: async (name: string) => sagaTestApp.sagas.get(name),
+};
 
 describe('replaying saga dead letters', () => {
   it('step-failed is a record only; compensation-failed resumes the saga and leaves the list', async () => {

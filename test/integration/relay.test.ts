@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Destinations } from '../../relay/destinations.js';
 import { Relay } from '../../relay/relay.js';
 import { ResilientAmqpConnection } from '../../shared/amqp.js';
+import { createKnex } from '../../shared/db/knex.js';
 import { claimOutboxBatch, insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
 import { createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
 
@@ -14,6 +15,7 @@ let redis: Redis;
 beforeAll(async () => {
   env = await createTestEnv();
   redis = new Redis(urls.redis);
+  redis.on('error', () => {});
 });
 
 afterAll(async () => {
@@ -105,6 +107,45 @@ describe('relay', () => {
       });
     } finally {
       await q.close();
+      await relay.stop(5000);
+    }
+  });
+
+  it('keeps exactly one LISTEN connection through an outage with refused connection attempts', async () => {
+    const queue = randomName('outage-');
+    const relay = await Relay.start({ config: env.config, pollIntervalMs: 60_000, concurrency: 1 });
+    const database = new URL(env.config.databaseUrl).pathname.slice(1);
+    // A database cannot refuse connections from a session of its own: alter it from another one.
+    const admin = createKnex(`${urls.postgres}/postgres`, { poolMax: 1 });
+    const listeners = async () =>
+      Number(
+        (
+          await env.knex.raw(
+            "select count(*)::int as n from pg_stat_activity where datname = ? and application_name = 'dw-relay-listen'",
+            [database],
+          )
+        ).rows[0].n,
+      );
+    try {
+      await waitFor(async () => (await listeners()) === 1, 'the LISTEN connection');
+      // Refuse new connections, drop the listening one, and let several reconnection attempts fail.
+      await admin.raw('alter database ?? allow_connections false', [database]);
+      await env.knex.raw(
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = ? and application_name = 'dw-relay-listen'",
+        [database],
+      );
+      await waitFor(async () => (await listeners()) === 0, 'the LISTEN connection to go');
+      await new Promise((r) => setTimeout(r, 2000));
+      await admin.raw('alter database ?? allow_connections true', [database]);
+      await waitFor(async () => (await listeners()) === 1, 'the LISTEN connection to come back');
+      // Back for good: a row committed now wakes the relay long before its 60 s poll.
+      const row = job(queue, 1);
+      await insertOutboxMessages(env.knex, [row]);
+      await waitFor(async () => (await pending()) === 0, 'the row to be delivered', { timeoutMs: 20_000 });
+      expect(await listeners()).toBe(1);
+    } finally {
+      await admin.raw('alter database ?? allow_connections true', [database]);
+      await admin.destroy();
       await relay.stop(5000);
     }
   });

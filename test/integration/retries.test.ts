@@ -11,7 +11,13 @@ import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/se
 
 // Attempts each message id was handled with, as the handler saw them (ctx.envelope.attempt).
 const seen = new Map<string, number[]>();
-const Flaky = z.object({ key: z.string(), failTimes: z.number().int(), permanent: z.boolean().optional() });
+const Flaky = z.object({
+  key: z.string(),
+  failTimes: z.number().int(),
+  permanent: z.boolean().optional(),
+  // Fail the way fetch does when the HTTP API it calls is down (the database is fine).
+  network: z.boolean().optional(),
+});
 
 const app = defineApp({
   name: 'test',
@@ -23,6 +29,12 @@ const app = defineApp({
       async (message, ctx) => {
         seen.set(message.key, [...(seen.get(message.key) ?? []), ctx.envelope.attempt]);
         if (message.permanent) throw new NonRetryableError(`${message.key}: cannot ever work`);
+        if (ctx.envelope.attempt <= message.failTimes && message.network) {
+          const cause = Object.assign(new Error('connect ECONNREFUSED 10.0.0.1:443'), {
+            code: 'ECONNREFUSED',
+          });
+          throw new TypeError('fetch failed', { cause });
+        }
         if (ctx.envelope.attempt <= message.failTimes) {
           throw new Error(`${message.key}: attempt ${ctx.envelope.attempt} fails`);
         }
@@ -65,6 +77,14 @@ describe('retries', () => {
     expect(entry.first_failed_at.getTime()).toBeLessThanOrEqual(entry.last_failed_at.getTime());
     // The retry bookkeeping of the broker does not end up in the entry.
     expect(Object.keys(entry.headers).filter((h) => h.startsWith('x-death'))).toEqual([]);
+  });
+
+  it("a handler's own ECONNREFUSED (its HTTP API is down) follows the retry policy, not the database-outage hold", async () => {
+    await publish('api-down', 'Flaky', { key: 'api-down', failTimes: 99, network: true });
+    const entry = await waitFor(() => deadLetter('api-down'), 'the dead letter');
+    expect(entry).toMatchObject({ reason: 'handler-failed', attempts: 4, type: 'Flaky' });
+    expect(entry.error.message).toBe('fetch failed');
+    expect(seen.get('api-down')).toEqual([1, 2, 3, 4]);
   });
 
   it('a transient failure succeeds on a delayed retry, once, and leaves no dead letter', async () => {

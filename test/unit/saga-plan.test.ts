@@ -3,7 +3,7 @@ import { defineApp } from '../../shared/app.js';
 import { DefinitionError } from '../../shared/errors.js';
 import { defineSaga } from '../../shared/saga/definition.js';
 import { stepJobId, stepMessage } from '../../shared/saga/jobs.js';
-import { planCompensation, planExecution, retryDelayMs, type StepRecord } from '../../worker/saga/plan.js';
+import { planCompensation, planExecution, retryDelayMs, type StepRecord } from '../../shared/saga/plan.js';
 
 const noop = () => {};
 const saga = defineSaga('trip')

@@ -11,8 +11,8 @@ import {
   sagaStepType,
   stepMessage,
 } from '../../shared/saga/jobs.js';
-import { getSaga, recordStepFailure, transitionSaga } from '../../shared/saga/store.js';
-import { retryDelayMs } from './plan.js';
+import { retryDelayMs } from '../../shared/saga/plan.js';
+import { getSaga, recordStepFailure, touchSaga, transitionSaga } from '../../shared/saga/store.js';
 import { beginCompensation } from './transitions.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: sagas of any state type share the runner
@@ -20,7 +20,12 @@ type AnySaga = SagaDefinition<any>;
 // biome-ignore lint/suspicious/noExplicitAny: see AnySaga
 type AnyStep = StepDefinition<any>;
 
-/** After a failed attempt's rollback: schedule the next attempt, or give up on the step (own transactions). */
+/**
+ * After a failed attempt's rollback: schedule the next attempt, or give up on the step (own
+ * transactions). `scheduleRetry: false` only records a non-final failure (the caller runs the next
+ * attempt itself). 'duplicate' when the step record had moved past this attempt (a concurrent
+ * job recorded it, or completed the step): nothing is scheduled, dead-lettered or compensated.
+ */
 export async function afterFailedAttempt(
   deps: { knex: Knex; log: Logger },
   saga: AnySaga,
@@ -28,7 +33,8 @@ export async function afterFailedAttempt(
   job: SagaStepJob,
   cause: unknown,
   attempt: number,
-): Promise<'retry-scheduled' | 'failed'> {
+  options: { scheduleRetry?: boolean } = {},
+): Promise<'retry-scheduled' | 'recorded' | 'failed' | 'duplicate'> {
   const { knex, log } = deps;
   const error = toErrorInfo(cause);
   const final = !isRetryable(cause) || attempt >= step.retry.attempts;
@@ -46,31 +52,38 @@ export async function afterFailedAttempt(
       { sagaId: job.sagaId, step: step.name, phase: job.phase, attempt, delayMs, err: cause },
       'saga step failed; retrying',
     );
-    await knex.transaction(async (trx) => {
-      const row = await getSaga(trx, job.sagaId);
-      if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) return;
-      await recordStepFailure(trx, { ...record, final: false });
-      await insertOutboxMessages(trx, [
-        stepMessage({
-          sagaId: row.id,
-          saga: saga.name,
-          phase: job.phase,
-          step: step.name,
-          generation: row.generation,
-          attempt: attempt + 1,
-          delayMs: Math.max(1, delayMs),
-          correlationId: row.correlation_id,
-        }),
-      ]);
-    });
-    return 'retry-scheduled';
+    return knex
+      .transaction(async (trx) => {
+        const row = await touchSaga(trx, job.sagaId, job.phase === 'execute' ? 'running' : 'compensating');
+        if (!row) return 'duplicate';
+        if (!(await recordStepFailure(trx, { ...record, final: false }))) {
+          // Rolled back: the saga row keeps its version.
+          throw new Superseded();
+        }
+        if (options.scheduleRetry === false) return 'recorded';
+        await insertOutboxMessages(trx, [
+          stepMessage({
+            sagaId: row.id,
+            saga: saga.name,
+            phase: job.phase,
+            step: step.name,
+            generation: row.generation,
+            attempt: attempt + 1,
+            delayMs: Math.max(1, delayMs),
+            correlationId: row.correlation_id,
+          }),
+        ]);
+        return 'retry-scheduled' as const;
+      })
+      .catch(superseded);
   }
   log.error(
     { sagaId: job.sagaId, step: step.name, phase: job.phase, attempt, err: cause },
     'saga step failed for good',
   );
-  await knex.transaction(async (trx) => {
-    await recordStepFailure(trx, { ...record, final: true });
+  return knex.transaction(async (trx) => {
+    // A late final failure must not undo what a concurrent job of the step did meanwhile.
+    if (!(await recordStepFailure(trx, { ...record, final: true }))) return 'duplicate';
     await deadLetter(trx, job, error, attempt);
     if (job.phase === 'execute') {
       await beginCompensation(trx, saga, job.sagaId, withStep(error, step.name, 'execute'));
@@ -83,8 +96,16 @@ export async function afterFailedAttempt(
         withStep(error, step.name, 'compensate'),
       );
     }
+    return 'failed' as const;
   });
-  return 'failed';
+}
+
+/** Rolls the retry transaction back when the step record had moved on. */
+class Superseded extends Error {}
+
+function superseded(error: unknown): 'duplicate' {
+  if (error instanceof Superseded) return 'duplicate';
+  throw error;
 }
 
 async function deadLetter(trx: Knex.Transaction, job: SagaStepJob, error: ErrorInfo, attempts: number) {

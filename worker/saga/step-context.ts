@@ -16,10 +16,12 @@ export function stepContext(input: {
   attempt: number;
   outbox: OutboxMessage[];
   log: Logger;
+  signal: AbortSignal;
 }): StepContext<Record<string, unknown>> {
-  const { trx, saga, sagaName, step, phase, attempt, outbox, log } = input;
+  const { trx, saga, sagaName, step, phase, attempt, outbox, log, signal } = input;
   return {
     trx,
+    signal,
     sagaId: saga.id,
     sagaName,
     step,
@@ -41,13 +43,44 @@ export function stepContext(input: {
   };
 }
 
-/** A step past its timeoutMs fails its attempt; the late result is ignored (its transaction is gone). */
-export function withTimeout<T>(promise: Promise<T>, step: { name: string; timeoutMs?: number }): Promise<T> {
+/**
+ * Runs a step's code bounded by its timeoutMs. Past it, `abort` is aborted (user I/O given
+ * ctx.signal stops) and `cancel` is awaited (it cancels the transaction's running query, so that
+ * the rollback does not queue behind it) before the attempt fails with StepTimeoutError.
+ */
+export async function withTimeout<T>(
+  run: () => Promise<T>,
+  step: { name: string; timeoutMs?: number },
+  abort: AbortController,
+  cancel: () => Promise<unknown>,
+): Promise<T> {
   const { timeoutMs } = step;
-  if (!timeoutMs) return promise;
+  if (!timeoutMs) return run();
   let timer: NodeJS.Timeout | undefined;
+  let cancelled: Promise<unknown> = Promise.resolve();
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new StepTimeoutError(step.name, timeoutMs)), timeoutMs);
+    timer = setTimeout(() => {
+      const error = new StepTimeoutError(step.name, timeoutMs);
+      abort.abort(error);
+      cancelled = cancel().catch(() => {});
+      void cancelled.then(() => reject(error));
+    }, timeoutMs);
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  let result: T;
+  try {
+    result = await Promise.race([run(), timeout]);
+  } catch (error) {
+    if (!abort.signal.aborted) throw error;
+    // The user code may fail first (its query cancelled, its fetch aborted): still a timeout.
+    result = undefined as T;
+  } finally {
+    clearTimeout(timer);
+  }
+  if (abort.signal.aborted) {
+    // Also when the code finished just too late: the cancel must land before the framework's own
+    // statements run or the connection goes back to the pool.
+    await cancelled;
+    throw abort.signal.reason;
+  }
+  return result;
 }

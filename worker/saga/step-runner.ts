@@ -1,23 +1,24 @@
 import type { Knex } from 'knex';
 import type { App } from '../../shared/app.js';
 import { crashPoint } from '../../shared/crash-points.js';
-import { isConnectionError, isSerializationError } from '../../shared/db/knex.js';
-import { ConcurrencyConflictError } from '../../shared/errors.js';
+import { classifyFailure } from '../../shared/db/failures.js';
+import { ConcurrencyConflictError, WorkerDiedError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
 import { sagaStepsTotal } from '../../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
 import type { SagaDefinition, StepDefinition } from '../../shared/saga/definition.js';
 import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
+import { planCompensation, planExecution } from '../../shared/saga/plan.js';
 import {
   advanceSagaVersion,
   listStepRows,
+  mergeSagaState,
   readSagaForStep,
   recordStepCompleted,
   transitionSaga,
 } from '../../shared/saga/store.js';
 import { sleep } from '../../shared/time.js';
 import { afterFailedAttempt } from './failures.js';
-import { planCompensation, planExecution } from './plan.js';
 import { stepContext, withTimeout } from './step-context.js';
 import { beginCompensation, stageMessages } from './transitions.js';
 
@@ -27,6 +28,15 @@ export interface StepRunnerDeps {
   log: Logger;
   /** Aborted when shutdown gives up waiting: database outage backoffs stop. */
   signal: AbortSignal;
+}
+
+/** How BullMQ handed the job out. */
+export interface StepDelivery {
+  /**
+   * The job was started before (a stalled job handed out again: the worker died or hung during
+   * it). The attempt it was running is counted as failed before the step runs again.
+   */
+  restarted?: boolean;
 }
 
 export type StepOutcome =
@@ -63,24 +73,74 @@ export class SagaStepRunner {
 
   constructor(private readonly deps: StepRunnerDeps) {}
 
-  async runStep(job: SagaStepJob): Promise<StepOutcome> {
+  async runStep(job: SagaStepJob, delivery: StepDelivery = {}): Promise<StepOutcome> {
     const saga = this.deps.app.sagas.get(job.saga) as AnySaga | undefined;
     const step = saga?.getStep(job.step);
     if (!saga || !step || (job.phase === 'compensate' && !step.compensate)) {
       this.deps.log.error({ job }, 'saga job names a saga or step this app does not define; ignored');
       return 'unknown-saga';
     }
+    if (delivery.restarted) {
+      const gaveUp = await this.withTransactionRetry(() => this.recordDiedAttempt(saga, step, job));
+      if (gaveUp) {
+        sagaStepsTotal.inc({ phase: job.phase, outcome: 'failed' });
+        return 'failed';
+      }
+    }
     const outcome = await this.withTransactionRetry(async () => {
+      // Set once the user code returned: an error after that is still this attempt's.
+      const progress = { attempt: 0 };
       try {
-        return await this.deps.knex.transaction((trx) => this.attempt(trx, saga, step, job));
+        return await this.deps.knex.transaction((trx) => this.attempt(trx, saga, step, job, progress));
       } catch (error) {
-        if (!(error instanceof AttemptFailed)) throw error;
-        return afterFailedAttempt(this.deps, saga, step, job, error.error, error.attempt);
+        if (error instanceof AttemptFailed) {
+          return this.afterFailure(saga, step, job, error.error, error.attempt);
+        }
+        // The framework's statements or the commit failed after the user code succeeded, e.g. a
+        // step that caught a database error left the transaction aborted (25P02), or a deferred
+        // constraint failed: the attempt failed, or the job would fail and the sweep re-run it forever.
+        if (
+          progress.attempt > 0 &&
+          !(error instanceof ConcurrencyConflictError) &&
+          (await classifyFailure(this.deps.knex, error)) === 'application'
+        ) {
+          return this.afterFailure(saga, step, job, error, progress.attempt);
+        }
+        throw error;
       }
     });
     if (outcome === 'completed') crashPoint('saga:after-step-commit');
     sagaStepsTotal.inc({ phase: job.phase, outcome });
     return outcome;
+  }
+
+  private async afterFailure(
+    saga: AnySaga,
+    step: AnyStep,
+    job: SagaStepJob,
+    error: unknown,
+    attempt: number,
+  ): Promise<StepOutcome> {
+    const outcome = await afterFailedAttempt(this.deps, saga, step, job, error, attempt);
+    return outcome === 'recorded' ? 'retry-scheduled' : outcome;
+  }
+
+  /**
+   * A restarted job: the attempt it was running never recorded its end (the process died, or hung
+   * past the lock), so it is recorded now as failed, in its own transaction, or a step that kills
+   * the worker would be run forever. True when that was the last attempt (the step failed for good).
+   */
+  private async recordDiedAttempt(saga: AnySaga, step: AnyStep, job: SagaStepJob): Promise<boolean> {
+    const row = await readSagaForStep(this.deps.knex, job.sagaId, step.name, job.phase);
+    if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) return false;
+    if (row.step_status === 'completed' || row.step_status === 'failed') return false;
+    const attempt = (row.step_attempts ?? 0) + 1;
+    const error = new WorkerDiedError(step.name, job.phase, attempt);
+    this.deps.log.warn({ sagaId: job.sagaId, step: step.name, phase: job.phase, attempt }, error.message);
+    const outcome = await afterFailedAttempt(this.deps, saga, step, job, error, attempt, {
+      scheduleRetry: false,
+    });
+    return outcome === 'failed';
   }
 
   async runDeadline(job: SagaDeadlineJob): Promise<'compensating' | 'not-applicable' | 'unknown-saga'> {
@@ -104,6 +164,7 @@ export class SagaStepRunner {
     saga: AnySaga,
     step: AnyStep,
     job: SagaStepJob,
+    progress: { attempt: number },
   ): Promise<StepOutcome> {
     const row = await readSagaForStep(trx, job.sagaId, step.name, job.phase);
     if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) {
@@ -113,6 +174,7 @@ export class SagaStepRunner {
     if (row.step_status === 'completed' || row.step_status === 'failed') return 'duplicate';
     const attempt = (row.step_attempts ?? 0) + 1;
     const outbox: OutboxMessage[] = [];
+    const abort = new AbortController();
     const ctx = stepContext({
       trx,
       saga: row,
@@ -122,35 +184,39 @@ export class SagaStepRunner {
       attempt,
       outbox,
       log: this.deps.log,
+      signal: abort.signal,
     });
     let result: unknown;
     try {
       const fn = job.phase === 'execute' ? step.run : step.compensate!;
       result = await withTimeout(
-        Promise.resolve().then(() => fn(ctx)),
+        () => Promise.resolve().then(() => fn(ctx)),
         step,
+        abort,
+        // Cancels the attempt's query, if one runs: the rollback would otherwise wait for it.
+        () => this.deps.knex.raw('select pg_cancel_backend(?)', [row.backend_pid]),
       );
     } catch (error) {
-      // The database going away is not the step's fault: the whole attempt is re-run.
-      if (isConnectionError(error) || isSerializationError(error)) throw error;
+      // The database going away (or a serialization conflict) is not the step's fault: the whole
+      // attempt runs again. A network error of the step's own calls is the step's failure.
+      if ((await classifyFailure(this.deps.knex, error)) !== 'application') throw error;
       throw new AttemptFailed(error, attempt);
     }
+    progress.attempt = attempt;
 
     const lastStage = saga.stages.length - 1;
     const stageSize = saga.stages[step.stage]?.length ?? 1;
     const finishes = job.phase === 'execute' && step.stage === lastStage && stageSize === 1;
-    const state =
-      job.phase === 'execute' && result && typeof result === 'object'
-        ? { ...row.state, ...(result as object) }
-        : undefined;
-    if (
-      !(await advanceSagaVersion(trx, row.id, row.version, {
-        state,
-        status: finishes ? 'completed' : undefined,
-      }))
-    ) {
-      throw new ConcurrencyConflictError(row.id, row.version);
-    }
+    const merged = job.phase === 'execute' && result && typeof result === 'object' ? result : undefined;
+    const moved =
+      stageSize > 1
+        ? // A group member: siblings serialize on the row lock instead of re-running on conflicts.
+          await mergeSagaState(trx, row.id, row.status, merged)
+        : await advanceSagaVersion(trx, row.id, row.version, {
+            state: merged ? { ...row.state, ...merged } : undefined,
+            status: finishes ? 'completed' : undefined,
+          });
+    if (!moved) throw new ConcurrencyConflictError(row.id, row.version);
     const recorded = await recordStepCompleted(trx, {
       sagaId: row.id,
       step: step.name,
@@ -177,8 +243,9 @@ export class SagaStepRunner {
         } as const;
         outbox.push(...stageMessages(saga_, plan));
       } else {
-        // A parallel group: the saga row is locked by the update above, so the sibling that
-        // commits last sees every other sibling's record and is the one that moves on.
+        // A parallel group: the saga row is locked by the update above, so this new statement
+        // sees every sibling that committed before; the sibling that commits last sees them all
+        // and is the one that moves on.
         const plan = planExecution(saga, await listStepRows(trx, row.id));
         if (plan.kind === 'done') await transitionSaga(trx, row.id, 'running', 'completed');
         else if (plan.stage !== step.stage) outbox.push(...stageMessages(saga_, plan));
@@ -210,12 +277,16 @@ export class SagaStepRunner {
         }
         return result;
       } catch (error) {
-        if (error instanceof ConcurrencyConflictError || isSerializationError(error)) {
+        const kind =
+          error instanceof ConcurrencyConflictError
+            ? 'transient'
+            : await classifyFailure(this.deps.knex, error);
+        if (kind === 'transient') {
           conflicts++;
           await sleep(Math.random() * Math.min(200, 2 * 2 ** Math.min(conflicts, 7)));
           continue;
         }
-        if (isConnectionError(error) && !this.deps.signal.aborted) {
+        if (kind === 'outage' && !this.deps.signal.aborted) {
           outages++;
           if (!this.databaseOutage) {
             this.databaseOutage = true;

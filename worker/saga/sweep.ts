@@ -5,6 +5,7 @@ import type { Logger } from '../../shared/logger.js';
 import { insertOutboxMessages } from '../../shared/outbox.js';
 import type { SagaDefinition } from '../../shared/saga/definition.js';
 import { sagaQueue, stepJobId } from '../../shared/saga/jobs.js';
+import { planCompensation, planExecution } from '../../shared/saga/plan.js';
 import {
   bumpGeneration,
   findStalledSagas,
@@ -13,7 +14,6 @@ import {
   type SagaRow,
   transitionSaga,
 } from '../../shared/saga/store.js';
-import { planCompensation, planExecution } from './plan.js';
 import { beginCompensation, stageMessages } from './transitions.js';
 
 export interface SweepDeps {
@@ -39,25 +39,30 @@ const sweepLockKey = 0x6477_7377;
  */
 export async function sweepOnce(deps: SweepDeps): Promise<number> {
   const { knex, app, log } = deps;
-  return knex.transaction(async (trx) => {
-    const { rows } = await trx.raw<{ rows: [{ locked: boolean }] }>(
+  // The advisory lock is held by a transaction that takes no row locks; each saga is then handled
+  // in its own short transaction, and Redis is asked outside of any, so a live step never waits
+  // for a whole batch (or for Redis) behind the sweep.
+  return knex.transaction(async (lock) => {
+    const { rows } = await lock.raw<{ rows: [{ locked: boolean }] }>(
       'select pg_try_advisory_xact_lock(?) as locked',
       [sweepLockKey],
     );
     if (!rows[0]?.locked) return 0;
     let resumed = 0;
-    for (const saga of await findStalledSagas(trx, deps.staleAfterMs, deps.batchSize ?? 200)) {
+    for (const saga of await findStalledSagas(knex, deps.staleAfterMs, deps.batchSize ?? 200)) {
       const definition = app.sagas.get(saga.name) as SagaDefinition<object> | undefined;
       if (!definition) continue;
       if (saga.status === 'running' && saga.deadline_at && saga.deadline_at.getTime() < Date.now()) {
-        const started = await beginCompensation(trx, definition, saga.id, {
-          name: 'SagaDeadlineError',
-          message: `saga ${saga.name} did not complete within its deadline of ${definition.deadlineMs} ms`,
-        });
+        const started = await knex.transaction((trx) =>
+          beginCompensation(trx, definition, saga.id, {
+            name: 'SagaDeadlineError',
+            message: `saga ${saga.name} did not complete within its deadline of ${definition.deadlineMs} ms`,
+          }),
+        );
         if (started) resumed++;
         continue;
       }
-      if (await resume(trx, deps, definition, saga)) {
+      if (await resume(deps, definition, saga)) {
         resumed++;
         log.warn({ sagaId: saga.id, status: saga.status }, 'stalled saga resumed by the sweep');
       }
@@ -66,21 +71,17 @@ export async function sweepOnce(deps: SweepDeps): Promise<number> {
   });
 }
 
-async function resume(
-  trx: Knex.Transaction,
-  deps: SweepDeps,
-  definition: SagaDefinition<object>,
-  saga: SagaRow,
-): Promise<boolean> {
-  const records = await listStepRows(trx, saga.id);
+async function resume(deps: SweepDeps, definition: SagaDefinition<object>, saga: SagaRow): Promise<boolean> {
+  const { knex } = deps;
+  const records = await listStepRows(knex, saga.id);
   const plan =
     saga.status === 'running' ? planExecution(definition, records) : planCompensation(definition, records);
   if (plan.kind === 'done') {
     // Every step is recorded but the final status is not (cannot happen through the runner; heal it).
     const to = saga.status === 'running' ? 'completed' : 'compensated';
-    return (await transitionSaga(trx, saga.id, saga.status, to)) !== undefined;
+    return (await transitionSaga(knex, saga.id, saga.status, to)) !== undefined;
   }
-  if (await hasPendingSagaJobs(trx, sagaQueue, saga.id)) return false;
+  if (await hasPendingSagaJobs(knex, sagaQueue, saga.id)) return false;
   for (const step of plan.pending) {
     const attempts = definition.getStep(step)?.retry.attempts ?? 1;
     for (let attempt = 1; attempt <= attempts; attempt++) {
@@ -88,8 +89,12 @@ async function resume(
       if (aliveStates.has(await deps.queue.getJobState(id))) return false;
     }
   }
-  const generation = await bumpGeneration(trx, saga);
-  if (generation === null) return false;
-  await insertOutboxMessages(trx, stageMessages(saga, plan, generation));
-  return true;
+  // Only if the saga has not moved since it was read (a step, a scheduled retry, a transition all
+  // bump its version): what was checked above still holds.
+  return knex.transaction(async (trx) => {
+    const generation = await bumpGeneration(trx, saga);
+    if (generation === null) return false;
+    await insertOutboxMessages(trx, stageMessages(saga, plan, generation));
+    return true;
+  });
 }

@@ -3,8 +3,8 @@ import type { ErrorInfo } from '../../shared/errors.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
 import type { SagaDefinition } from '../../shared/saga/definition.js';
 import { stepMessage } from '../../shared/saga/jobs.js';
+import { type Plan, planCompensation } from '../../shared/saga/plan.js';
 import { listStepRows, type SagaRow, transitionSaga } from '../../shared/saga/store.js';
-import { type Plan, planCompensation } from './plan.js';
 
 /** Outbox messages that run the pending steps of a planned stage (attempt 1 of `generation`). */
 export function stageMessages(

@@ -1,5 +1,5 @@
-import type { StepRetryPolicy } from '../../shared/saga/definition.js';
-import type { SagaPhase } from '../../shared/saga/jobs.js';
+import type { StepRetryPolicy } from './definition.js';
+import type { SagaPhase } from './jobs.js';
 
 /** What a step record says, as far as planning cares. */
 export interface StepRecord {
