@@ -11,6 +11,7 @@ import { sleep } from '../shared/time.js';
 import { Destinations } from './destinations.js';
 import { type RelayOptions, type ResolvedRelayOptions, resolveRelayOptions } from './options.js';
 import { OutboxListener } from './outbox-listener.js';
+import { RedisLossDetector } from './redis-loss.js';
 
 /**
  * Drains the outbox: claim and mark a batch in one statement (FOR UPDATE SKIP LOCKED, so relays
@@ -31,6 +32,7 @@ export class Relay {
     private readonly amqp: ResilientAmqpConnection,
     private readonly destinations: Destinations,
     private readonly listener: OutboxListener,
+    private readonly redisLoss: RedisLossDetector,
   ) {}
 
   static async start(input: RelayOptions): Promise<Relay> {
@@ -59,7 +61,14 @@ export class Relay {
       cleanups.push(() => listener.close());
       await listener.start();
       const destinations = new Destinations(redis, config.bullmqPrefix, amqp, options.keepCompleted);
-      const relay = new Relay(options, knex, !options.knex, redis, amqp, destinations, listener);
+      const redisLoss = new RedisLossDetector(
+        redis,
+        config.bullmqPrefix,
+        knex,
+        options.keepCompleted.age * 1000,
+        log,
+      );
+      const relay = new Relay(options, knex, !options.knex, redis, amqp, destinations, listener, redisLoss);
       for (let i = 0; i < options.concurrency; i++) relay.loops.push(relay.loop());
       log.info({ batchSize: options.batchSize, concurrency: options.concurrency }, 'relay started');
       return relay;
@@ -96,6 +105,7 @@ export class Relay {
   /** Claims and delivers one batch; returns how many rows it claimed. */
   async drainOnce(): Promise<number> {
     const { batchSize } = this.options;
+    await this.redisLoss.checkIfNeeded();
     return this.knex.transaction(async (trx) => {
       const rows = await claimOutboxBatch(trx, batchSize);
       if (rows.length === 0) return 0;

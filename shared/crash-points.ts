@@ -1,15 +1,20 @@
 /**
  * Test-only fault injection for the reliability suite. When DW_CRASH_POINTS lists a point's name,
  * reaching that point kills the process with SIGKILL (with probability DW_CRASH_PROBABILITY,
- * default 1), exactly at the risky instant. Unset in production, where this is a no-op.
+ * default 1, or the point's own as in `saga:during-compensation=0.3`), exactly at the risky
+ * instant. Unset in production, where this is a no-op.
  */
-const points = new Set(
+const defaultProbability = Number(process.env.DW_CRASH_PROBABILITY ?? '1');
+const points = new Map(
   (process.env.DW_CRASH_POINTS ?? '')
     .split(',')
     .map((p) => p.trim())
-    .filter(Boolean),
+    .filter(Boolean)
+    .map((p) => {
+      const [name = '', probability] = p.split('=');
+      return [name, probability === undefined ? defaultProbability : Number(probability)] as const;
+    }),
 );
-const probability = Number(process.env.DW_CRASH_PROBABILITY ?? '1');
 
 export type CrashPoint =
   | 'worker:after-commit-before-ack'
@@ -19,7 +24,8 @@ export type CrashPoint =
   | 'saga:during-compensation';
 
 export function crashPoint(name: CrashPoint): void {
-  if (points.size === 0 || !points.has(name)) return;
+  const probability = points.get(name);
+  if (probability === undefined) return;
   if (Math.random() < probability) {
     process.stderr.write(`crash point ${name}: SIGKILL\n`);
     process.kill(process.pid, 'SIGKILL');

@@ -138,6 +138,21 @@ export async function endLeases(knex: Knex, messageIds: readonly string[]): Prom
 }
 
 /**
+ * Makes the BullMQ rows delivered in the last `withinMs` pending again, for when Redis lost its
+ * data: their jobs are gone. A job that survived is not duplicated (same job id). Returns how many.
+ */
+export async function redeliverBullmqRows(knex: Knex, withinMs: number): Promise<number> {
+  return (
+    knex(table)
+      .where('destination_kind', 'bullmq')
+      .whereNotNull('delivered_at')
+      // make_interval keeps the window a bound parameter.
+      .andWhere('delivered_at', '>', knex.raw('now() - make_interval(secs => ?)', [withinMs / 1000]))
+      .update({ delivered_at: null, available_at: knex.fn.now() })
+  );
+}
+
+/**
  * Un-claims a row the relay could not deliver: pending again, but out of the way until `retryInMs`
  * has passed, so it blocks nothing.
  */

@@ -58,6 +58,9 @@ function withoutBrokerDeathHeaders(headers: Record<string, unknown>): Record<str
  * out without spending attempts, so it never sends good messages to the dead letters.
  */
 export class MessageProcessor {
+  /** Set while the database is unreachable, so the outage is logged once for all messages. */
+  private databaseOutage = false;
+
   constructor(private readonly deps: ProcessorDeps) {}
 
   async process(incoming: IncomingMessage): Promise<Outcome> {
@@ -313,12 +316,19 @@ export class MessageProcessor {
     for (let attempt = 0; ; attempt++) {
       if (this.deps.signal.aborted) return 'requeue';
       try {
-        return await fn();
+        const result = await fn();
+        if (this.databaseOutage) {
+          this.databaseOutage = false;
+          log.info('database reachable again; handling resumes');
+        }
+        return result;
       } catch (error) {
         const kind = await classifyFailure(this.deps.knex, error);
         if (kind === 'application') throw error;
-        if (attempt === 0 && kind === 'outage') {
-          log.warn({ err: error }, 'database unavailable; holding the message until it is back');
+        // One line per outage, not one per message in flight.
+        if (kind === 'outage' && !this.databaseOutage) {
+          this.databaseOutage = true;
+          log.warn({ err: error }, 'database unavailable; holding messages until it is back');
         }
         await sleep(Math.min(5000, 50 * 2 ** attempt), this.deps.signal);
       }

@@ -3,7 +3,7 @@ import type { Knex } from 'knex';
 import type { OutboxJobData } from '../relay/destinations.js';
 import type { App } from '../shared/app.js';
 import type { Logger } from '../shared/logger.js';
-import { assertRedisReachable, createRedis, redisHealthy } from '../shared/redis.js';
+import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
 import { type SagaJob, sagaQueue } from '../shared/saga/jobs.js';
 import { sleep } from '../shared/time.js';
 import { EagerSteps } from './saga/eager.js';
@@ -48,6 +48,7 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   await assertRedisReachable(deps.redisUrl);
   const connection = createRedis(deps.redisUrl);
   connection.on('error', () => {});
+  await warnUnlessNoEviction(connection, log);
   const abort = new AbortController();
   const eager =
     deps.eagerLeaseMs > 0
@@ -74,7 +75,22 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     },
     { connection, prefix: deps.bullmqPrefix, concurrency: deps.concurrency, ...workerSettings },
   );
-  worker.on('error', (error) => log.warn({ err: error }, 'saga worker: Redis error'));
+  // While Redis is away BullMQ reports every failed command of its connections: log the first
+  // error of each 30 s and count the rest, instead of a storm.
+  let lastErrorLogged = 0;
+  let errorsSuppressed = 0;
+  worker.on('error', (error) => {
+    if (Date.now() - lastErrorLogged < 30_000) {
+      errorsSuppressed++;
+      return;
+    }
+    log.warn(
+      { err: error, errorsSuppressed },
+      'saga worker: Redis error (repeats within 30 s are not logged)',
+    );
+    lastErrorLogged = Date.now();
+    errorsSuppressed = 0;
+  });
   worker.on('failed', (job, error) =>
     log.error({ err: error, jobId: job?.id }, 'saga job failed outside its step; the sweep will resume it'),
   );

@@ -79,6 +79,9 @@ type AnyStep = StepDefinition<any>;
  * either a delayed retry or the switch to compensation / `failed`, each in its own transaction.
  */
 export class SagaStepRunner {
+  /** Set while the database is unreachable, so the outage is logged once for all steps in flight. */
+  private databaseOutage = false;
+
   constructor(private readonly deps: StepRunnerDeps) {}
 
   async runStep(job: SagaStepJob, delivery: StepDelivery = {}): Promise<StepOutcome> {
@@ -286,7 +289,12 @@ export class SagaStepRunner {
   private async withTransactionRetry<T>(fn: () => Promise<T>): Promise<T> {
     for (let conflicts = 0, outages = 0; ; ) {
       try {
-        return await fn();
+        const result = await fn();
+        if (this.databaseOutage) {
+          this.databaseOutage = false;
+          this.deps.log.info('database reachable again; saga steps resume');
+        }
+        return result;
       } catch (error) {
         const kind =
           error instanceof ConcurrencyConflictError
@@ -298,7 +306,11 @@ export class SagaStepRunner {
           continue;
         }
         if (kind === 'outage' && !this.deps.signal.aborted) {
-          if (outages++ === 0) this.deps.log.warn({ err: error }, 'database unavailable; saga step waits');
+          outages++;
+          if (!this.databaseOutage) {
+            this.databaseOutage = true;
+            this.deps.log.warn({ err: error }, 'database unavailable; saga steps wait until it is back');
+          }
           await sleep(Math.min(5000, 50 * 2 ** Math.min(outages, 7)), this.deps.signal);
           continue;
         }

@@ -1,0 +1,101 @@
+import { afterEach, describe, expect, test } from 'vitest';
+import { waitFor } from '../support/services.js';
+import { closeAmqpConnectionsOf, PrivateRedis, terminateDatabaseSessions } from './support/faults.js';
+import type { Supervisor } from './support/processes.js';
+import { assertClean, type ChaosRun, ChaosRun as Run } from './support/run.js';
+
+let run: ChaosRun | undefined;
+let redis: PrivateRedis | undefined;
+afterEach(async () => {
+  await run?.teardown();
+  await redis?.stop();
+  run = undefined;
+  redis = undefined;
+});
+
+/** Each process must recover by itself, and say so on /healthz; no restarts by the supervisor. */
+async function expectRecoveredWithoutRestart(processes: Supervisor[]): Promise<void> {
+  await Promise.all(processes.map((p) => p.waitHealthy(60_000)));
+  for (const p of processes) expect(p.incarnations, `${p.all[0]?.name} should not have died`).toBe(1);
+}
+
+/** A log storm is many lines per outage (one per message, per retry); a few per outage is what we expect. */
+function expectNoLogStorm(processes: Supervisor[], faults: number): void {
+  for (const p of processes)
+    expect(p.outageWarnings, `${p.all[0]?.name} warnings about dependencies`).toBeLessThanOrEqual(
+      3 * faults + 5,
+    );
+}
+
+describe('dependencies going away during load', () => {
+  test('Postgres sessions terminated (pg_terminate_backend) again and again', async () => {
+    run = await Run.create('pg_terminate_backend during load');
+    const worker = await run.spawn('worker', 'worker');
+    const relay = await run.spawn('relay', 'relay');
+    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const load = run.startLoad(1000);
+    for (let i = 0; i < 6; i++) {
+      await run.progress(run.random.int(20, 150));
+      const n = await terminateDatabaseSessions(run.database);
+      run.fault(`terminated ${n} sessions`);
+    }
+    await load.done;
+    const counters = await run.settle();
+    await expectRecoveredWithoutRestart([worker, relay]);
+    expectNoLogStorm([worker, relay], run.faults.length);
+    const exits = await run.stopAll();
+    assertClean(run, counters, { exits });
+    expect(exits.every((e) => e.code === 0)).toBe(true);
+  });
+
+  test('RabbitMQ closes the worker and relay connections during load', async () => {
+    run = await Run.create('AMQP connections closed during load');
+    const worker = await run.spawn('worker', 'worker');
+    const relay = await run.spawn('relay', 'relay');
+    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const load = run.startLoad(1000);
+    for (let i = 0; i < 3; i++) {
+      await run.progress(run.random.int(50, 200));
+      const pids = [worker.current?.pid ?? 0, relay.current?.pid ?? 0];
+      const n = await closeAmqpConnectionsOf(pids);
+      run.fault(`closed ${n} AMQP connections`);
+      // The next fault only once the worker consumes again.
+      await worker.waitHealthy();
+    }
+    await load.done;
+    const counters = await run.settle();
+    await expectRecoveredWithoutRestart([worker, relay]);
+    expectNoLogStorm([worker, relay], run.faults.length);
+    const exits = await run.stopAll();
+    assertClean(run, counters, { exits });
+    expect(run.faults.some((f) => !f.startsWith('closed 0'))).toBe(true);
+    expect(exits.every((e) => e.code === 0)).toBe(true);
+  });
+
+  test('Redis restarts and loses its data: the relay delivers again, nothing lost', async () => {
+    redis = await PrivateRedis.start();
+    run = await Run.create('Redis restart losing its data', { redisUrl: redis.url });
+    const worker = await run.spawn('worker', 'worker');
+    const relay = await run.spawn('relay', 'relay');
+    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const load = run.startLoad(1000);
+    for (let i = 0; i < 3; i++) {
+      await run.progress(run.random.int(100, 300));
+      await redis.restart(async () => {
+        // While Redis is down the relay says so; the worker and relay stay up.
+        await waitFor(
+          async () => (await relay.current?.health())?.dependencies.redis === false,
+          'the relay /healthz to report Redis down',
+        );
+      });
+      run.fault('redis restarted empty');
+    }
+    await load.done;
+    const counters = await run.settle();
+    await expectRecoveredWithoutRestart([worker, relay]);
+    expectNoLogStorm([worker, relay], run.faults.length);
+    const exits = await run.stopAll();
+    assertClean(run, counters, { exits });
+    expect(exits.every((e) => e.code === 0)).toBe(true);
+  });
+});

@@ -1,0 +1,56 @@
+import { afterEach, describe, expect, test } from 'vitest';
+import { assertClean, ChaosRun } from './support/run.js';
+
+let run: ChaosRun | undefined;
+afterEach(async () => {
+  await run?.teardown();
+  run = undefined;
+});
+
+describe('relay SIGKILL', () => {
+  test('crash between the BullMQ add and marking the outbox row, three relays at once', async () => {
+    run = await ChaosRun.create('relay crash after add before mark, 3 relays');
+    const crashesPerRelay = 2;
+    const relays = await Promise.all(
+      [0, 1, 2].map((i) =>
+        run!.spawn('relay', `relay${i}`, {
+          // Small batches: more transactions, so more instants between add and mark.
+          args: ['--batch-size', '20'],
+          envFor: (n) =>
+            n < crashesPerRelay
+              ? { DW_CRASH_POINTS: 'relay:after-add-before-mark', DW_CRASH_PROBABILITY: '0.1' }
+              : {},
+        }),
+      ),
+    );
+    await run.spawn('worker', 'worker');
+    run.startLoad(1000);
+    const counters = await run.settle();
+    const exits = await run.stopAll();
+    const hits = relays.reduce((n, r) => n + r.crashPointHits, 0);
+    assertClean(run, counters, { exits, crashPointHits: hits });
+    expect(hits).toBeGreaterThan(0);
+    expect(exits.every((e) => e.code === 0)).toBe(true);
+  });
+
+  test('two relays SIGKILLed at random instants while the outbox fills', async () => {
+    run = await ChaosRun.create('two relays SIGKILLed at random');
+    const relays = await Promise.all(
+      [0, 1].map((i) => run!.spawn('relay', `relay${i}`, { args: ['--batch-size', '50'] })),
+    );
+    await Promise.all(relays.map((r) => r.waitHealthy()));
+    await run.spawn('worker', 'worker');
+    const load = run.startLoad(1000);
+    for (let i = 0; i < 6; i++) {
+      await run.progress(run.random.int(20, 150));
+      const victim = run.random.pick(relays);
+      run.fault(`SIGKILL ${victim.current?.name}`);
+      await victim.killAndRestart();
+    }
+    await load.done;
+    const counters = await run.settle();
+    const exits = await run.stopAll();
+    assertClean(run, counters, { exits });
+    expect(exits.every((e) => e.code === 0)).toBe(true);
+  });
+});

@@ -1,0 +1,230 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { urls, waitFor } from '../../support/services.js';
+import { freePort } from './processes.js';
+
+const run = promisify(execFile);
+
+/**
+ * Terminates every session of the scenario's own database except the test's (application_name
+ * `dw-test`): the worker's pool, the relay's pool and its LISTEN connection. Other databases on the
+ * shared server are not touched. Returns how many sessions it ended.
+ */
+export async function terminateDatabaseSessions(database: string): Promise<number> {
+  const client = new pg.Client({ connectionString: `${urls.postgres}/postgres` });
+  await client.connect();
+  try {
+    // Only our database, never the test's own pool.
+    const result = await client.query(
+      `select pg_terminate_backend(pid) as ok from pg_stat_activity
+        where datname = $1 and pid <> pg_backend_pid() and application_name <> 'dw-test'`,
+      [database],
+    );
+    return result.rowCount ?? 0;
+  } finally {
+    await client.end();
+  }
+}
+
+/** Local TCP ports of the given processes' connections to RabbitMQ (from `ss`). */
+async function amqpPortsOf(pids: readonly number[]): Promise<Set<number>> {
+  const { stdout } = await run('ss', ['-tnpH', 'state', 'established', '( dport = :5672 )']);
+  const ports = new Set<number>();
+  for (const line of stdout.split('\n')) {
+    const pid = Number(/pid=(\d+)/.exec(line)?.[1]);
+    if (!pids.includes(pid)) continue;
+    const local = line.trim().split(/\s+/)[2] ?? '';
+    ports.add(Number(local.slice(local.lastIndexOf(':') + 1)));
+  }
+  return ports;
+}
+
+/**
+ * Has the broker close the AMQP connections of the given processes (and only theirs: found by the
+ * client port), as a broker restart or a network cut would from the client's point of view.
+ */
+export async function closeAmqpConnectionsOf(pids: readonly number[]): Promise<number> {
+  const ports = await amqpPortsOf(pids);
+  if (ports.size === 0) return 0;
+  const { stdout } = await run('rabbitmqctl', ['list_connections', 'pid', 'peer_port', '-q']);
+  let closed = 0;
+  for (const line of stdout.split('\n')) {
+    const [pid, port] = line.trim().split(/\s+/);
+    if (!pid?.startsWith('<') || !ports.has(Number(port))) continue;
+    await run('rabbitmqctl', ['close_connection', pid, 'chaos: connection closed by the test']);
+    closed++;
+  }
+  return closed;
+}
+
+/**
+ * A private redis-server on a free port, without persistence: `restart()` kills it (SIGKILL) and
+ * starts a new one on the same port, which comes back empty, exactly like a Redis restart that lost
+ * its data. Only the scenario's processes use it.
+ */
+export class PrivateRedis {
+  private process: ChildProcess | undefined;
+
+  private constructor(
+    readonly port: number,
+    private readonly evictionPolicy: string,
+  ) {}
+
+  static async start({ evictionPolicy = 'noeviction' } = {}): Promise<PrivateRedis> {
+    const redis = new PrivateRedis(await freePort(), evictionPolicy);
+    await redis.boot();
+    return redis;
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  private async boot(): Promise<void> {
+    const child = spawn(
+      'redis-server',
+      [
+        '--port',
+        String(this.port),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--maxmemory-policy',
+        this.evictionPolicy,
+      ],
+      { stdio: 'ignore' },
+    );
+    this.process = child;
+    await waitFor(() => this.ping(), `private redis on port ${this.port} to answer`, { timeoutMs: 15_000 });
+  }
+
+  async ping(): Promise<boolean> {
+    const probe = new Redis(this.url, {
+      lazyConnect: true,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
+    probe.on('error', () => {});
+    try {
+      await probe.connect();
+      return (await probe.ping()) === 'PONG';
+    } catch {
+      return false;
+    } finally {
+      probe.disconnect();
+    }
+  }
+
+  async kill(): Promise<void> {
+    const child = this.process;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    await exited;
+  }
+
+  /** Kill, then start empty on the same port. `downWhile` runs while it is down. */
+  async restart(downWhile?: () => Promise<void>): Promise<void> {
+    await this.kill();
+    await downWhile?.();
+    await this.boot();
+  }
+
+  async stop(): Promise<void> {
+    await this.kill();
+  }
+}
+
+/**
+ * Restarts of the shared services, for the suite run alone (CI runs it after the normal suite).
+ * Each one always brings the service back (finally) and waits until it answers again.
+ */
+export const services = {
+  async restartRabbitmq(whileDown: () => Promise<void>): Promise<void> {
+    await run('rabbitmqctl', ['-q', 'stop_app']);
+    try {
+      await whileDown();
+    } finally {
+      await run('rabbitmqctl', ['-q', 'start_app']);
+      await run('rabbitmqctl', ['-q', 'await_startup']);
+    }
+  },
+
+  async restartPostgres(whileDown: () => Promise<void>): Promise<void> {
+    const version = (await run('ls', ['/etc/postgresql'])).stdout.trim().split('\n')[0] ?? '';
+    const ctl = (action: string, ...extra: string[]) =>
+      run('pg_ctlcluster', ['--skip-systemctl-redirect', version, 'main', action, ...extra]);
+    await ctl('stop', '-m', 'fast');
+    try {
+      await whileDown();
+    } finally {
+      await ctl('start');
+      await waitFor(() => postgresAnswers(), 'PostgreSQL to answer again', {
+        timeoutMs: 60_000,
+        intervalMs: 200,
+      });
+    }
+  },
+
+  /** The shared Redis, started again with the machine's command line (it comes back empty). */
+  async restartRedis(whileDown: () => Promise<void>): Promise<void> {
+    await run('redis-cli', ['-h', '127.0.0.1', '-p', '6379', 'shutdown', 'nosave']).catch(() => {});
+    try {
+      await whileDown();
+    } finally {
+      await run('redis-server', [
+        '--daemonize',
+        'yes',
+        '--bind',
+        '127.0.0.1',
+        '-::1',
+        '--port',
+        '6379',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--dir',
+        '/var/lib/redis',
+        '--logfile',
+        '/var/log/redis/ci.log',
+      ]);
+      await waitFor(() => redisAnswers(urls.redis), 'Redis to answer again', {
+        timeoutMs: 30_000,
+        intervalMs: 200,
+      });
+    }
+  },
+};
+
+async function postgresAnswers(): Promise<boolean> {
+  const client = new pg.Client({ connectionString: `${urls.postgres}/postgres` });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query('select 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function redisAnswers(url: string): Promise<boolean> {
+  const probe = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  probe.on('error', () => {});
+  try {
+    await probe.connect();
+    return (await probe.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    probe.disconnect();
+  }
+}

@@ -1,0 +1,354 @@
+import amqp from 'amqplib';
+import { Redis } from 'ioredis';
+import { app } from '../../../examples/app/index.js';
+import { exampleMigrations } from '../../../examples/app/migrations.js';
+import { appTopology, declareTopology } from '../../../shared/topology.js';
+import { count, createTestEnv, randomName, type TestEnv, urls, waitFor } from '../../support/services.js';
+import { closeLoadConnection, joinMeetings, type Load, publishLoad } from './load.js';
+import { type Kind, Supervisor, type SupervisorOptions } from './processes.js';
+import { type Random, seededRandom } from './random.js';
+import {
+  planTrips,
+  type SagaCounters,
+  sagaCounters,
+  sagasInFlight,
+  type TripPlan,
+  tripMessages,
+} from './trips.js';
+
+export const JOIN_MEETING_QUEUES = ['user_notification_events', 'user_ecst_events'] as const;
+
+export interface Counters extends Partial<SagaCounters> {
+  /** Published messages without their effect (participant row, or a job in either queue). */
+  lost: number;
+  /** Effects that happened more than once (participant rows, jobs for one user in one queue). */
+  duplicated: number;
+  /** Effects no published message asked for. */
+  unexpected: number;
+  /** Outbox rows not delivered yet. */
+  outboxPending: number;
+  /** Dead letters of messages that are missing (an invalid message without one) or not deserved. */
+  deadLetters: number;
+}
+
+/**
+ * One chaos scenario: its own database, exchange, queue and BullMQ prefix, a seeded random source,
+ * supervised `dw worker` / `dw relay` child processes, a JoinMeeting load from an independent
+ * client, and the counters read back from Postgres and Redis.
+ */
+export class ChaosRun {
+  readonly random: Random;
+  readonly runId: string;
+  readonly faults: string[] = [];
+  private readonly supervisors: Supervisor[] = [];
+  private load: Load | undefined;
+  private joins = new Map<string, string>();
+  private trips: TripPlan[] = [];
+  private invalid = new Set<string>();
+  private redisClient: Redis | undefined;
+
+  private constructor(
+    readonly scenario: string,
+    readonly env: TestEnv,
+    readonly redisUrl: string,
+  ) {
+    this.random = seededRandom();
+    this.runId = randomName('r');
+    console.log(`[chaos] ${scenario}: seed ${this.random.seed} (repeat with CHAOS_SEED=${this.random.seed})`);
+  }
+
+  static async create(scenario: string, { redisUrl = urls.redis } = {}): Promise<ChaosRun> {
+    const env = await createTestEnv(exampleMigrations);
+    env.config.redisUrl = redisUrl;
+    const run = new ChaosRun(scenario, env, redisUrl);
+    // Bind the work queue before the load starts, as `dw migrate` does, so nothing is unroutable.
+    const connection = await amqp.connect(urls.amqp);
+    try {
+      const channel = await connection.createChannel();
+      await declareTopology(channel, run.topology);
+    } finally {
+      await connection.close();
+    }
+    return run;
+  }
+
+  /** The scenario's own database name (faults touch this database only). */
+  get database(): string {
+    return new URL(this.env.config.databaseUrl).pathname.slice(1);
+  }
+
+  get topology() {
+    return appTopology(app, this.env.config.exchange);
+  }
+
+  get processEnv(): NodeJS.ProcessEnv {
+    const { config } = this.env;
+    return {
+      DATABASE_URL: config.databaseUrl,
+      AMQP_URL: config.amqpUrl,
+      REDIS_URL: this.redisUrl,
+      DW_EXCHANGE: config.exchange,
+      BULLMQ_PREFIX: config.bullmqPrefix,
+      LOG_LEVEL: 'info',
+      DW_CRASH_POINTS: '',
+    };
+  }
+
+  /** A supervised process (restarted whenever it dies until the scenario stops it). */
+  async spawn(
+    kind: Kind,
+    name: string,
+    options: Pick<SupervisorOptions, 'args' | 'envFor'> = {},
+  ): Promise<Supervisor> {
+    const supervisor = new Supervisor({ name, kind, env: this.processEnv, ...options });
+    this.supervisors.push(supervisor);
+    await supervisor.start();
+    return supervisor;
+  }
+
+  /**
+   * Publishes `joins` JoinMeeting messages and `trips` BookTrip messages (a seeded mix of trips
+   * that complete, retry, or fail at some step and compensate), interleaved, from outside.
+   */
+  startLoad(
+    joins: number,
+    {
+      trips = 0,
+      invalid = 0,
+      ...options
+    }: { trips?: number; invalid?: number; chunk?: number; duplicateShare?: number } = {},
+  ): Load {
+    const joinList = joinMeetings(this.runId, joins);
+    // JoinMeeting without a meetingId: each must end as exactly one dead letter and nothing else.
+    const invalidList = Array.from({ length: invalid }, (_, i) => ({
+      id: `${this.runId}-bad-${i}`,
+      type: 'JoinMeeting',
+      body: { userId: `${this.runId}-bad-u${i}` },
+    }));
+    this.invalid = new Set(invalidList.map((m) => m.id));
+    this.joins = new Map(joinList.map((m) => [m.id, (m.body as { userId: string }).userId]));
+    this.trips = planTrips(trips, this.random);
+    const messages = [...joinList, ...invalidList, ...tripMessages(this.runId, this.trips)];
+    // Interleave (seeded shuffle), so sagas and plain messages are in flight together.
+    for (let i = messages.length - 1; i > 0; i--) {
+      const j = this.random.int(0, i);
+      [messages[i], messages[j]] = [messages[j]!, messages[i]!];
+    }
+    this.load = publishLoad(this.env.config.exchange, messages, this.random, options);
+    return this.load;
+  }
+
+  /** Messages handled so far (inbox rows). */
+  handled(): Promise<number> {
+    return count(this.env.knex, 'dw_inbox');
+  }
+
+  /** Waits until `n` more messages than now have been handled. */
+  async progress(n: number, what = `${n} more messages handled`): Promise<void> {
+    const target = (await this.handled()) + n;
+    await waitFor(
+      async () => tolerant(async () => (await this.handled()) >= target || (await this.allHandled())),
+      what,
+      {
+        timeoutMs: 60_000,
+        intervalMs: 25,
+      },
+    );
+  }
+
+  private async allHandled(): Promise<boolean> {
+    return this.load !== undefined && (await this.handled()) >= this.load.messages.size - this.invalid.size;
+  }
+
+  /**
+   * Holds handlers in flight: locks meeting_participants so every JoinMeeting transaction waits,
+   * and resolves once at least one does. Returns the release.
+   */
+  async holdHandlers(): Promise<() => Promise<void>> {
+    const trx = await this.env.knex.transaction();
+    await trx.raw('lock table meeting_participants in exclusive mode');
+    await waitFor(async () => {
+      // Sessions of our database waiting on a lock: the handlers we hold.
+      const { rows } = await this.env.knex.raw(
+        "select count(*)::int as n from pg_stat_activity where datname = ? and wait_event_type = 'Lock'",
+        [this.database],
+      );
+      return rows[0].n > 0;
+    }, 'a handler to be waiting on the held lock');
+    return async () => {
+      await trx.rollback();
+    };
+  }
+
+  fault(description: string): void {
+    this.faults.push(description);
+  }
+
+  /**
+   * Waits until every published message was handled and delivered onward (or `timeoutMs`), then
+   * returns the counters. A timeout is not thrown: the counters then say what is missing.
+   */
+  async settle(timeoutMs = 90_000): Promise<Counters> {
+    const load = this.load;
+    if (!load) throw new Error('no load was started');
+    await load.done;
+    const expectedJobs = this.joins.size * JOIN_MEETING_QUEUES.length;
+    await waitFor(
+      () =>
+        tolerant(
+          async () =>
+            (await this.handled()) >= load.messages.size - this.invalid.size &&
+            (await count(this.env.knex, 'dw_dead_letters', { source: 'amqp' })) >= this.invalid.size &&
+            (await count(this.env.knex, 'dw_outbox', { delivered_at: null })) === 0 &&
+            (await this.jobCount()) >= expectedJobs &&
+            (this.trips.length === 0 ||
+              ((await count(this.env.knex, 'dw_sagas')) >= this.trips.length &&
+                (await sagasInFlight(this.env.knex)) === 0)),
+        ),
+      'every message handled and relayed',
+      { timeoutMs, intervalMs: 200 },
+    ).catch((error: Error) => console.log(`[chaos] ${this.scenario}: ${error.message}`));
+    return this.counters();
+  }
+
+  private redis(): Redis {
+    this.redisClient ??= new Redis(this.redisUrl, { maxRetriesPerRequest: 1 });
+    this.redisClient.on('error', () => {});
+    return this.redisClient;
+  }
+
+  private async jobCount(): Promise<number> {
+    const prefix = this.env.config.bullmqPrefix;
+    let total = 0;
+    for (const queue of JOIN_MEETING_QUEUES) total += await this.redis().llen(`${prefix}:${queue}:wait`);
+    return total;
+  }
+
+  async counters(): Promise<Counters> {
+    const load = this.load;
+    if (!load) throw new Error('no load was started');
+    const { knex, config } = this.env;
+    // After a Postgres restart the test's own pool may hold dead connections: let it renew them.
+    await waitFor(() => tolerant(async () => Boolean(await knex.raw('select 1'))), 'the test database pool');
+    const expected = new Set(this.joins.values());
+    let lost = 0;
+    let duplicated = 0;
+    let unexpected = 0;
+
+    const rows = await knex('meeting_participants')
+      .select('user_id')
+      .count<{ user_id: string; n: number }[]>('* as n')
+      .groupBy('user_id');
+    const participants = new Map(rows.map((r) => [r.user_id, Number(r.n)]));
+    for (const [user, n] of participants) {
+      if (!expected.has(user)) unexpected += n;
+      else duplicated += n - 1;
+    }
+    for (const user of expected) if (!participants.has(user)) lost++;
+
+    const inbox = await knex('dw_inbox').pluck('message_id');
+    for (const id of inbox) if (!load.messages.has(id) || this.invalid.has(id)) unexpected++;
+
+    const dead = new Set<string>(await knex('dw_dead_letters').where({ source: 'amqp' }).pluck('message_id'));
+    let deadLetters = 0;
+    for (const id of dead) if (!this.invalid.has(id)) deadLetters++;
+    for (const id of this.invalid) if (!dead.has(id)) deadLetters++;
+
+    // The onward effect: one job per participant in each queue, nothing consumes them in this app.
+    const redis = this.redis();
+    for (const queue of JOIN_MEETING_QUEUES) {
+      const ids = await redis.lrange(`${config.bullmqPrefix}:${queue}:wait`, 0, -1);
+      duplicated += ids.length - new Set(ids).size;
+      const perUser = new Map<string, number>();
+      const pipeline = redis.pipeline();
+      for (const id of new Set(ids)) pipeline.hget(`${config.bullmqPrefix}:${queue}:${id}`, 'data');
+      const replies = (await pipeline.exec()) ?? [];
+      for (const [, data] of replies) {
+        const userId = data
+          ? (JSON.parse(String(data)) as { payload: { userId: string } }).payload.userId
+          : '';
+        perUser.set(userId, (perUser.get(userId) ?? 0) + 1);
+      }
+      for (const [user, n] of perUser) {
+        if (!expected.has(user)) unexpected += n;
+        else duplicated += n - 1;
+      }
+      for (const user of expected) if (!perUser.has(user)) lost++;
+    }
+
+    return {
+      lost,
+      duplicated,
+      unexpected,
+      outboxPending: await count(knex, 'dw_outbox', { delivered_at: null }),
+      deadLetters,
+      ...(this.trips.length ? await sagaCounters(knex, this.trips) : {}),
+    };
+  }
+
+  /** Prints the counters with the seed and the faults injected; a failing scenario shows this line. */
+  report(counters: Counters, extra: Record<string, unknown> = {}): string {
+    const restarts = Object.fromEntries(
+      this.supervisors.map((s) => [s.all[0]?.name ?? '?', s.incarnations - 1]),
+    );
+    const warnings = Object.fromEntries(
+      this.supervisors.map((s) => [s.all[0]?.name ?? '?', { total: s.warnings, ...s.warningKinds }]),
+    );
+    const line = JSON.stringify({
+      scenario: this.scenario,
+      seed: this.random.seed,
+      messages: this.load?.messages.size,
+      trips: this.trips.length,
+      published: this.load?.confirmed(),
+      ...counters,
+      faults: this.faults.length,
+      restarts,
+      warnings,
+      ...extra,
+    });
+    console.log(`[chaos] ${line}`);
+    return line;
+  }
+
+  tails(): string {
+    return this.supervisors.map((s) => s.tail()).join('\n');
+  }
+
+  /** Graceful stop of every process; the exits (a graceful stop must exit 0). */
+  async stopAll(): Promise<Array<{ name: string; code: number | null; signal: string | null }>> {
+    const exits = await Promise.all(
+      this.supervisors.map(async (s) => {
+        const exit = await s.stop();
+        return exit
+          ? { name: s.all[0]?.name ?? '?', code: exit.code, signal: exit.signal }
+          : { name: s.all[0]?.name ?? '?', code: null, signal: 'grace time exceeded' };
+      }),
+    );
+    return exits;
+  }
+
+  async teardown(): Promise<void> {
+    await Promise.all(this.supervisors.map((s) => s.destroy()));
+    await closeLoadConnection();
+    this.redisClient?.disconnect();
+    await this.env.teardown();
+  }
+}
+
+/** A check that fails while a service is being restarted is simply "not yet". */
+async function tolerant(check: () => Promise<boolean>): Promise<boolean> {
+  try {
+    return await check();
+  } catch {
+    return false;
+  }
+}
+
+/** Asserts the counters are all zero; the message carries the report line (seed included) and the logs. */
+export function assertClean(run: ChaosRun, counters: Counters, extra: Record<string, unknown> = {}): void {
+  const line = run.report(counters, extra);
+  const bad = Object.entries(counters).filter(([, v]) => v !== 0);
+  if (bad.length > 0) {
+    throw new Error(`chaos scenario "${run.scenario}" broke a guarantee: ${line}\n${run.tails()}`);
+  }
+}
