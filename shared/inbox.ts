@@ -9,11 +9,11 @@ export async function insertInboxRow(
   consumer: string,
   messageId: string,
 ): Promise<boolean> {
-  const rows = await trx('dw_inbox')
-    .insert({ consumer, message_id: messageId })
-    .onConflict(['consumer', 'message_id'])
-    .ignore()
-    .returning('message_id');
+  // Raw rather than the builder: this runs once per message, and compiling the query showed in profiles.
+  const { rows } = await trx.raw<{ rows: unknown[] }>(
+    'insert into dw_inbox (consumer, message_id) values (?, ?) on conflict do nothing returning 1',
+    [consumer, messageId],
+  );
   return rows.length > 0;
 }
 

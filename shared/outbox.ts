@@ -49,25 +49,29 @@ const table = 'dw_outbox';
 /** One multi-row insert; a message id already present (deterministic ids) is skipped. */
 export async function insertOutboxMessages(trx: Knex | Knex.Transaction, messages: readonly OutboxMessage[]) {
   if (messages.length === 0) return;
-  await trx(table)
-    .insert(
-      messages.map((m) => ({
-        message_id: m.messageId,
-        destination_kind: m.destination.kind,
-        destination: m.destination.kind === 'bullmq' ? m.destination.queue : m.destination.exchange,
-        routing_key: m.destination.kind === 'amqp' ? m.destination.routingKey : null,
-        type: m.type,
-        payload: JSON.stringify(m.payload ?? null),
-        headers: JSON.stringify(m.headers),
-        options: JSON.stringify(m.options ?? {}),
-        available_at: m.leaseMs
-          ? // make_interval keeps the lease a bound parameter.
-            trx.raw('now() + make_interval(secs => ?)', [m.leaseMs / 1000])
-          : trx.fn.now(),
-      })),
-    )
-    .onConflict('message_id')
-    .ignore();
+  const bindings: Knex.Value[] = [];
+  for (const m of messages) {
+    bindings.push(
+      m.messageId,
+      m.destination.kind,
+      m.destination.kind === 'bullmq' ? m.destination.queue : m.destination.exchange,
+      m.destination.kind === 'amqp' ? m.destination.routingKey : null,
+      m.type,
+      JSON.stringify(m.payload ?? null),
+      JSON.stringify(m.headers),
+      JSON.stringify(m.options ?? {}),
+      (m.leaseMs ?? 0) / 1000,
+    );
+  }
+  // Raw rather than the builder (this runs for every message); make_interval keeps a lease bound.
+  const row = '(?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?::jsonb, now() + make_interval(secs => ?))';
+  await trx.raw(
+    `insert into ${table}
+       (message_id, destination_kind, destination, routing_key, type, payload, headers, options, available_at)
+     values ${messages.map(() => row).join(', ')}
+     on conflict (message_id) do nothing`,
+    bindings,
+  );
 }
 
 interface OutboxDbRow {
