@@ -25,6 +25,8 @@ export interface DeliveryResult {
  */
 export class Destinations {
   private readonly queues = new Map<string, Queue>();
+  /** Per destination, the last delivery started: the next one waits for it, keeping id order. */
+  private readonly tails = new Map<string, Promise<void>>();
 
   constructor(
     private readonly redis: Redis,
@@ -47,10 +49,27 @@ export class Destinations {
       }
     }
     await Promise.all([
-      ...[...byQueue].map(([queue, list]) => this.addJobs(queue, list, result)),
-      this.publishAll(amqpRows, result),
+      ...[...byQueue].map(([queue, list]) =>
+        this.inTurn(`bullmq:${queue}`, () => this.addJobs(queue, list, result)),
+      ),
+      amqpRows.length ? this.inTurn('amqp', () => this.publishAll(amqpRows, result)) : undefined,
     ]);
     return result;
+  }
+
+  /**
+   * Runs `deliver` after the deliveries to the same destination started before it (by other claim
+   * loops), so batches claimed in id order reach the destination in id order. Registered when
+   * called, not when run: callers call it straight after their claim.
+   */
+  private inTurn(destination: string, deliver: () => Promise<void>): Promise<void> {
+    const run = (this.tails.get(destination) ?? Promise.resolve()).then(deliver);
+    const tail = run.catch(() => undefined);
+    this.tails.set(destination, tail);
+    void tail.then(() => {
+      if (this.tails.get(destination) === tail) this.tails.delete(destination);
+    });
+    return run;
   }
 
   async close(): Promise<void> {

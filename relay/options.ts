@@ -7,7 +7,7 @@ export interface RelayOptions {
   config: Pick<Config, 'databaseUrl' | 'amqpUrl' | 'redisUrl' | 'bullmqPrefix'>;
   /** Outbox rows claimed per transaction. Default 500. */
   batchSize?: number;
-  /** Claim loops run side by side (one may wait on Redis while another claims). Default 2. */
+  /** Claim loops run side by side (one claims or commits while another waits on Redis). Default 4. */
   concurrency?: number;
   /** Polling fallback when no NOTIFY arrives, in ms. Default 1000. */
   pollIntervalMs?: number;
@@ -27,7 +27,7 @@ export function resolveRelayOptions(options: RelayOptions): ResolvedRelayOptions
   if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 10_000) {
     throw new RangeError('batchSize must be a whole number from 1 to 10000');
   }
-  const concurrency = options.concurrency ?? 2;
+  const concurrency = options.concurrency ?? 4;
   if (!Number.isInteger(concurrency) || concurrency < 1)
     throw new RangeError('concurrency must be at least 1');
   return {

@@ -23,6 +23,7 @@ export class Relay {
   private readonly loops: Promise<void>[] = [];
   private readonly abort = new AbortController();
   private outageLogged = false;
+  private claimTail: Promise<unknown> = Promise.resolve();
 
   private constructor(
     readonly options: ResolvedRelayOptions,
@@ -102,19 +103,32 @@ export class Relay {
     return drained;
   }
 
+  /**
+   * The claim loops take turns claiming, so one relay claims its batches in id order; with
+   * Destinations adding each queue's batches in claim order, id order holds within a destination
+   * however many loops run.
+   */
+  private claimInTurn<T>(claim: () => Promise<T>): Promise<T> {
+    const turn = this.claimTail.then(claim);
+    this.claimTail = turn.catch(() => undefined);
+    return turn;
+  }
+
   /** Claims and delivers one batch; returns how many rows it claimed. */
   async drainOnce(): Promise<number> {
     const { batchSize } = this.options;
     await this.redisLoss.checkIfNeeded();
     return this.knex.transaction(async (trx) => {
-      const rows = await claimOutboxBatch(trx, batchSize);
+      const rows = await this.claimInTurn(() => claimOutboxBatch(trx, batchSize));
       if (rows.length === 0) return 0;
-      // Losing this commit in a crash only means delivering the batch again, which the job ids
-      // absorb: no need to wait for the WAL flush.
-      await trx.raw('set local synchronous_commit = off');
+      // Called right after the claim, before any other await: each queue gets its batches in the
+      // order they were claimed (see Destinations).
       const { delivered, failed } = await this.destinations.deliver(rows);
       // The rows are marked already; the mark commits only now, after the delivery.
       crashPoint('relay:after-add-before-mark');
+      // Losing this commit in a crash only means delivering the batch again, which the job ids
+      // absorb: no need to wait for the WAL flush (the setting applies at commit).
+      await trx.raw('set local synchronous_commit = off');
       for (const f of failed) {
         await markOutboxFailed(trx, f.id, f.error, Math.min(60_000, 1000 * 2 ** f.attempts));
       }

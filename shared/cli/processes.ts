@@ -39,7 +39,7 @@ export function registerProcesses(program: Command): void {
     .command('relay')
     .description('run a relay: drain the outbox into BullMQ and RabbitMQ (several may run at once)')
     .option('--batch-size <n>', 'outbox rows per transaction (default 500)', integer(1, 10_000))
-    .option('--concurrency <n>', 'claim loops side by side (default 2)', integer(1, 64))
+    .option('--concurrency <n>', 'claim loops side by side (default 4)', integer(1, 64))
     .option('--poll-interval <ms>', 'polling fallback when no NOTIFY arrives (default 1000)', integer(10))
     .action(async (opts: { batchSize?: number; concurrency?: number; pollInterval?: number }) => {
       await runRelayProcess(config(), {

@@ -54,7 +54,8 @@ describe('relay', () => {
     const [a, b] = [randomName('order-a-'), randomName('order-b-')];
     const rows = Array.from({ length: 300 }, (_, n) => job(n % 3 === 0 ? b : a, n));
     await insertOutboxMessages(env.knex, rows);
-    const relay = await Relay.start({ config: env.config, batchSize: 40, concurrency: 1 });
+    // Several claim loops: they take turns claiming and each queue gets its batches in claim order.
+    const relay = await Relay.start({ config: env.config, batchSize: 40, concurrency: 4 });
     try {
       await waitDrained();
     } finally {
