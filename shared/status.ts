@@ -5,7 +5,6 @@ import type { Knex } from 'knex';
 import type { App } from './app.js';
 import { countDeadLettersByReason } from './dead-letters.js';
 import type { RetryPolicy } from './retry-policy.js';
-import { sagaQueue } from './saga/jobs.js';
 
 export interface OutboxStatus {
   pending: number;

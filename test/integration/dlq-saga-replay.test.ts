@@ -3,8 +3,8 @@ import { exampleMigrations } from '../../examples/app/migrations.js';
 import { Relay } from '../../relay/relay.js';
 import { replayDeadLetter } from '../../shared/dead-letter-replay.js';
 import { Worker } from '../../worker/worker.js';
-import { sagaTestApp, startSagas } from '../support/saga-app.js';
-import { createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { sagaFinished, sagaTestApp, startSagas } from '../support/saga-app.js';
+import { createTestEnv, type TestEnv } from '../support/services.js';
 
 let env: TestEnv;
 let worker: Worker;
@@ -22,12 +22,7 @@ afterAll(async () => {
   await env?.teardown();
 });
 
-function finished(id: string) {
-  return waitFor(async () => {
-    const row = await env.knex('dw_sagas').where({ id }).first();
-    return row && !['running', 'compensating'].includes(row.status) ? row : undefined;
-  }, `saga ${id} to finish`);
-}
+const finished = (id: string) => sagaFinished(env.knex, id);
 
 const noChannel = () => Promise.reject(new Error('a saga replay publishes nothing to RabbitMQ'));
 // As `dw dlq replay` does: the app's saga definitions plan the compensations the replay resumes.

@@ -6,7 +6,16 @@ import { Relay } from '../../relay/relay.js';
 import { sagaQueue, sagaStepType } from '../../shared/saga/jobs.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { calls, hooks, keys, sagaTestApp, startSagas, type TestState } from '../support/saga-app.js';
+import {
+  calls,
+  hooks,
+  keys,
+  sagaFinished,
+  sagaTestApp,
+  signedLedger,
+  startSagas,
+  type TestState,
+} from '../support/saga-app.js';
 import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
 
 let env: TestEnv;
@@ -25,17 +34,9 @@ afterAll(async () => {
   await env?.teardown();
 });
 
-const ledger = async (id: string) =>
-  (await env.knex('trip_ledger').where({ trip_id: id }).orderBy('id')).map(
-    (r: { step: string; action: string }) => `${r.action === 'execute' ? '+' : '-'}${r.step}`,
-  );
+const ledger = (id: string) => signedLedger(env.knex, id);
 
-function finished(id: string) {
-  return waitFor(async () => {
-    const row = await env.knex('dw_sagas').where({ id }).first();
-    return row && !['running', 'compensating'].includes(row.status) ? row : undefined;
-  }, `saga ${id} to finish`);
-}
+const finished = (id: string) => sagaFinished(env.knex, id);
 
 describe('saga execution', () => {
   it('runs the steps in order and merges their results into the state', async () => {

@@ -7,7 +7,7 @@ import { deadlineJobId, sagaQueue } from '../../shared/saga/jobs.js';
 import { retryCompensation } from '../../shared/saga/recovery.js';
 import { sweepOnce } from '../../worker/saga/sweep.js';
 import { Worker } from '../../worker/worker.js';
-import { calls, hooks, sagaTestApp, startSagas } from '../support/saga-app.js';
+import { calls, hooks, sagaFinished, sagaTestApp, signedLedger, startSagas } from '../support/saga-app.js';
 import { count, createTestEnv, deleteRedisKeys, type TestEnv, urls, waitFor } from '../support/services.js';
 
 let env: TestEnv;
@@ -29,17 +29,9 @@ afterAll(async () => {
   await env?.teardown();
 });
 
-const ledger = async (id: string) =>
-  (await env.knex('trip_ledger').where({ trip_id: id }).orderBy('id')).map(
-    (r: { step: string; action: string }) => `${r.action === 'execute' ? '+' : '-'}${r.step}`,
-  );
+const ledger = (id: string) => signedLedger(env.knex, id);
 
-function finished(id: string) {
-  return waitFor(async () => {
-    const row = await env.knex('dw_sagas').where({ id }).first();
-    return row && !['running', 'compensating'].includes(row.status) ? row : undefined;
-  }, `saga ${id} to finish`);
-}
+const finished = (id: string) => sagaFinished(env.knex, id);
 
 const outboxDrained = () =>
   waitFor(

@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import type { Knex } from 'knex';
 import { z } from 'zod';
 import { defineApp, defineHandler } from '../../shared/app.js';
 import { NonRetryableError } from '../../shared/errors.js';
 import { defineSaga, type SagaDefinition, type StepContext } from '../../shared/saga/definition.js';
 import { publishRaw } from './amqp.js';
+import { waitFor } from './services.js';
 
 /**
  * Sagas for the saga integration tests. Each step that commits writes a trip_ledger row
@@ -140,4 +142,19 @@ export async function startSagas(
     })),
   );
   return withIds.map((s) => s.id);
+}
+
+/** A saga's trip_ledger as `+step` (executed) and `-step` (compensated), in commit order. */
+export async function signedLedger(knex: Knex, sagaId: string): Promise<string[]> {
+  return (await knex('trip_ledger').where({ trip_id: sagaId }).orderBy('id')).map(
+    (r: { step: string; action: string }) => `${r.action === 'execute' ? '+' : '-'}${r.step}`,
+  );
+}
+
+/** Waits until the saga is neither running nor compensating; returns its row. */
+export function sagaFinished(knex: Knex, sagaId: string) {
+  return waitFor(async () => {
+    const row = await knex('dw_sagas').where({ id: sagaId }).first();
+    return row && !['running', 'compensating'].includes(row.status) ? row : undefined;
+  }, `saga ${sagaId} to finish`);
 }
