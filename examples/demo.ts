@@ -39,7 +39,8 @@ async function checkServices(config: Config): Promise<void> {
 
 function startProcess(name: string, args: string[]): ChildProcess {
   const child = spawn(process.execPath, [dwBin, ...args], {
-    env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' },
+    // The demo prints what happened itself (failures included, on purpose); LOG_LEVEL=info shows the logs.
+    env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? 'fatal' },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   child.on('exit', (code, signal) => {
