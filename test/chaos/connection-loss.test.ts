@@ -27,12 +27,31 @@ function expectNoLogStorm(processes: Supervisor[], faults: number): void {
     );
 }
 
+/** A worker and a relay of a new run, both answering /healthz. */
+async function startPair(scenario: string, options?: Parameters<typeof Run.create>[1]) {
+  run = await Run.create(scenario, options);
+  const worker = await run.spawn('worker', 'worker');
+  const relay = await run.spawn('relay', 'relay');
+  await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+  return { run, worker, relay };
+}
+
+/**
+ * After the load: everything settled with all counters at zero, both processes recovered by
+ * themselves without a log storm, and both stop cleanly.
+ */
+async function expectCleanRecovery(run: ChaosRun, processes: Supervisor[]): Promise<void> {
+  const counters = await run.settle();
+  await expectRecoveredWithoutRestart(processes);
+  expectNoLogStorm(processes, run.faults.length);
+  const exits = await run.stopAll();
+  assertClean(run, counters, { exits });
+  expect(exits.every((e) => e.code === 0)).toBe(true);
+}
+
 describe('dependencies going away during load', () => {
   test('Postgres sessions terminated (pg_terminate_backend) again and again', async () => {
-    run = await Run.create('pg_terminate_backend during load');
-    const worker = await run.spawn('worker', 'worker');
-    const relay = await run.spawn('relay', 'relay');
-    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const { run, worker, relay } = await startPair('pg_terminate_backend during load');
     const load = run.startLoad(1000);
     for (let i = 0; i < 6; i++) {
       await run.progress(run.random.int(20, 150));
@@ -40,19 +59,11 @@ describe('dependencies going away during load', () => {
       run.fault(`terminated ${n} sessions`);
     }
     await load.done;
-    const counters = await run.settle();
-    await expectRecoveredWithoutRestart([worker, relay]);
-    expectNoLogStorm([worker, relay], run.faults.length);
-    const exits = await run.stopAll();
-    assertClean(run, counters, { exits });
-    expect(exits.every((e) => e.code === 0)).toBe(true);
+    await expectCleanRecovery(run, [worker, relay]);
   });
 
   test('RabbitMQ closes the worker and relay connections during load', async () => {
-    run = await Run.create('AMQP connections closed during load');
-    const worker = await run.spawn('worker', 'worker');
-    const relay = await run.spawn('relay', 'relay');
-    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const { run, worker, relay } = await startPair('AMQP connections closed during load');
     const load = run.startLoad(1000);
     for (let i = 0; i < 3; i++) {
       await run.progress(run.random.int(50, 200));
@@ -63,21 +74,13 @@ describe('dependencies going away during load', () => {
       await worker.waitHealthy();
     }
     await load.done;
-    const counters = await run.settle();
-    await expectRecoveredWithoutRestart([worker, relay]);
-    expectNoLogStorm([worker, relay], run.faults.length);
-    const exits = await run.stopAll();
-    assertClean(run, counters, { exits });
+    await expectCleanRecovery(run, [worker, relay]);
     expect(run.faults.some((f) => !f.startsWith('closed 0'))).toBe(true);
-    expect(exits.every((e) => e.code === 0)).toBe(true);
   });
 
   test('Redis restarts and loses its data: the relay delivers again, nothing lost', async () => {
     redis = await PrivateRedis.start();
-    run = await Run.create('Redis restart losing its data', { redisUrl: redis.url });
-    const worker = await run.spawn('worker', 'worker');
-    const relay = await run.spawn('relay', 'relay');
-    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const { run, worker, relay } = await startPair('Redis restart losing its data', { redisUrl: redis.url });
     const load = run.startLoad(1000);
     for (let i = 0; i < 3; i++) {
       await run.progress(run.random.int(100, 300));
@@ -91,11 +94,6 @@ describe('dependencies going away during load', () => {
       run.fault('redis restarted empty');
     }
     await load.done;
-    const counters = await run.settle();
-    await expectRecoveredWithoutRestart([worker, relay]);
-    expectNoLogStorm([worker, relay], run.faults.length);
-    const exits = await run.stopAll();
-    assertClean(run, counters, { exits });
-    expect(exits.every((e) => e.code === 0)).toBe(true);
+    await expectCleanRecovery(run, [worker, relay]);
   });
 });
