@@ -46,8 +46,15 @@ export interface OutboxRow extends OutboxMessage {
 
 const table = 'dw_outbox';
 
-/** One multi-row insert; a message id already present (deterministic ids) is skipped. */
+/**
+ * Multi-row inserts (one per 1000 messages: Postgres takes at most 65535 bound values per
+ * statement); a message id already present (deterministic ids) is skipped.
+ */
 export async function insertOutboxMessages(trx: Knex | Knex.Transaction, messages: readonly OutboxMessage[]) {
+  for (let i = 0; i < messages.length; i += 1000) await insertOutboxChunk(trx, messages.slice(i, i + 1000));
+}
+
+async function insertOutboxChunk(trx: Knex | Knex.Transaction, messages: readonly OutboxMessage[]) {
   if (messages.length === 0) return;
   const bindings: Knex.Value[] = [];
   for (const m of messages) {

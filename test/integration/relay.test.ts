@@ -70,6 +70,18 @@ describe('relay', () => {
     }
   });
 
+  it('writes more outbox messages in one transaction than one statement can bind', async () => {
+    const queue = randomName('many-');
+    const rows = Array.from({ length: 8000 }, (_, n) => job(queue, n));
+    await env.knex.transaction((trx) => insertOutboxMessages(trx, rows));
+    const written = await env
+      .knex('dw_outbox')
+      .where({ destination: queue })
+      .count<{ c: number }[]>('* as c');
+    expect(Number(written[0]?.c)).toBe(8000);
+    await env.knex('dw_outbox').where({ destination: queue }).delete();
+  });
+
   it('lets two relays share the outbox without adding any job twice', async () => {
     const queue = randomName('shared-');
     const rows = Array.from({ length: 2000 }, (_, n) => job(queue, n));
