@@ -35,6 +35,11 @@ export interface WorkerOptions {
   sagaEagerLeaseMs?: number;
   /** How often housekeeping prunes the inbox and the delivered outbox. Default 60000 ms; 0 turns it off. */
   housekeepingIntervalMs?: number;
+  /**
+   * How long delivered outbox rows are kept. They are what a relay delivers again when Redis lost
+   * its data, so this bounds that recovery. Default 1 hour.
+   */
+  outboxRetentionMs?: number;
   /** How long inbox rows are kept to detect duplicates. Default 7 days. */
   dedupWindowMs?: number;
   /** Postgres pool size. Default concurrency + 2 × sagaConcurrency (BullMQ and eager steps) + 4. */
@@ -64,6 +69,7 @@ export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOpti
     sagaEagerLeaseMs: options.sagaEagerLeaseMs ?? 10_000,
     housekeepingIntervalMs: options.housekeepingIntervalMs ?? 60_000,
     dedupWindowMs: options.dedupWindowMs ?? 7 * 24 * 3600 * 1000,
+    outboxRetentionMs: options.outboxRetentionMs ?? 3600 * 1000,
     poolMax: positive(options.poolMax, concurrency + 2 * sagaConcurrency + 4, 'poolMax'),
     knex: options.knex,
     logger: options.logger ?? silentLogger,

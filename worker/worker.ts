@@ -84,6 +84,7 @@ export class Worker {
       const housekeeping = startHousekeeping(knex, {
         intervalMs: options.housekeepingIntervalMs,
         dedupWindowMs: options.dedupWindowMs,
+        outboxRetentionMs: options.outboxRetentionMs,
         log,
       });
       const worker = new Worker(
