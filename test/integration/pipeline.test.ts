@@ -42,7 +42,11 @@ const app = defineApp({
         causation_id: ctx.envelope.causationId ?? null,
       });
       ctx.send('note_events', 'NoteAdded', { text: msg.text });
-      ctx.onCommit(() => hookEvents.push(`commit:${msg.text}`));
+      ctx.onCommit(async () => {
+        // Read from outside the transaction: a hook that ran before the commit would see no row.
+        const [{ n }] = await env.knex('notes').where({ message_id: ctx.envelope.id }).count({ n: '*' });
+        hookEvents.push(`commit:${msg.text}`, `commit:${msg.text}:visible=${n}`);
+      });
       ctx.onRollback(() => hookEvents.push(`rollback:${msg.text}`));
       if (msg.failAfterWrite) throw new NonRetryableError('failing after the write, on purpose');
     }),
@@ -183,6 +187,8 @@ describe('the transactional pipeline', () => {
       },
     ]);
     await waitFor(() => hookEvents.includes('commit:hooked'), 'the commit hook');
+    // Both handlers' rows were visible to another connection when the hook ran.
+    expect(hookEvents).toContain('commit:hooked:visible=2');
     expect(await notes('hooked')).toBe(1);
     expect(hookEvents).not.toContain('rollback:hooked');
   });
