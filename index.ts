@@ -17,12 +17,13 @@ export {
 export { type Config, loadConfig, redactUrl } from './shared/config.js';
 export { createKnex } from './shared/db/knex.js';
 export { ensureDatabase, type Migration, migrate } from './shared/db/migrate.js';
-export type { Envelope } from './shared/envelope.js';
+export type { Envelope, OutgoingMessage } from './shared/envelope.js';
 export {
   ConcurrencyConflictError,
   ConfigError,
   DefinitionError,
   DurableWorkerError,
+  describeCause,
   InvalidMessageError,
   NonRetryableError,
   ServiceUnavailableError,
@@ -31,7 +32,8 @@ export {
 } from './shared/errors.js';
 export { createLogger, type Logger } from './shared/logger.js';
 export type { Destination } from './shared/outbox.js';
-export { publishMessages } from './shared/publisher.js';
+export { assertExchange, publishMessages } from './shared/publisher.js';
+export { assertRedisReachable } from './shared/redis.js';
 export { decideRetry, type RetryPolicy, type RetryPolicyInput } from './shared/retry-policy.js';
 export {
   defineSaga,

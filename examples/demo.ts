@@ -4,11 +4,16 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import amqp from 'amqplib';
-import { type Config, loadConfig, redactUrl } from '../shared/config.js';
-import { createKnex } from '../shared/db/knex.js';
-import { describeCause } from '../shared/errors.js';
-import { assertExchange, publishMessages } from '../shared/publisher.js';
-import { assertRedisReachable } from '../shared/redis.js';
+import {
+  assertExchange,
+  assertRedisReachable,
+  type Config,
+  createKnex,
+  describeCause,
+  loadConfig,
+  publishMessages,
+  redactUrl,
+} from '../index.js';
 import { bookTripDemo } from './demo/book-trip.js';
 import { type DemoContext, dwBin, runDw } from './demo/context.js';
 import { joinMeetingDemo } from './demo/join-meeting.js';

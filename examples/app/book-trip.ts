@@ -1,6 +1,5 @@
 import { z } from 'zod';
-import { defineHandler } from '../../shared/app.js';
-import { defineSaga, type StepContext } from '../../shared/saga/definition.js';
+import { defineHandler, defineSaga, type StepContext } from '../../index.js';
 
 export const tripSteps = ['debit-customer', 'book-flight', 'book-hotel', 'email-customer'] as const;
 export type TripStep = (typeof tripSteps)[number];

@@ -1,4 +1,4 @@
-import { defineApp } from '../../shared/app.js';
+import { defineApp } from '../../index.js';
 import { bookTripHandlers, bookTripSaga } from './book-trip.js';
 import { joinMeeting } from './join-meeting.js';
 import { exampleMigrations } from './migrations.js';

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { defineHandler } from '../../shared/app.js';
+import { defineHandler } from '../../index.js';
 
 /** Ids may come as strings or numbers from other systems; they are stored as text. */
 const id = z.union([z.string().min(1).max(200), z.number().int()]).transform(String);

@@ -1,4 +1,4 @@
-import type { Migration } from '../../shared/db/migrate.js';
+import type { Migration } from '../../index.js';
 
 /** Tables of the example app; `dw migrate` applies them after durable-worker's own. */
 export const exampleMigrations: Migration[] = [

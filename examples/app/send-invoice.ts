@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { defineHandler } from '../../shared/app.js';
+import { defineHandler } from '../../index.js';
 
 export const SendInvoice = z.object({
   invoiceId: z.union([z.string().min(1).max(200), z.number().int()]).transform(String),

@@ -1,8 +1,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Knex } from 'knex';
-import type { Config } from '../../shared/config.js';
-import type { OutgoingMessage } from '../../shared/envelope.js';
+import type { Config, OutgoingMessage } from '../../index.js';
 
 /** What every demo section gets: the database, the config, and ways to publish and to run `dw`. */
 export interface DemoContext {

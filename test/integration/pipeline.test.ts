@@ -44,8 +44,8 @@ const app = defineApp({
       ctx.send('note_events', 'NoteAdded', { text: msg.text });
       ctx.onCommit(async () => {
         // Read from outside the transaction: a hook that ran before the commit would see no row.
-        const [{ n }] = await env.knex('notes').where({ message_id: ctx.envelope.id }).count({ n: '*' });
-        hookEvents.push(`commit:${msg.text}`, `commit:${msg.text}:visible=${n}`);
+        const [row] = await env.knex('notes').where({ message_id: ctx.envelope.id }).count({ n: '*' });
+        hookEvents.push(`commit:${msg.text}`, `commit:${msg.text}:visible=${row?.n}`);
       });
       ctx.onRollback(() => hookEvents.push(`rollback:${msg.text}`));
       if (msg.failAfterWrite) throw new NonRetryableError('failing after the write, on purpose');
