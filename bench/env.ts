@@ -7,7 +7,7 @@ import { createKnex } from '../shared/db/knex.js';
 import { migrate } from '../shared/db/migrate.js';
 import { benchMigrations } from './app.js';
 
-/** Where the services are; the same defaults as DESIGN.md's environment. */
+/** Where the services are; the same defaults as docs/contracts.md, "Environment". */
 export interface BenchServices {
   /** Postgres server URL without a database. */
   postgres: string;

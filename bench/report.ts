@@ -1,6 +1,6 @@
 import { round } from './stats.js';
 
-/** The `--json` document (issue 6): fields may be added, never renamed. */
+/** The `--json` document (docs/benchmarks.md): fields may be added, never renamed. */
 export interface BenchReport {
   pipeline: { perSec: number; baselinePerSec: number; ratio: number };
   relay: { perSec: number; baselinePerSec: number; ratio: number };

@@ -5,7 +5,7 @@ import { ConfigError } from './errors.js';
 /** The bundled example app; what `dw worker` serves when DW_APP is not set. */
 export const EXAMPLE_APP = fileURLToPath(new URL('../examples/app/index.js', import.meta.url));
 
-/** Process-wide settings read from the environment (see DESIGN.md, "Environment"). */
+/** Process-wide settings read from the environment (docs/contracts.md, "Environment"). */
 export interface Config {
   databaseUrl: string;
   amqpUrl: string;

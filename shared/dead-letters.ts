@@ -31,7 +31,7 @@ export interface NewDeadLetter {
   phase?: 'execute' | 'compensate';
 }
 
-/** A dead letter as the CLI and scripts see it (DESIGN.md, "JSON shapes"). */
+/** A dead letter as the CLI and scripts see it (docs/contracts.md, "JSON shapes"). */
 export interface DeadLetterJson {
   id: number;
   source: 'amqp' | 'saga';

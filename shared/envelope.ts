@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { ConsumeMessage, Options } from 'amqplib';
 
-/** AMQP header names of the envelope (see DESIGN.md, "Message envelope on RabbitMQ"). */
+/** AMQP header names of the envelope (docs/contracts.md, "Message envelope on RabbitMQ"). */
 export const Headers = {
   causationId: 'x-causation-id',
   traceparent: 'traceparent',

@@ -7,7 +7,7 @@ export interface HousekeepingOptions {
   intervalMs: number;
   /** Inbox rows older than this are removed. */
   dedupWindowMs: number;
-  /** Delivered outbox rows older than this are removed. Default 1 hour (kept a while for inspection). */
+  /** Delivered outbox rows older than this are removed. Default 1 hour: what the relay can re-deliver after Redis loses its data. */
   outboxRetentionMs?: number;
   /** Delivery counts untouched for this long are removed. Default 1 day. */
   deliveryCountRetentionMs?: number;
@@ -27,7 +27,7 @@ const HOUSEKEEPING_LOCK = 0x64770001;
 
 /**
  * Prunes old inbox rows, delivered outbox rows and stale delivery counts in small batches, one
- * process at a time: every worker and relay may run it, the advisory lock lets one of them work.
+ * process at a time: every worker runs it, the advisory lock lets one of them work.
  */
 export function startHousekeeping(knex: Knex, options: HousekeepingOptions): { stop(): Promise<void> } {
   if (options.intervalMs <= 0) return { stop: async () => {} };
@@ -54,8 +54,9 @@ export function startHousekeeping(knex: Knex, options: HousekeepingOptions): { s
 }
 
 /**
- * One round; undefined when another process holds the lock. The lock is session-level, so it is
- * taken and released on one pinned connection, while the deletes run as separate short statements.
+ * One round; undefined when another process holds the lock. The lock belongs to a transaction that
+ * stays open for the round, while the deletes run on the pool as separate short statements, so no
+ * delete holds its locks for the whole round.
  */
 export async function runHousekeepingOnce(
   knex: Knex,

@@ -6,7 +6,7 @@ import { type Logger, silentLogger } from '../shared/logger.js';
 /** Everything a worker can be told; each field's default is resolved once by `resolveWorkerOptions`. */
 export interface WorkerOptions {
   app: App;
-  /** Connection URLs, exchange and BullMQ prefix (DESIGN.md, "Environment"). */
+  /** Connection URLs, exchange and BullMQ prefix (docs/contracts.md, "Environment"). */
   config: Pick<Config, 'databaseUrl' | 'amqpUrl' | 'redisUrl' | 'exchange' | 'bullmqPrefix'>;
   /** Messages handled at once. Default 10. */
   concurrency?: number;

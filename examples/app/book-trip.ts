@@ -48,7 +48,7 @@ function execute(result?: (ctx: Ctx) => Partial<TripState>) {
 
 const compensate = (ctx: Ctx) => ledger(ctx, 'compensate');
 
-/** BookTrip (DESIGN.md): debit, flight, hotel, email; each but the email undone on failure. */
+/** BookTrip (docs/contracts.md, "Example app"): debit, flight, hotel, email; each but the email undone on failure. */
 export const bookTripSaga = defineSaga<TripState>('book-trip', { retry: { attempts: 3, backoffMs: 100 } })
   .step('debit-customer', [execute(), compensate])
   .step('book-flight', {

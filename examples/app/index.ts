@@ -4,7 +4,7 @@ import { joinMeeting } from './join-meeting.js';
 import { exampleMigrations } from './migrations.js';
 import { sendInvoiceHandlers } from './send-invoice.js';
 
-/** The example app of DESIGN.md: what `npm run demo` runs and what the default DW_APP serves. */
+/** The example app (docs/contracts.md, "Example app"): what `npm run demo` runs and what the default DW_APP serves. */
 export const app = defineApp({
   name: 'example',
   handlers: [joinMeeting, ...bookTripHandlers, ...sendInvoiceHandlers],

@@ -12,7 +12,7 @@ export class InvoiceServiceDownError extends Error {
 }
 
 /**
- * DESIGN.md: throws while the attempt is at most `failTimes` or while `invoice_outage` has a row;
+ * docs/contracts.md, "Example app": throws while the attempt is at most `failTimes` or while `invoice_outage` has a row;
  * otherwise records the invoice as sent. 2 immediate retries, then after 1 s and 2 s, then the
  * dead letters: 5 attempts in all.
  */

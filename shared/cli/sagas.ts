@@ -10,7 +10,7 @@ class SagaNotFoundError extends DurableWorkerError {
   override readonly retryable = false;
 }
 
-/** `dw sagas list | show` (issue 3). */
+/** `dw sagas list | show` (docs/contracts.md, "CLI"). */
 export function registerSagas(program: Command): void {
   const sagas = program.command('sagas').description('inspect saga instances and their step logs');
 

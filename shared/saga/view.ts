@@ -2,7 +2,7 @@ import type { ErrorInfo } from '../errors.js';
 import type { SagaPhase } from './jobs.js';
 import type { SagaRow, SagaStatus, StepRow, StepStatus } from './store.js';
 
-/** The JSON shape of a saga (DESIGN.md, "JSON shapes"); fields may be added, never renamed. */
+/** The JSON shape of a saga (docs/contracts.md, "JSON shapes"); fields may be added, never renamed. */
 export interface SagaView {
   id: string;
   name: string;

@@ -120,7 +120,7 @@ describe('retries', () => {
     expect(seen.get('permanent')).toEqual([1]);
   });
 
-  it('SendInvoice follows DESIGN.md: 5 attempts through an outage, then handler-failed', async () => {
+  it('SendInvoice follows its contract (docs/contracts.md): 5 attempts through an outage, then handler-failed', async () => {
     await env.knex('invoice_outage').insert({});
     try {
       await publish('invoice-1', 'SendInvoice', { invoiceId: 'inv-1' });

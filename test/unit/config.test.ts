@@ -3,7 +3,7 @@ import { loadConfig, redactUrl } from '../../shared/config.js';
 import { ConfigError } from '../../shared/errors.js';
 
 describe('loadConfig', () => {
-  it('defaults to the local services of DESIGN.md', () => {
+  it('defaults to the local services of docs/contracts.md', () => {
     const config = loadConfig({});
     expect(config).toMatchObject({
       databaseUrl: 'postgres://postgres@127.0.0.1:5432/durable_worker',
