@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// The CLI is compiled TypeScript; `npm ci` builds it through the `prepare` script.
+// The CLI is compiled TypeScript: the published package ships dist/; in a checkout, `npm ci` builds it
+// through the `prepare` script.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 

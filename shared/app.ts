@@ -133,14 +133,21 @@ export function defineApp(input: AppInput): App {
   };
 }
 
-/** Loads the app a module exports (default export, or a named `app`). */
+/**
+ * Loads the app a module exports (default export, or a named `app`). A path (`./app.js`, `/srv/app.js`,
+ * or `dist/app.js` naming an existing file) is taken from the current directory; anything else is a
+ * package name.
+ */
 export async function loadApp(specifier: string): Promise<App> {
   const { pathToFileURL } = await import('node:url');
-  const { resolve } = await import('node:path');
-  const target =
-    specifier.startsWith('.') || specifier.startsWith('/')
-      ? pathToFileURL(resolve(specifier)).href
-      : specifier;
+  const { isAbsolute, resolve } = await import('node:path');
+  const { statSync } = await import('node:fs');
+  // Without the file check, `DW_APP=dist/app.js` would be looked up as a package beside durable-worker.
+  const isPath =
+    specifier.startsWith('.') ||
+    isAbsolute(specifier) ||
+    statSync(resolve(specifier), { throwIfNoEntry: false })?.isFile() === true;
+  const target = isPath ? pathToFileURL(resolve(specifier)).href : specifier;
   let mod: { default?: unknown; app?: unknown };
   try {
     mod = await import(target);

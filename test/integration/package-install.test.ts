@@ -1,0 +1,289 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { builtinModules } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deleteAmqpTopology, deleteRedisKeys, randomName, urls, waitFor } from '../support/services.js';
+
+/*
+ * A new user's first steps: `npm pack`, install the tarball into an empty project, write an app
+ * against the public API, run the `dw` binary of that project. The install is offline: the project
+ * gets a lockfile pinned to this repository's own locked versions, so npm takes every tarball from
+ * its cache (filled by `npm ci`) and needs no registry metadata.
+ */
+
+const run = promisify(execFile);
+const root = fileURLToPath(new URL('../..', import.meta.url));
+
+interface PackResult {
+  filename: string;
+  size: number;
+  entryCount: number;
+  files: Array<{ path: string }>;
+}
+
+interface LockEntry {
+  name?: string;
+  version?: string;
+  dev?: boolean;
+  link?: boolean;
+  [key: string]: unknown;
+}
+
+const id = randomName('');
+const database = `dw_test_pack_${id}`;
+const exchange = `test.${id}`;
+const prefix = `test-${id}`;
+let dir: string;
+let project: string;
+let pack: PackResult;
+const children: ChildProcess[] = [];
+
+const APP = `import { z } from 'zod';
+import { defineApp, defineHandler } from 'durable-worker';
+
+export default defineApp({
+  name: 'app',
+  handlers: [
+    defineHandler('NoteTaken', z.object({ text: z.string() }), async (msg, ctx) => {
+      const jobId = ctx.send('notes_out', 'NoteStored', { text: msg.text });
+      await ctx.trx('notes').insert({ message_id: ctx.envelope.id, text: msg.text, job_id: jobId });
+    }),
+  ],
+  migrations: [
+    {
+      name: 'user_notes',
+      async up(knex) {
+        await knex.schema.createTable('notes', (t) => {
+          t.text('message_id').primary();
+          t.text('text').notNullable();
+          t.text('job_id').notNullable();
+        });
+      },
+    },
+  ],
+});
+`;
+
+/** The user's project lockfile: the tarball, zod, and this repository's locked runtime packages. */
+async function projectLock(tarball: string): Promise<{
+  name: string;
+  version: string;
+  lockfileVersion: number;
+  requires: boolean;
+  packages: { '': { dependencies: Record<string, string> } } & Record<string, unknown>;
+}> {
+  const ours = JSON.parse(await readFile(join(root, 'package-lock.json'), 'utf8')) as {
+    packages: Record<string, LockEntry>;
+  };
+  const manifest = JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as {
+    version: string;
+    license: string;
+    dependencies: Record<string, string>;
+    bin: Record<string, string>;
+    engines: Record<string, string>;
+  };
+  const integrity = `sha512-${createHash('sha512')
+    .update(await readFile(join(dir, tarball)))
+    .digest('base64')}`;
+  // The user's app imports zod itself; the project pins the version locked here (so it is cached).
+  const zod = String(ours.packages['node_modules/zod']?.version);
+  const top = {
+    name: 'user-project',
+    version: '1.0.0',
+    dependencies: { 'durable-worker': `file:../${tarball}`, zod },
+  };
+  const packages: { '': typeof top } & Record<string, unknown> = {
+    '': top,
+    'node_modules/durable-worker': {
+      version: manifest.version,
+      resolved: `file:../${tarball}`,
+      integrity,
+      license: manifest.license,
+      dependencies: manifest.dependencies,
+      bin: manifest.bin,
+      engines: manifest.engines,
+    },
+  };
+  // Packages only the devDependencies need stay out: a runtime import of one fails the test. A
+  // tarball URL (this repository's lock omits them) lets npm take the tarball from its cache by
+  // integrity without asking the registry for the package's metadata.
+  const registry = (await run('npm', ['config', 'get', 'registry'])).stdout.trim().replace(/\/$/, '');
+  for (const [path, entry] of Object.entries(ours.packages)) {
+    if (path === '' || entry.dev || entry.link) continue;
+    const name = entry.name ?? path.slice(path.lastIndexOf('node_modules/') + 'node_modules/'.length);
+    const resolved = `${registry}/${name}/-/${name.split('/').pop()}-${entry.version}.tgz`;
+    packages[path] = { resolved, ...entry };
+  }
+  return { name: 'user-project', version: '1.0.0', lockfileVersion: 3, requires: true, packages };
+}
+
+function dwEnv(): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    DATABASE_URL: `${urls.postgres}/${database}`,
+    AMQP_URL: urls.amqp,
+    REDIS_URL: urls.redis,
+    DW_EXCHANGE: exchange,
+    BULLMQ_PREFIX: prefix,
+    LOG_LEVEL: 'warn',
+  };
+}
+
+/** Runs the project's own `node_modules/.bin/dw` from the project directory. */
+function dw(args: string[], extra: NodeJS.ProcessEnv = {}) {
+  return run(join(project, 'node_modules', '.bin', 'dw'), args, {
+    cwd: project,
+    env: { ...dwEnv(), ...extra },
+  });
+}
+
+function startDw(args: string[]): { child: ChildProcess; exited: Promise<number | null> } {
+  const child = spawn(join(project, 'node_modules', '.bin', 'dw'), args, {
+    cwd: project,
+    env: dwEnv(),
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  children.push(child);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, exited };
+}
+
+async function filesUnder(path: string): Promise<string[]> {
+  const entries = await readdir(path, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'dw-pack-'));
+  // vitest's globalSetup has just built dist/; prepack would delete it under the other test files.
+  const { stdout } = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], {
+    cwd: root,
+  });
+  [pack] = JSON.parse(stdout) as [PackResult];
+  project = join(dir, 'project');
+  await mkdir(project);
+  const lock = await projectLock(pack.filename);
+  await writeFile(
+    join(project, 'package.json'),
+    JSON.stringify({
+      name: 'user-project',
+      version: '1.0.0',
+      private: true,
+      type: 'module',
+      dependencies: lock.packages[''].dependencies,
+    }),
+  );
+  await writeFile(join(project, 'package-lock.json'), JSON.stringify(lock));
+  await run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], { cwd: project });
+  await writeFile(join(project, 'app.js'), APP);
+}, 90_000);
+
+afterAll(async () => {
+  for (const child of children)
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  const client = new pg.Client({ connectionString: `${urls.postgres}/postgres` });
+  await client.connect();
+  try {
+    await client.query(`drop database if exists ${client.escapeIdentifier(database)} with (force)`);
+  } finally {
+    await client.end();
+  }
+  await deleteAmqpTopology(exchange);
+  await deleteRedisKeys(`${prefix}:*`);
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe('the packed package', () => {
+  it('holds the build, the bin and the README, and no tests, bench or TypeScript sources', () => {
+    const paths = pack.files.map((f) => f.path);
+    expect(paths).toEqual(
+      expect.arrayContaining(['dist/index.js', 'dist/index.d.ts', 'bin/dw.js', 'README.md', 'package.json']),
+    );
+    expect(paths.filter((p) => /^(test|bench|dist\/bench|dist\/test)\//.test(p))).toEqual([]);
+    expect(paths.filter((p) => p.endsWith('.ts') && !p.endsWith('.d.ts'))).toEqual([]);
+    expect(paths.filter((p) => p.endsWith('.map'))).toEqual([]);
+  });
+
+  it('imports only its declared dependencies and node builtins at run time', async () => {
+    const installed = join(project, 'node_modules', 'durable-worker');
+    const manifest = JSON.parse(await readFile(join(installed, 'package.json'), 'utf8')) as {
+      dependencies: Record<string, string>;
+    };
+    const allowed = new Set([...Object.keys(manifest.dependencies), ...builtinModules]);
+    const undeclared = new Set<string>();
+    const seen = new Set<string>();
+    for (const file of await filesUnder(join(installed, 'dist'))) {
+      if (!file.endsWith('.js')) continue;
+      const source = await readFile(file, 'utf8');
+      const specifiers = [
+        ...source.matchAll(/^\s*(?:import|export)\b[^'";]*?\bfrom\s*'([^']+)'/gm),
+        ...source.matchAll(/^\s*import\s*'([^']+)'/gm),
+        ...source.matchAll(/\bimport\(\s*'([^']+)'\s*\)/g),
+      ].map((m) => m[1] as string);
+      for (const specifier of specifiers) {
+        if (specifier.startsWith('.') || specifier.startsWith('node:')) continue;
+        const parts = specifier.split('/');
+        const name = specifier.startsWith('@') ? parts.slice(0, 2).join('/') : parts[0];
+        seen.add(name as string);
+        if (!allowed.has(name as string)) undeclared.add(specifier);
+      }
+    }
+    expect(seen).toContain('knex'); // the scan reads the compiled imports at all
+    expect([...undeclared]).toEqual([]);
+  });
+
+  it("runs migrate, worker and relay from the project's node_modules/.bin until a message is handled", async () => {
+    // DW_APP without ./ names a file of the project: it is found from the cwd, not as a package.
+    const migrated = await dw(['migrate'], { DW_APP: 'app.js' });
+    expect(migrated.stdout).toContain(`declared exchange ${exchange} and queue ${exchange}.app`);
+
+    const worker = startDw(['worker', '--app', './app.js']);
+    const relay = startDw(['relay']);
+    const published = await dw(['publish', 'NoteTaken', '--data', '{"text":"hello"}', '--json']);
+    const [message] = (JSON.parse(published.stdout) as { published: Array<{ id: string }> }).published;
+
+    const db = new pg.Client({ connectionString: `${urls.postgres}/${database}` });
+    const redis = new Redis(urls.redis, { lazyConnect: true });
+    try {
+      await db.connect();
+      await redis.connect();
+      const note = await waitFor(
+        async () =>
+          (
+            await db.query<{ text: string; job_id: string }>(
+              'select text, job_id from notes where message_id = $1',
+              [message!.id],
+            )
+          ).rows[0],
+        'the handler to write the note',
+        { timeoutMs: 30_000 },
+      );
+      expect(note.text).toBe('hello');
+      // The relay added the handler's outbox row as a BullMQ job whose id is the outbox message id.
+      const job = await waitFor(
+        async () => {
+          const fields = await redis.hgetall(`${prefix}:notes_out:${note.job_id}`);
+          return fields.name ? fields : undefined;
+        },
+        'the relay to add the BullMQ job',
+        { timeoutMs: 30_000 },
+      );
+      expect(job.name).toBe('NoteStored');
+    } finally {
+      await db.end();
+      redis.disconnect();
+    }
+
+    worker.child.kill('SIGTERM');
+    relay.child.kill('SIGTERM');
+    expect(await worker.exited).toBe(0);
+    expect(await relay.exited).toBe(0);
+  }, 90_000);
+});
