@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import type { ErrorInfo } from './errors.js';
+import { storableJson, storableText } from './storable.js';
 
 export const deadLetterReasons = [
   'invalid-json',
@@ -76,22 +77,30 @@ export interface DeadLetterRow {
  * died between storing and acking, updates the entry instead of adding a second one.
  */
 export async function storeDeadLetter(knex: Knex | Knex.Transaction, entry: NewDeadLetter): Promise<number> {
+  // Everything but `body` comes from untrusted input and must not make the entry unstorable.
+  const payload = entry.payload === undefined ? null : (storableJson(entry.payload) ?? null);
+  const properties = {
+    ...entry.properties,
+    ...(entry.payload !== undefined && payload === null
+      ? { payloadOmitted: 'the payload is nested too deeply to be stored as jsonb; body holds it' }
+      : {}),
+  };
   const [row] = await knex('dw_dead_letters')
     .insert({
       source: entry.source,
       queue: entry.queue,
-      message_id: entry.messageId,
-      type: entry.type,
+      message_id: storableText(entry.messageId),
+      type: entry.type === null ? null : storableText(entry.type),
       reason: entry.reason,
-      error: jsonb(entry.error),
+      error: storableJson(entry.error) ?? storableJson({ message: String(entry.error.message) }),
       attempts: entry.attempts,
       first_failed_at: entry.firstFailedAt ?? knex.fn.now(),
-      payload: entry.payload === undefined ? null : jsonb(entry.payload),
+      payload,
       body: entry.body ?? null,
-      headers: jsonb(entry.headers ?? {}),
-      properties: jsonb(entry.properties ?? {}),
-      saga_id: entry.sagaId ?? null,
-      step: entry.step ?? null,
+      headers: storableJson(entry.headers ?? {}) ?? '{}',
+      properties: storableJson(properties) ?? '{}',
+      saga_id: entry.sagaId === undefined ? null : storableText(entry.sagaId),
+      step: entry.step === undefined ? null : storableText(entry.step),
       phase: entry.phase ?? null,
     })
     .onConflict(['queue', 'message_id'])
@@ -111,18 +120,12 @@ export async function storeDeadLetter(knex: Knex | Knex.Transaction, entry: NewD
   return (row as { id: number }).id;
 }
 
-/**
- * JSON text Postgres accepts as jsonb: it refuses the NUL character (\u0000), which a valid JSON
- * body may well contain. Replacing it keeps a poison message storable; the exact bytes stay in `body`.
- */
-function jsonb(value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) =>
-    typeof v === 'string' && v.includes('\0') ? v.replaceAll('\0', '\uFFFD') : v,
-  );
-}
-
+/** Looks the id up as storeDeadLetter stored it. */
 export async function deadLetterExists(knex: Knex, queue: string, messageId: string): Promise<boolean> {
-  return (await knex('dw_dead_letters').where({ queue, message_id: messageId }).first('id')) !== undefined;
+  const row = await knex('dw_dead_letters')
+    .where({ queue, message_id: storableText(messageId) })
+    .first('id');
+  return row !== undefined;
 }
 
 export interface DeadLetterFilter {

@@ -99,6 +99,42 @@ export class WorkerDiedError extends DurableWorkerError {
   }
 }
 
+/**
+ * A message whose redeliveries kept dying mid-handling (the process was killed, ran out of memory,
+ * crashed natively) is set aside instead of killing workers forever. Only deliveries that started
+ * handling count; the first delivery is not counted (it costs no write).
+ */
+export class PoisonMessageError extends DurableWorkerError {
+  override readonly code = 'DW_POISON_MESSAGE';
+  override readonly retryable = false;
+  constructor(
+    readonly died: number,
+    readonly limit: number,
+  ) {
+    super(
+      `poison message: ${died} redeliveries started handling and never finished (the worker process died each time; limit ${limit}, WorkerOptions.maxDeliveries). Find what kills the worker in its handler (memory, a native crash, process.exit), then replay it with dw dlq replay`,
+    );
+  }
+}
+
+/**
+ * Processing a message failed outside the handler's retry machinery (storing it failed, a bug)
+ * on `failures` deliveries in a row: it is set aside rather than redelivered forever.
+ */
+export class RepeatedFailureError extends DurableWorkerError {
+  override readonly code = 'DW_REPEATED_FAILURE';
+  override readonly retryable = false;
+  constructor(
+    readonly failures: number,
+    cause: unknown,
+  ) {
+    super(
+      `processing failed unexpectedly on ${failures} deliveries in a row (limit WorkerOptions.maxDeliveries): ${describeCause(cause)}. Look at the worker's error log for the stack, fix the cause, then replay it with dw dlq replay`,
+      { cause },
+    );
+  }
+}
+
 /** A CLI argument or option is wrong; the CLI prints the message alone and exits 1. */
 export class UsageError extends DurableWorkerError {
   override readonly code = 'DW_USAGE';

@@ -22,8 +22,11 @@ export async function inboxHas(knex: Knex, consumer: string, messageId: string):
   return row !== undefined;
 }
 
-/** Counts one more started delivery of a message; returns the count including this one. */
-export async function bumpDeliveryCount(knex: Knex, consumer: string, messageId: string): Promise<number> {
+/**
+ * Records that a redelivery of a message started handling; returns how many recorded deliveries
+ * started and have not finished, this one included (the others died, or run concurrently).
+ */
+export async function startDelivery(knex: Knex, consumer: string, messageId: string): Promise<number> {
   // Upsert with a returning count: one round trip, safe under concurrent redeliveries.
   const { rows } = await knex.raw<{ rows: [{ count: number }] }>(
     `insert into dw_delivery_counts (consumer, message_id, count) values (?, ?, 1)
@@ -33,4 +36,22 @@ export async function bumpDeliveryCount(knex: Knex, consumer: string, messageId:
     [consumer, messageId],
   );
   return rows[0].count;
+}
+
+/** A recorded delivery finished without settling the message (requeued): it did not die. */
+export async function finishDelivery(knex: Knex, consumer: string, messageId: string): Promise<void> {
+  // Never below zero: a concurrent settle may have removed the row.
+  await knex.raw(
+    `update dw_delivery_counts set count = count - 1, updated_at = now()
+      where consumer = ? and message_id = ? and count > 0`,
+    [consumer, messageId],
+  );
+}
+
+/** The message is settled (acked): forget its deliveries. */
+export async function forgetDeliveries(knex: Knex, consumer: string, messageId: string): Promise<void> {
+  await knex.raw('delete from dw_delivery_counts where consumer = ? and message_id = ?', [
+    consumer,
+    messageId,
+  ]);
 }

@@ -2,11 +2,24 @@ import type { Knex } from 'knex';
 import type { z } from 'zod';
 import type { App } from '../shared/app.js';
 import { crashPoint } from '../shared/crash-points.js';
-import { classifyFailure } from '../shared/db/failures.js';
+import { classifyFailure, refusedByDatabase } from '../shared/db/failures.js';
 import { type DeadLetterReason, deadLetterExists, storeDeadLetter } from '../shared/dead-letters.js';
 import { type Envelope, Headers, type IncomingMessage } from '../shared/envelope.js';
-import { type ErrorInfo, InvalidMessageError, toErrorInfo } from '../shared/errors.js';
-import { bumpDeliveryCount, insertInboxRow } from '../shared/inbox.js';
+import {
+  describeCause,
+  type ErrorInfo,
+  InvalidMessageError,
+  PoisonMessageError,
+  RepeatedFailureError,
+  toErrorInfo,
+} from '../shared/errors.js';
+import {
+  finishDelivery,
+  forgetDeliveries,
+  inboxHas,
+  insertInboxRow,
+  startDelivery,
+} from '../shared/inbox.js';
 import type { Logger } from '../shared/logger.js';
 import { handlerSeconds, messagesTotal } from '../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
@@ -60,18 +73,81 @@ function withoutBrokerDeathHeaders(headers: Record<string, unknown>): Record<str
 export class MessageProcessor {
   /** Set while the database is unreachable, so the outage is logged once for all messages. */
   private databaseOutage = false;
+  /** Unexpected failures per message id, in a row: bounded, so a failure outside the handler cannot loop. */
+  private readonly unexpectedFailures = new Map<string, number>();
 
   constructor(private readonly deps: ProcessorDeps) {}
 
   async process(incoming: IncomingMessage): Promise<Outcome> {
     const started = process.hrtime.bigint();
-    const outcome = await this.processInner(incoming);
+    // Set once a redelivery was recorded as started (see checkRedelivery): settled or requeued,
+    // it finished and must not count as a delivery that died.
+    const delivery = { recorded: false };
+    let outcome: Outcome;
+    try {
+      outcome = await this.processInner(incoming, delivery);
+      this.unexpectedFailures.delete(incoming.id);
+    } catch (error) {
+      outcome = await this.afterUnexpectedFailure(incoming, error);
+    }
+    if (delivery.recorded) await this.finishRecordedDelivery(incoming.id, outcome);
     messagesTotal.inc({ outcome });
     if (outcome === 'handled') handlerSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     return outcome;
   }
 
-  private async processInner(incoming: IncomingMessage): Promise<Outcome> {
+  /**
+   * A failure outside the handler's retry machinery (a bug, a record Postgres would not store):
+   * requeued after a pause, and dead-lettered with what happened once it repeats `maxDeliveries`
+   * times, instead of holding a prefetch slot forever. Never lost: if even that store fails, requeue.
+   */
+  private async afterUnexpectedFailure(incoming: IncomingMessage, error: unknown): Promise<Outcome> {
+    const { log, maxDeliveries, signal } = this.deps;
+    const failures = (this.unexpectedFailures.get(incoming.id) ?? 0) + 1;
+    this.unexpectedFailures.delete(incoming.id);
+    const context = { err: error, messageId: incoming.id, type: incoming.type, failures };
+    if (failures >= maxDeliveries && !signal.aborted) {
+      try {
+        await storeDeadLetter(this.deps.knex, {
+          source: 'amqp',
+          queue: this.deps.queue,
+          messageId: incoming.id,
+          type: incoming.type ?? null,
+          reason: 'handler-failed',
+          error: toErrorInfo(new RepeatedFailureError(failures, error)),
+          attempts: incoming.attempt,
+          body: incoming.body,
+          headers: withoutBrokerDeathHeaders(incoming.headers),
+          properties: { correlationId: incoming.correlationId, timestamp: incoming.timestamp.toISOString() },
+        });
+        log.error(context, 'processing failed unexpectedly again and again: dead-lettered');
+        return 'dead-lettered';
+      } catch (storeError) {
+        log.error({ ...context, storeError: describeCause(storeError) }, 'could not dead-letter either');
+      }
+    }
+    // Keep the map small: the oldest entry goes first (a Map iterates in insertion order).
+    if (this.unexpectedFailures.size >= 10_000) {
+      this.unexpectedFailures.delete(this.unexpectedFailures.keys().next().value as string);
+    }
+    this.unexpectedFailures.set(incoming.id, failures);
+    log.error(context, 'unexpected failure while processing; the message will be redelivered');
+    await sleep(1000, signal);
+    return 'requeue';
+  }
+
+  private async finishRecordedDelivery(messageId: string, outcome: Outcome): Promise<void> {
+    const { knex, queue, log } = this.deps;
+    try {
+      if (outcome === 'requeue') await finishDelivery(knex, queue, messageId);
+      else await forgetDeliveries(knex, queue, messageId);
+    } catch (error) {
+      // Rare (the database went away just now): the delivery then counts as one that died.
+      log.warn({ err: error, messageId }, 'could not record the end of a redelivery');
+    }
+  }
+
+  private async processInner(incoming: IncomingMessage, delivery: { recorded: boolean }): Promise<Outcome> {
     const log = this.deps.log.child({ messageId: incoming.id, type: incoming.type });
     const validated = this.validate(incoming);
     if (validated instanceof DeadLetter) {
@@ -82,8 +158,12 @@ export class MessageProcessor {
       return this.deadLetter(incoming, validated, log);
     }
     if (incoming.redelivered) {
-      const verdict = await this.withOutageRetry(() => this.checkRedelivery(incoming), log);
+      const verdict = await this.withOutageRetry(() => this.checkRedelivery(incoming, delivery), log);
       if (verdict === 'requeue' || verdict === 'dead-lettered') return verdict;
+      if (verdict === 'duplicate') {
+        log.debug('redelivered message: already processed, no effect');
+        return 'duplicate';
+      }
       if (verdict instanceof DeadLetter) {
         log.error({ reason: verdict.reason, error: verdict.error.message }, 'poison message: dead-lettered');
         return this.deadLetter(
@@ -117,6 +197,24 @@ export class MessageProcessor {
         return result;
       }
       const error = result.error;
+      if (refusedByDatabase(error)) {
+        // The same bytes fail the same way every time: retrying cannot help.
+        log.warn({ err: error }, 'PostgreSQL refused the payload: dead-lettered');
+        return this.deadLetter(
+          incoming,
+          new DeadLetter(
+            'invalid-payload',
+            toErrorInfo(
+              new InvalidMessageError(
+                'invalid-payload',
+                `PostgreSQL refused what handling this message wrote (${describeCause(error)}); its body is kept byte for byte in the dead letter. Reject such input in the schema (e.g. NUL or lone surrogates in strings, deep nesting)`,
+              ),
+            ),
+            validated.payload,
+          ),
+          log,
+        );
+      }
       firstFailedAt ??= new Date().toISOString();
       const decision = decideRetry(policy, envelope.attempt, error);
       if (decision.kind === 'immediate') {
@@ -182,6 +280,18 @@ export class MessageProcessor {
         ),
       );
     }
+    if (incoming.id.includes('\0')) {
+      // The id is the inbox key, a text column: PostgreSQL cannot store NUL in text.
+      return new DeadLetter(
+        'invalid-payload',
+        toErrorInfo(
+          new InvalidMessageError(
+            'invalid-payload',
+            'the messageId contains a NUL character, which PostgreSQL cannot store as the inbox key; publish it with another messageId',
+          ),
+        ),
+      );
+    }
     let payload: unknown;
     try {
       payload = JSON.parse(incoming.body.toString('utf8'));
@@ -231,23 +341,28 @@ export class MessageProcessor {
   }
 
   /**
-   * A redelivered message either was in flight when a worker died, or kills the worker each time.
-   * Count such deliveries; past `maxDeliveries` it is poison. An entry already in the dead letters
-   * means the process died between storing it and acking: just ack.
+   * A redelivered message was in flight when a worker died or lost its connection, was requeued,
+   * or kills the worker each time. Already committed (the inbox holds it) or dead-lettered (the
+   * process died between storing and acking): just ack. Otherwise record that this delivery
+   * started; the recorded deliveries that never finished are the ones that died, and past
+   * `maxDeliveries` the message is poison. The first delivery is never recorded (no write on the
+   * hot path), so a prefetched bystander that never started is not taken for a death.
    */
-  private async checkRedelivery(incoming: IncomingMessage): Promise<DeadLetter | 'dead-lettered' | 'ok'> {
+  private async checkRedelivery(
+    incoming: IncomingMessage,
+    delivery: { recorded: boolean },
+  ): Promise<DeadLetter | 'duplicate' | 'dead-lettered' | 'ok'> {
     const { knex, queue, maxDeliveries } = this.deps;
+    if (await inboxHas(knex, queue, incoming.id)) return 'duplicate';
     if (!incoming.headers[Headers.replayedFrom] && (await deadLetterExists(knex, queue, incoming.id))) {
       return 'dead-lettered';
     }
-    // Only redeliveries are counted (the first delivery costs no write); the n-th redelivery means
-    // n deliveries started and never finished.
-    const count = await bumpDeliveryCount(knex, queue, incoming.id);
-    if (count >= maxDeliveries) {
-      return new DeadLetter('handler-failed', {
-        message: `poison message: ${count} deliveries started without finishing (the worker died or lost its connection each time; limit ${maxDeliveries}, WorkerOptions.maxDeliveries)`,
-        name: 'PoisonMessageError',
-      });
+    const unfinished = await startDelivery(knex, queue, incoming.id);
+    delivery.recorded = true;
+    // This one is among them; the others died (or, rarely, still run after a connection loss).
+    const died = unfinished - 1;
+    if (died >= maxDeliveries) {
+      return new DeadLetter('handler-failed', toErrorInfo(new PoisonMessageError(died, maxDeliveries)));
     }
     return 'ok';
   }

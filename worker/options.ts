@@ -16,7 +16,12 @@ export interface WorkerOptions {
   queue?: string;
   /** Largest message body accepted; larger ones are dead-lettered. Default 1 MiB. */
   maxMessageBytes?: number;
-  /** Deliveries that may start without finishing (the process died) before a message counts as poison. Default 5. */
+  /**
+   * Redeliveries that may start handling and die (the process was killed) before a message counts
+   * as poison; the first delivery is not counted (it costs no write). Also bounds how many times in
+   * a row one message may fail unexpectedly outside its handler before it is dead-lettered.
+   * @defaultValue 5
+   */
   maxDeliveries?: number;
   /** On shutdown, how long started messages and steps may take to finish. Default 30000 ms. */
   shutdownGraceMs?: number;

@@ -37,6 +37,20 @@ export async function classifyFailure(knex: Knex, error: unknown): Promise<Failu
   return 'application';
 }
 
+/**
+ * True when PostgreSQL refused the data itself (SQLSTATE class 22 data exception, e.g. NUL or a
+ * lone surrogate in jsonb, class 54 program limit, e.g. nesting too deep) or the value was too
+ * deeply nested to serialise at all: the same input fails the same way every time, so retrying
+ * cannot help and the message is an `invalid-payload` dead letter.
+ */
+export function refusedByDatabase(error: unknown, depth = 0): boolean {
+  if (!error || depth > 4) return false;
+  const code = codeOf(error);
+  if (code && /^(22|54)[0-9A-Z]{3}$/.test(code)) return true;
+  if (error instanceof RangeError && /call stack/i.test(error.message)) return true;
+  return refusedByDatabase((error as { cause?: unknown }).cause, depth + 1);
+}
+
 function codeOf(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === 'string' ? code : undefined;

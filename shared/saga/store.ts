@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import type { ErrorInfo } from '../errors.js';
+import { storableJson } from '../storable.js';
 import type { SagaPhase } from './jobs.js';
 
 /** Plain database operations on dw_sagas and dw_saga_steps, one statement each. */
@@ -161,7 +162,8 @@ export async function transitionSaga(
     .where({ id: sagaId, status: from })
     .update({
       status: to,
-      ...(lastError ? { last_error: JSON.stringify(lastError) } : {}),
+      // The error text comes from user code (any characters): it must not make the transition fail.
+      ...(lastError ? { last_error: storableJson(lastError) ?? null } : {}),
       version: trx.raw('version + 1'),
       updated_at: trx.fn.now(),
     })
@@ -226,7 +228,8 @@ export async function recordStepFailure(
       status,
       step.attempts,
       step.final,
-      JSON.stringify(step.error),
+      // The error text comes from user code: an unstorable character must not lose the failure.
+      storableJson(step.error) ?? null,
     ],
   );
   return rows.length > 0;

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { refusedByDatabase } from '../../shared/db/failures.js';
 import { storeDeadLetter } from '../../shared/dead-letters.js';
 import { type ErrorInfo, isRetryable, toErrorInfo } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
@@ -37,7 +38,8 @@ export async function afterFailedAttempt(
 ): Promise<'retry-scheduled' | 'recorded' | 'failed' | 'duplicate'> {
   const { knex, log } = deps;
   const error = toErrorInfo(cause);
-  const final = !isRetryable(cause) || attempt >= step.retry.attempts;
+  // A value PostgreSQL refused (NUL, lone surrogate, too deep) is refused again on every attempt.
+  const final = !isRetryable(cause) || refusedByDatabase(cause) || attempt >= step.retry.attempts;
   const record = {
     sagaId: job.sagaId,
     step: step.name,
