@@ -1,4 +1,4 @@
-import { Worker as BullWorker, Queue } from 'bullmq';
+import { Worker as BullWorker, DelayedError, Queue } from 'bullmq';
 import type { Knex } from 'knex';
 import type { OutboxJobData } from '../relay/destinations.js';
 import type { App } from '../shared/app.js';
@@ -41,6 +41,9 @@ export interface SagaRunner {
  */
 const workerSettings = { lockDuration: 10_000, stalledInterval: 5_000, maxStalledCount: 1000 };
 
+/** A saga job's data, with how often it was put back because it came before its due time. */
+type PostponedJobData = OutboxJobData & { postponed?: number };
+
 /** Runs the app's saga steps from BullMQ; undefined when the app defines no sagas. */
 export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner | undefined> {
   if (deps.app.sagas.size === 0) return undefined;
@@ -67,11 +70,21 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   queue.on('error', () => {});
   const worker = new BullWorker<OutboxJobData>(
     sagaQueue,
-    async (job) => {
+    async (job, token) => {
       const data = job.data.payload as SagaJob;
       if (data.kind === 'deadline') return runner.runDeadline(data);
-      // Started before: a stalled job handed out again (BullMQ counts both on the job, for free).
-      return runner.runStep(data, { restarted: job.attemptsStarted > 1 || job.stalledCounter > 0 });
+      // Started before: a stalled job handed out again (BullMQ counts both on the job, for free;
+      // its start count also counts the starts that only put the job back until it was due).
+      const postponed = (job.data as PostponedJobData).postponed ?? 0;
+      const starts = Math.max(job.attemptsStarted - postponed, job.stalledCounter + 1);
+      const outcome = await runner.runStep(data, { restarted: starts > 1, starts });
+      if (outcome === 'early' && data.notBefore !== undefined && token) {
+        // A retry's copy handed out before its backoff ran out: back to BullMQ until it is due.
+        await job.updateData({ ...job.data, postponed: postponed + 1 } as PostponedJobData);
+        await job.moveToDelayed(data.notBefore, token);
+        throw new DelayedError();
+      }
+      return outcome;
     },
     { connection, prefix: deps.bullmqPrefix, concurrency: deps.concurrency, ...workerSettings },
   );

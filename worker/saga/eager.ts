@@ -70,8 +70,10 @@ export class EagerSteps {
       return;
     }
     try {
-      await this.runStep(message.payload as SagaStepJob);
-      this.release(message.messageId);
+      const outcome = await this.runStep(message.payload as SagaStepJob);
+      // Not due yet (cannot happen for an undelayed message; the relay would add its delay).
+      if (outcome === 'early') await endLeases(this.knex, [message.messageId]);
+      else this.release(message.messageId);
     } catch (error) {
       // The relay takes over at once instead of after the lease.
       this.options.log.warn({ err: error, messageId: message.messageId }, 'eager saga step failed to run');
