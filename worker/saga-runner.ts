@@ -5,7 +5,7 @@ import type { App } from '../shared/app.js';
 import type { Logger } from '../shared/logger.js';
 import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
 import { type SagaJob, sagaQueue } from '../shared/saga/jobs.js';
-import { sleep } from '../shared/time.js';
+import { settledWithin } from '../shared/time.js';
 import { EagerSteps } from './saga/eager.js';
 import { SagaStepRunner } from './saga/step-runner.js';
 import { sweepOnce } from './saga/sweep.js';
@@ -128,22 +128,29 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     eager,
     stop(graceMs) {
       stopped ??= (async () => {
+        // Every wait below ends by the grace time, plus forceMs for what is forced after it: with
+        // Redis down or not answering, BullMQ's close, the sweep and the queue's close never end.
+        const hardDeadline = Date.now() + graceMs + forceMs;
+        const left = () => Math.max(0, hardDeadline - Date.now());
         if (timer) clearInterval(timer);
         const closing = worker.close();
-        const [drained] = await Promise.all([
-          Promise.race([closing.then(() => true), sleep(graceMs).then(() => false)]),
-          eager?.stop(graceMs),
-        ]);
+        const [drained] = await Promise.all([settledWithin(closing, graceMs), eager?.stop(graceMs)]);
         if (!drained) {
           // Jobs still running stay in BullMQ's active list; the stalled check hands them out again.
           abort.abort();
-          await worker.close(true);
+          await settledWithin(worker.close(true), left());
         }
-        await sweeping;
-        await queue.close();
+        const settled =
+          (await settledWithin(sweeping, left())) && (await settledWithin(queue.close(), left()));
         connection.disconnect();
+        // A Redis that stopped answering (hung, blackholed) never acknowledges the close: drop the
+        // socket, so that commands still waiting (a sweep's) fail now and release what they hold.
+        if (!settled) connection.stream?.destroy();
       })();
       return stopped;
     },
   };
 }
+
+/** What a stop may wait past its grace time to end what it forces (BullMQ's close, the sweep's). */
+const forceMs = 1000;

@@ -3,7 +3,7 @@ import pLimit from 'p-limit';
 import type { Logger } from '../../shared/logger.js';
 import { endLeases, markLeasedDelivered, type OutboxMessage } from '../../shared/outbox.js';
 import { type SagaStepJob, sagaStepType } from '../../shared/saga/jobs.js';
-import { sleep } from '../../shared/time.js';
+import { settledWithin } from '../../shared/time.js';
 
 export interface EagerStepsOptions {
   /** How long a leased step is held back from the relay. */
@@ -60,8 +60,9 @@ export class EagerSteps {
   /** Lets started steps finish (up to `graceMs`); steps not started go to the relay at once. */
   async stop(graceMs: number): Promise<void> {
     this.stopping = true;
-    await Promise.race([Promise.all([...this.running]), sleep(graceMs)]);
-    await this.flush();
+    await settledWithin(Promise.all([...this.running]), graceMs);
+    // Bounded too: a database that stopped answering must not hold the stop (a lost mark costs a repeat).
+    await settledWithin(this.flush(), 1000);
   }
 
   private async runOne(message: OutboxMessage): Promise<void> {
