@@ -48,14 +48,25 @@ const table = 'dw_outbox';
 
 /**
  * Multi-row inserts (one per 1000 messages: Postgres takes at most 65535 bound values per
- * statement); a message id already present (deterministic ids) is skipped.
+ * statement); a message id already present (deterministic ids) is skipped. Returns the ids
+ * inserted: a skipped row keeps its own lease and delivery, so its writer must not run it.
  */
-export async function insertOutboxMessages(trx: Knex | Knex.Transaction, messages: readonly OutboxMessage[]) {
-  for (let i = 0; i < messages.length; i += 1000) await insertOutboxChunk(trx, messages.slice(i, i + 1000));
+export async function insertOutboxMessages(
+  trx: Knex | Knex.Transaction,
+  messages: readonly OutboxMessage[],
+): Promise<Set<string>> {
+  const inserted = new Set<string>();
+  for (let i = 0; i < messages.length; i += 1000) {
+    for (const id of await insertOutboxChunk(trx, messages.slice(i, i + 1000))) inserted.add(id);
+  }
+  return inserted;
 }
 
-async function insertOutboxChunk(trx: Knex | Knex.Transaction, messages: readonly OutboxMessage[]) {
-  if (messages.length === 0) return;
+async function insertOutboxChunk(
+  trx: Knex | Knex.Transaction,
+  messages: readonly OutboxMessage[],
+): Promise<string[]> {
+  if (messages.length === 0) return [];
   const bindings: Knex.Value[] = [];
   for (const m of messages) {
     bindings.push(
@@ -72,13 +83,15 @@ async function insertOutboxChunk(trx: Knex | Knex.Transaction, messages: readonl
   }
   // Raw rather than the builder (this runs for every message); make_interval keeps a lease bound.
   const row = '(?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?::jsonb, now() + make_interval(secs => ?))';
-  await trx.raw(
+  const { rows } = await trx.raw<{ rows: Array<{ message_id: string }> }>(
     `insert into ${table}
        (message_id, destination_kind, destination, routing_key, type, payload, headers, options, available_at)
      values ${messages.map(() => row).join(', ')}
-     on conflict (message_id) do nothing`,
+     on conflict (message_id) do nothing
+     returning message_id`,
     bindings,
   );
+  return rows.map((r) => r.message_id);
 }
 
 interface OutboxDbRow {

@@ -1,11 +1,11 @@
-import { Worker as BullWorker, Queue } from 'bullmq';
+import { Worker as BullWorker, DelayedError, Queue } from 'bullmq';
 import type { Knex } from 'knex';
 import type { OutboxJobData } from '../relay/destinations.js';
 import type { App } from '../shared/app.js';
 import type { Logger } from '../shared/logger.js';
 import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
 import { type SagaJob, sagaQueue } from '../shared/saga/jobs.js';
-import { sleep } from '../shared/time.js';
+import { settledWithin } from '../shared/time.js';
 import { EagerSteps } from './saga/eager.js';
 import { SagaStepRunner } from './saga/step-runner.js';
 import { sweepOnce } from './saga/sweep.js';
@@ -41,6 +41,9 @@ export interface SagaRunner {
  */
 const workerSettings = { lockDuration: 10_000, stalledInterval: 5_000, maxStalledCount: 1000 };
 
+/** A saga job's data, with how often it was put back because it came before its due time. */
+type PostponedJobData = OutboxJobData & { postponed?: number };
+
 /** Runs the app's saga steps from BullMQ; undefined when the app defines no sagas. */
 export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner | undefined> {
   if (deps.app.sagas.size === 0) return undefined;
@@ -67,11 +70,21 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   queue.on('error', () => {});
   const worker = new BullWorker<OutboxJobData>(
     sagaQueue,
-    async (job) => {
+    async (job, token) => {
       const data = job.data.payload as SagaJob;
       if (data.kind === 'deadline') return runner.runDeadline(data);
-      // Started before: a stalled job handed out again (BullMQ counts both on the job, for free).
-      return runner.runStep(data, { restarted: job.attemptsStarted > 1 || job.stalledCounter > 0 });
+      // Started before: a stalled job handed out again (BullMQ counts both on the job, for free;
+      // its start count also counts the starts that only put the job back until it was due).
+      const postponed = (job.data as PostponedJobData).postponed ?? 0;
+      const starts = Math.max(job.attemptsStarted - postponed, job.stalledCounter + 1);
+      const outcome = await runner.runStep(data, { restarted: starts > 1, starts });
+      if (outcome === 'early' && data.notBefore !== undefined && token) {
+        // A retry's copy handed out before its backoff ran out: back to BullMQ until it is due.
+        await job.updateData({ ...job.data, postponed: postponed + 1 } as PostponedJobData);
+        await job.moveToDelayed(data.notBefore, token);
+        throw new DelayedError();
+      }
+      return outcome;
     },
     { connection, prefix: deps.bullmqPrefix, concurrency: deps.concurrency, ...workerSettings },
   );
@@ -115,22 +128,29 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     eager,
     stop(graceMs) {
       stopped ??= (async () => {
+        // Every wait below ends by the grace time, plus forceMs for what is forced after it: with
+        // Redis down or not answering, BullMQ's close, the sweep and the queue's close never end.
+        const hardDeadline = Date.now() + graceMs + forceMs;
+        const left = () => Math.max(0, hardDeadline - Date.now());
         if (timer) clearInterval(timer);
         const closing = worker.close();
-        const [drained] = await Promise.all([
-          Promise.race([closing.then(() => true), sleep(graceMs).then(() => false)]),
-          eager?.stop(graceMs),
-        ]);
+        const [drained] = await Promise.all([settledWithin(closing, graceMs), eager?.stop(graceMs)]);
         if (!drained) {
           // Jobs still running stay in BullMQ's active list; the stalled check hands them out again.
           abort.abort();
-          await worker.close(true);
+          await settledWithin(worker.close(true), left());
         }
-        await sweeping;
-        await queue.close();
+        const settled =
+          (await settledWithin(sweeping, left())) && (await settledWithin(queue.close(), left()));
         connection.disconnect();
+        // A Redis that stopped answering (hung, blackholed) never acknowledges the close: drop the
+        // socket, so that commands still waiting (a sweep's) fail now and release what they hold.
+        if (!settled) connection.stream?.destroy();
       })();
       return stopped;
     },
   };
 }
+
+/** What a stop may wait past its grace time to end what it forces (BullMQ's close, the sweep's). */
+const forceMs = 1000;

@@ -3,6 +3,7 @@ import { ResilientAmqpConnection } from '../shared/amqp.js';
 import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
 import { startHousekeeping } from '../shared/housekeeping.js';
+import { settledWithin } from '../shared/time.js';
 import { appTopology } from '../shared/topology.js';
 import { Consumer } from './consumer.js';
 import { MessageProcessor } from './message-processor.js';
@@ -124,14 +125,21 @@ export class Worker {
       const started = Date.now();
       // Messages first: a handler finishing now may still start a saga, whose first steps the
       // saga runner then hands to the relay rather than running them while it stops.
-      const [drained] = await Promise.all([this.consumer.stop(graceMs), this.housekeeping.stop()]);
+      const [drained] = await Promise.all([
+        this.consumer.stop(graceMs),
+        settledWithin(this.housekeeping.stop(), graceMs),
+      ]);
       await this.sagaRunner?.stop(Math.max(0, graceMs - (Date.now() - started)));
       this.abort.abort();
-      await this.amqp.close();
-      if (this.ownsKnex) await this.knex.destroy();
+      // Bounded as well: a broker or database that stopped answering must not hold the exit.
+      await settledWithin(this.amqp.close(), closeMs);
+      if (this.ownsKnex) await settledWithin(this.knex.destroy(), closeMs);
       log.info({ drained, ms: Date.now() - started }, 'worker stopped');
       return drained;
     })();
     return this.stopped;
   }
 }
+
+/** What a stop waits past its grace time for each connection to close. */
+const closeMs = 1000;

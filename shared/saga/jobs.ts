@@ -9,13 +9,24 @@ export const sagaQueue = 'dw-sagas';
 
 export type SagaPhase = 'execute' | 'compensate';
 
-/** Runs one attempt of a step (execute) or of its compensation. */
+/**
+ * Runs one attempt of a step (execute) or of its compensation. `generation`, `attempt` and
+ * `notBefore` say which attempt the job was written for, so that a stale copy (delivered twice,
+ * relayed after it ran eagerly, of a generation the sweep replaced, a retry early) is recognised
+ * and ignored; jobs written before they existed lack them and are run as before.
+ */
 export interface SagaStepJob {
   kind: 'step';
   sagaId: string;
   saga: string;
   phase: SagaPhase;
   step: string;
+  /** The saga's generation when the job was written. */
+  generation?: number;
+  /** The attempt the job runs (1 for the first). */
+  attempt?: number;
+  /** A retry's due time (epoch ms): a copy handed out earlier waits until then. */
+  notBefore?: number;
 }
 
 /** Fires at a saga's deadline: compensates it unless it finished meanwhile. */
@@ -80,6 +91,9 @@ export function stepMessage(input: StepMessageInput): OutboxMessage {
     saga: input.saga,
     phase: input.phase,
     step: input.step,
+    generation: input.generation,
+    attempt: input.attempt ?? 1,
+    ...(input.delayMs ? { notBefore: Date.now() + Math.round(input.delayMs) } : {}),
   };
   return {
     messageId: stepJobId(input.sagaId, input.phase, input.step, input.generation, input.attempt),

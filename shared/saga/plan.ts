@@ -6,6 +6,8 @@ export interface StepRecord {
   step: string;
   phase: SagaPhase;
   status: 'running' | 'completed' | 'failed';
+  /** Attempts recorded so far (a retried step's next job runs attempts + 1). */
+  attempts?: number;
 }
 
 /** What planning needs of a saga definition: its stages, and which steps can be compensated. */
@@ -44,6 +46,15 @@ export function planCompensation(saga: PlannableSaga, records: readonly StepReco
     if (pending.length > 0) return { kind: 'stage', phase: 'compensate', stage, pending };
   }
   return { kind: 'done' };
+}
+
+/**
+ * The attempt a new job of `step` runs: one past those recorded. A job written with a lower one
+ * would be ignored as stale, so the sweep and replays must write this one.
+ */
+export function nextAttempt(records: readonly StepRecord[], phase: SagaPhase, step: string): number {
+  const record = records.find((r) => r.phase === phase && r.step === step);
+  return (record?.attempts ?? 0) + 1;
 }
 
 /** Delay before attempt `attempt + 1`: exponential from backoffMs, capped, spread by ± jitter. */

@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { insertOutboxMessages } from '../outbox.js';
 import { stepMessage } from './jobs.js';
-import { type PlannableSaga, planCompensation } from './plan.js';
+import { nextAttempt, type PlannableSaga, planCompensation } from './plan.js';
 import { listStepRows, reopenFailedSaga, resetFailedCompensations, transitionSaga } from './store.js';
 
 /**
@@ -26,8 +26,9 @@ export async function retryCompensation(
     if (!saga) return 'not-failed';
     const reset = await resetFailedCompensations(trx, target.sagaId);
     let steps = [target.step, ...reset];
+    const records = await listStepRows(trx, saga.id);
     if (definition) {
-      const plan = planCompensation(definition, await listStepRows(trx, saga.id));
+      const plan = planCompensation(definition, records);
       if (plan.kind === 'done') {
         await transitionSaga(trx, saga.id, 'compensating', 'compensated');
         return 'resumed';
@@ -43,6 +44,8 @@ export async function retryCompensation(
           phase: 'compensate',
           step,
           generation: saga.generation,
+          // A sibling still retrying keeps its count: a new job of an attempt already made is ignored.
+          attempt: nextAttempt(records, 'compensate', step),
           correlationId: saga.correlation_id,
         }),
       ),

@@ -82,6 +82,18 @@ export interface SagaForStep {
   backend_pid: number;
 }
 
+/**
+ * Serialises the copies of one step (or compensation) job until the transaction ends: a second
+ * copy (delivered twice, held by the eager runner and by BullMQ) waits here, then reads the record
+ * the first one left and sees it is stale instead of running the step's code beside it.
+ */
+export async function lockStep(trx: Knex.Transaction, sagaId: string, step: string, phase: SagaPhase) {
+  // A 64-bit hash of the step's identity as the advisory lock key.
+  await trx.raw('select pg_advisory_xact_lock(hashtextextended(?, 0))', [
+    `dw-saga/${sagaId}/${phase}/${step}`,
+  ]);
+}
+
 /** The saga with the record of one of its steps (absent: never ran), in one round trip. */
 export async function readSagaForStep(
   trx: Db,

@@ -3,7 +3,7 @@ import pLimit from 'p-limit';
 import type { Logger } from '../../shared/logger.js';
 import { endLeases, markLeasedDelivered, type OutboxMessage } from '../../shared/outbox.js';
 import { type SagaStepJob, sagaStepType } from '../../shared/saga/jobs.js';
-import { sleep } from '../../shared/time.js';
+import { settledWithin } from '../../shared/time.js';
 
 export interface EagerStepsOptions {
   /** How long a leased step is held back from the relay. */
@@ -60,8 +60,9 @@ export class EagerSteps {
   /** Lets started steps finish (up to `graceMs`); steps not started go to the relay at once. */
   async stop(graceMs: number): Promise<void> {
     this.stopping = true;
-    await Promise.race([Promise.all([...this.running]), sleep(graceMs)]);
-    await this.flush();
+    await settledWithin(Promise.all([...this.running]), graceMs);
+    // Bounded too: a database that stopped answering must not hold the stop (a lost mark costs a repeat).
+    await settledWithin(this.flush(), 1000);
   }
 
   private async runOne(message: OutboxMessage): Promise<void> {
@@ -70,8 +71,10 @@ export class EagerSteps {
       return;
     }
     try {
-      await this.runStep(message.payload as SagaStepJob);
-      this.release(message.messageId);
+      const outcome = await this.runStep(message.payload as SagaStepJob);
+      // Not due yet (cannot happen for an undelayed message; the relay would add its delay).
+      if (outcome === 'early') await endLeases(this.knex, [message.messageId]);
+      else this.release(message.messageId);
     } catch (error) {
       // The relay takes over at once instead of after the lease.
       this.options.log.warn({ err: error, messageId: message.messageId }, 'eager saga step failed to run');

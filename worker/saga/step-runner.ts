@@ -12,9 +12,11 @@ import { planCompensation, planExecution } from '../../shared/saga/plan.js';
 import {
   advanceSagaVersion,
   listStepRows,
+  lockStep,
   mergeSagaState,
   readSagaForStep,
   recordStepCompleted,
+  type SagaForStep,
   transitionSaga,
 } from '../../shared/saga/store.js';
 import { sleep } from '../../shared/time.js';
@@ -48,6 +50,8 @@ export interface StepDelivery {
    * it). The attempt it was running is counted as failed before the step runs again.
    */
   restarted?: boolean;
+  /** How many times BullMQ started the job, this time included (each restart ran one attempt more). */
+  starts?: number;
 }
 
 export type StepOutcome =
@@ -55,6 +59,8 @@ export type StepOutcome =
   | 'retry-scheduled'
   | 'failed'
   | 'duplicate'
+  | 'stale'
+  | 'early'
   | 'not-applicable'
   | 'unknown-saga';
 
@@ -92,10 +98,13 @@ export class SagaStepRunner {
       return 'unknown-saga';
     }
     if (delivery.restarted) {
-      const gaveUp = await this.withTransactionRetry(() => this.recordDiedAttempt(saga, step, job));
-      if (gaveUp) {
-        sagaStepsTotal.inc({ phase: job.phase, outcome: 'failed' });
-        return 'failed';
+      const died = await this.withTransactionRetry(() =>
+        this.deps.knex.transaction((trx) => this.recordDiedAttempt(trx, saga, step, job, delivery)),
+      );
+      if (died !== 'recorded') {
+        if (died === 'stale') this.logStale(job, 'its attempt was recorded meanwhile');
+        sagaStepsTotal.inc({ phase: job.phase, outcome: died });
+        return died;
       }
     }
     let written: OutboxMessage[] = [];
@@ -103,7 +112,7 @@ export class SagaStepRunner {
       const progress: AttemptProgress = { attempt: 0, written: [] };
       try {
         const result = await this.deps.knex.transaction((trx) =>
-          this.attempt(trx, saga, step, job, progress),
+          this.attempt(trx, saga, step, job, progress, delivery),
         );
         written = progress.written;
         return result;
@@ -146,19 +155,49 @@ export class SagaStepRunner {
   /**
    * A restarted job: the attempt it was running never recorded its end (the process died, or hung
    * past the lock), so it is recorded now as failed, in its own transaction, or a step that kills
-   * the worker would be run forever. True when that was the last attempt (the step failed for good).
+   * the worker would be run forever. 'recorded' when the job goes on with the next attempt;
+   * 'failed' when that was the last one; 'stale' when the attempt the previous start ran was
+   * recorded by someone (it failed and scheduled its retry, then died before BullMQ heard of it).
    */
-  private async recordDiedAttempt(saga: AnySaga, step: AnyStep, job: SagaStepJob): Promise<boolean> {
-    const row = await readSagaForStep(this.deps.knex, job.sagaId, step.name, job.phase);
-    if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) return false;
-    if (row.step_status === 'completed' || row.step_status === 'failed') return false;
-    const attempt = (row.step_attempts ?? 0) + 1;
+  private async recordDiedAttempt(
+    trx: Knex.Transaction,
+    saga: AnySaga,
+    step: AnyStep,
+    job: SagaStepJob,
+    delivery: StepDelivery,
+  ): Promise<'recorded' | 'failed' | 'stale'> {
+    await lockStep(trx, job.sagaId, step.name, job.phase);
+    const row = await readSagaForStep(trx, job.sagaId, step.name, job.phase);
+    // Nothing to record: the attempt below reads the row again and tells what the job is.
+    if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) return 'recorded';
+    if (row.step_status === 'completed' || row.step_status === 'failed') return 'recorded';
+    if (staleGeneration(job, row)) return 'stale';
+    const recorded = row.step_attempts ?? 0;
+    if (job.attempt !== undefined) {
+      // Each earlier start of this job ran one attempt, from job.attempt on.
+      const previous = job.attempt + Math.max(2, delivery.starts ?? 2) - 2;
+      if (recorded >= previous) return 'stale';
+    }
+    const attempt = recorded + 1;
     const error = new WorkerDiedError(step.name, job.phase, attempt);
     this.deps.log.warn({ sagaId: job.sagaId, step: step.name, phase: job.phase, attempt }, error.message);
-    const outcome = await afterFailedAttempt(this.deps, saga, step, job, error, attempt, {
-      scheduleRetry: false,
-    });
-    return outcome === 'failed';
+    // Under the step's lock: afterFailedAttempt's transactions are savepoints of this one.
+    const outcome = await afterFailedAttempt(
+      { knex: trx, log: this.deps.log },
+      saga,
+      step,
+      job,
+      error,
+      attempt,
+      {
+        scheduleRetry: false,
+      },
+    );
+    return outcome === 'failed' ? 'failed' : 'recorded';
+  }
+
+  private logStale(job: SagaStepJob, why: string) {
+    this.deps.log.debug({ job }, `stale saga job copy ignored: ${why}`);
   }
 
   async runDeadline(job: SagaDeadlineJob): Promise<'compensating' | 'not-applicable' | 'unknown-saga'> {
@@ -183,14 +222,28 @@ export class SagaStepRunner {
     step: AnyStep,
     job: SagaStepJob,
     progress: AttemptProgress,
+    delivery: StepDelivery,
   ): Promise<StepOutcome> {
+    // Copies of this job wait for each other here; the record read next is then settled.
+    await lockStep(trx, job.sagaId, step.name, job.phase);
     const row = await readSagaForStep(trx, job.sagaId, step.name, job.phase);
     if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) {
       return 'not-applicable';
     }
     // A duplicated or redelivered job: the record says this already happened (or gave up).
     if (row.step_status === 'completed' || row.step_status === 'failed') return 'duplicate';
+    if (staleGeneration(job, row)) {
+      this.logStale(job, `the saga moved on to generation ${row.generation}`);
+      return 'stale';
+    }
     const attempt = (row.step_attempts ?? 0) + 1;
+    // A restarted job runs the attempt after the one it recorded as died; others exactly theirs.
+    if (job.attempt !== undefined && !delivery.restarted && attempt > job.attempt) {
+      this.logStale(job, `attempt ${job.attempt} was made already`);
+      return 'stale';
+    }
+    // A retry handed out before its backoff ran out (a copy without the delay): it waits.
+    if (job.notBefore !== undefined && job.notBefore > Date.now()) return 'early';
     const outbox: OutboxMessage[] = [];
     const abort = new AbortController();
     const ctx = stepContext({
@@ -264,19 +317,25 @@ export class SagaStepRunner {
         // A parallel group: the saga row is locked by the update above, so this new statement
         // sees every sibling that committed before; the sibling that commits last sees them all
         // and is the one that moves on.
-        const plan = planExecution(saga, await listStepRows(trx, row.id));
+        const records = await listStepRows(trx, row.id);
+        const plan = planExecution(saga, records);
         if (plan.kind === 'done') await transitionSaga(trx, row.id, 'running', 'completed');
-        else if (plan.stage !== step.stage) outbox.push(...stageMessages(saga_, plan));
+        else if (plan.stage !== step.stage)
+          outbox.push(...stageMessages(saga_, plan, row.generation, records));
       }
     } else if (job.phase === 'compensate') {
-      const plan = planCompensation(saga, await listStepRows(trx, row.id));
+      const records = await listStepRows(trx, row.id);
+      const plan = planCompensation(saga, records);
       if (plan.kind === 'done') await transitionSaga(trx, row.id, 'compensating', 'compensated');
-      // Same stage: siblings still pending. Their jobs normally exist (same ids, ignored); after a
-      // reopened compensation they may not, so writing them keeps the group moving.
-      else outbox.push(...stageMessages(saga_, plan));
+      // Same stage: siblings still pending. Their jobs normally exist (same ids: not written, not
+      // run here); after a reopened compensation they may not, so writing them keeps the group moving.
+      else outbox.push(...stageMessages(saga_, plan, row.generation, records));
     }
-    progress.written = this.deps.eager ? this.deps.eager.lease(outbox) : outbox;
-    await insertOutboxMessages(trx, progress.written);
+    const written = this.deps.eager ? this.deps.eager.lease(outbox) : outbox;
+    const inserted = await insertOutboxMessages(trx, written);
+    // A row that existed already (a sibling compensation queued before) has its own lease or job:
+    // running it here too would run it twice.
+    progress.written = written.filter((m) => inserted.has(m.messageId));
     if (job.phase === 'compensate') crashPoint('saga:during-compensation');
     return 'completed';
   }
@@ -318,4 +377,9 @@ export class SagaStepRunner {
       }
     }
   }
+}
+
+/** The sweep or a replay re-enqueued the saga's work under a later generation: this copy is old. */
+function staleGeneration(job: SagaStepJob, row: Pick<SagaForStep, 'generation'>): boolean {
+  return job.generation !== undefined && job.generation < row.generation;
 }

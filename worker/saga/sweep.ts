@@ -94,7 +94,7 @@ async function resume(deps: SweepDeps, definition: SagaDefinition<object>, saga:
   return knex.transaction(async (trx) => {
     const generation = await bumpGeneration(trx, saga);
     if (generation === null) return false;
-    await insertOutboxMessages(trx, stageMessages(saga, plan, generation));
+    await insertOutboxMessages(trx, stageMessages(saga, plan, generation, records));
     return true;
   });
 }

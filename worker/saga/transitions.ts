@@ -3,14 +3,18 @@ import type { ErrorInfo } from '../../shared/errors.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
 import type { SagaDefinition } from '../../shared/saga/definition.js';
 import { stepMessage } from '../../shared/saga/jobs.js';
-import { type Plan, planCompensation } from '../../shared/saga/plan.js';
+import { nextAttempt, type Plan, planCompensation, type StepRecord } from '../../shared/saga/plan.js';
 import { listStepRows, type SagaRow, transitionSaga } from '../../shared/saga/store.js';
 
-/** Outbox messages that run the pending steps of a planned stage (attempt 1 of `generation`). */
+/**
+ * Outbox messages that run the pending steps of a planned stage under `generation`, each as the
+ * attempt after those `records` hold (attempt 1 without records).
+ */
 export function stageMessages(
   saga: Pick<SagaRow, 'id' | 'name' | 'generation' | 'correlation_id'>,
   plan: Extract<Plan, { kind: 'stage' }>,
   generation = saga.generation,
+  records: readonly StepRecord[] = [],
 ): OutboxMessage[] {
   return plan.pending.map((step) =>
     stepMessage({
@@ -19,6 +23,7 @@ export function stageMessages(
       phase: plan.phase,
       step,
       generation,
+      attempt: nextAttempt(records, plan.phase, step),
       correlationId: saga.correlation_id,
     }),
   );
@@ -37,8 +42,9 @@ export async function beginCompensation(
 ): Promise<boolean> {
   const saga = await transitionSaga(trx, sagaId, 'running', 'compensating', reason);
   if (!saga) return false;
-  const plan = planCompensation(definition, await listStepRows(trx, sagaId));
+  const records = await listStepRows(trx, sagaId);
+  const plan = planCompensation(definition, records);
   if (plan.kind === 'done') await transitionSaga(trx, sagaId, 'compensating', 'compensated');
-  else await insertOutboxMessages(trx, stageMessages(saga, plan));
+  else await insertOutboxMessages(trx, stageMessages(saga, plan, saga.generation, records));
   return true;
 }

@@ -115,6 +115,15 @@ export class PrivateRedis {
     await exited;
   }
 
+  /** Freezes the server (SIGSTOP): connections stay open, nothing answers; `resume` thaws it. */
+  pause(): void {
+    this.process?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.process?.kill('SIGCONT');
+  }
+
   /** Kill, then start empty on the same port. `downWhile` runs while it is down. */
   async restart(downWhile?: () => Promise<void>): Promise<void> {
     await this.kill();
