@@ -17,18 +17,36 @@ export {
 export { type Config, loadConfig, redactUrl } from './shared/config.js';
 export { createKnex } from './shared/db/knex.js';
 export { ensureDatabase, type Migration, migrate } from './shared/db/migrate.js';
+export {
+  relayDefaults,
+  retryPolicyDefaults,
+  retryQueueName,
+  sagaQueueName,
+  stepRetryDefaults,
+  workerDefaults,
+  workQueueName,
+} from './shared/defaults.js';
 export type { Envelope, OutgoingMessage } from './shared/envelope.js';
 export {
   ConcurrencyConflictError,
   ConfigError,
+  ConnectionClosingError,
   DefinitionError,
   DurableWorkerError,
   describeCause,
   InvalidMessageError,
+  InvalidOptionError,
   NonRetryableError,
+  NotMigratedError,
+  PoisonMessageError,
+  PublishNotConfirmedError,
+  RepeatedFailureError,
+  SagaDeadlineError,
+  SagaNotFoundError,
   ServiceUnavailableError,
   StepTimeoutError,
   UsageError,
+  WorkerDiedError,
 } from './shared/errors.js';
 export { createLogger, type Logger } from './shared/logger.js';
 export type { Destination } from './shared/outbox.js';

@@ -5,6 +5,7 @@ import type { Knex } from 'knex';
 import pg from 'pg';
 import { createKnex } from '../shared/db/knex.js';
 import { migrate } from '../shared/db/migrate.js';
+import { retryQueueName, workQueueName } from '../shared/defaults.js';
 import { benchMigrations } from './app.js';
 
 /** Where the services are; the same defaults as docs/contracts.md, "Environment". */
@@ -113,9 +114,9 @@ async function deleteTopology(amqpUrl: string, exchange: string): Promise<void> 
   try {
     const channel = await connection.createChannel();
     channel.on('error', () => {});
-    const queue = `${exchange}.bench`;
+    const queue = workQueueName(exchange, 'bench');
     for (const tier of [1, 10, 50, 100, 200, 1000, 2000, 4000, 10000, 60000]) {
-      await channel.deleteQueue(`${queue}.retry.${tier}ms`).catch(() => {});
+      await channel.deleteQueue(retryQueueName(queue, tier)).catch(() => {});
     }
     await channel.deleteQueue(queue).catch(() => {});
     await channel.deleteExchange(exchange).catch(() => {});

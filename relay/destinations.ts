@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
+import { relayDefaults } from '../shared/defaults.js';
 import { publishOptions } from '../shared/envelope.js';
 import type { OutboxRow } from '../shared/outbox.js';
 
@@ -100,7 +101,7 @@ export class Destinations {
         ...row.options,
         jobId: jobIdFor(row.messageId),
         removeOnComplete: this.keepCompleted,
-        removeOnFail: { age: 7 * 24 * 3600 },
+        removeOnFail: { age: relayDefaults.keepFailedAgeSeconds },
       },
     };
   }

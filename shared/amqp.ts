@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import amqp, { type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
 import { redactUrl } from './config.js';
-import { ServiceUnavailableError } from './errors.js';
+import { ConnectionClosingError, PublishNotConfirmedError, ServiceUnavailableError } from './errors.js';
 import { type Logger, silentLogger } from './logger.js';
 import { sleep } from './time.js';
 
@@ -56,7 +56,8 @@ export class ResilientAmqpConnection extends EventEmitter {
   /** A confirm channel for publishing; waits for the connection to come back if it is down. */
   async confirmChannel(): Promise<ConfirmChannel> {
     for (;;) {
-      if (this.closing) throw new Error('AMQP connection is closing');
+      if (this.closing)
+        throw new ConnectionClosingError('the AMQP connection is closing (the process is stopping)');
       if (this.publishChannel) return this.publishChannel;
       if (this.connection) {
         const channel = await this.connection.createConfirmChannel();
@@ -148,7 +149,10 @@ export function publishConfirmed(
     };
     const onClose = () => {
       cleanup();
-      reject(brokerError ?? new Error('AMQP channel closed before the broker confirmed the publish'));
+      reject(
+        brokerError ??
+          new PublishNotConfirmedError('the AMQP channel closed before the broker confirmed the publish'),
+      );
     };
     const cleanup = () => {
       channel.removeListener('close', onClose);
@@ -167,7 +171,9 @@ export function publishConfirmed(
             cleanup();
             reject(
               brokerError ??
-                (error instanceof Error ? error : new Error('the broker refused (nacked) the publish')),
+                (error instanceof Error
+                  ? error
+                  : new PublishNotConfirmedError('the broker refused (nacked) the publish')),
             );
           });
         } else {

@@ -2,7 +2,7 @@ import type { ConfirmChannel, Options } from 'amqplib';
 import type { Knex } from 'knex';
 import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from './dead-letters.js';
 import { Headers } from './envelope.js';
-import { DurableWorkerError } from './errors.js';
+import { DurableWorkerError, PublishNotConfirmedError } from './errors.js';
 import { inboxHas } from './inbox.js';
 import type { SagaStepJob } from './saga/jobs.js';
 import type { PlannableSaga } from './saga/plan.js';
@@ -88,7 +88,9 @@ async function publishToQueue(
     await new Promise<void>((resolve, reject) => {
       channel.publish('', queue, body, options, (error) =>
         error
-          ? reject(error instanceof Error ? error : new Error('the broker refused the publish'))
+          ? reject(
+              error instanceof Error ? error : new PublishNotConfirmedError('the broker refused the publish'),
+            )
           : resolve(),
       );
     });

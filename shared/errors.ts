@@ -135,10 +135,71 @@ export class RepeatedFailureError extends DurableWorkerError {
   }
 }
 
+/** A saga did not complete within its `deadlineMs`: it is compensated; recorded as its last error. */
+export class SagaDeadlineError extends DurableWorkerError {
+  override readonly code = 'DW_SAGA_DEADLINE';
+  override readonly retryable = false;
+  constructor(
+    readonly saga: string,
+    readonly deadlineMs: number | undefined,
+  ) {
+    super(`saga ${saga} did not complete within its deadline of ${deadlineMs} ms`);
+  }
+}
+
+/** The database lacks durable-worker's (or the app's) migrations: a worker, relay or CLI refuses to start. */
+export class NotMigratedError extends DurableWorkerError {
+  override readonly code = 'DW_NOT_MIGRATED';
+  override readonly retryable = false;
+  constructor(readonly missing: readonly string[]) {
+    super(
+      `the database is missing migrations (${missing.join(', ')}): run \`dw migrate\` first (Procfile: release)`,
+    );
+  }
+}
+
+/** A Worker or Relay option has a value it cannot use; `option` names it, `allowed` says what it takes. */
+export class InvalidOptionError extends DurableWorkerError {
+  override readonly code = 'DW_INVALID_OPTION';
+  override readonly retryable = false;
+  constructor(
+    readonly option: string,
+    readonly allowed: string,
+    readonly value: unknown,
+  ) {
+    super(`option ${option} must be ${allowed}; got ${describeValue(value)}`);
+  }
+}
+
+/** No saga has the id asked for (`dw sagas show`). */
+export class SagaNotFoundError extends DurableWorkerError {
+  override readonly code = 'DW_SAGA_NOT_FOUND';
+  override readonly retryable = false;
+}
+
+/** A publish was asked of a connection that is closing (the process is stopping); nothing was sent. */
+export class ConnectionClosingError extends DurableWorkerError {
+  override readonly code = 'DW_CONNECTION_CLOSING';
+}
+
+/**
+ * The broker did not confirm a publish: it refused it (nack) or the channel closed first. The
+ * message may or may not have arrived, so the sender keeps its copy and tries again.
+ */
+export class PublishNotConfirmedError extends DurableWorkerError {
+  override readonly code = 'DW_PUBLISH_NOT_CONFIRMED';
+}
+
 /** A CLI argument or option is wrong; the CLI prints the message alone and exits 1. */
 export class UsageError extends DurableWorkerError {
   override readonly code = 'DW_USAGE';
   override readonly retryable = false;
+}
+
+function describeValue(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (typeof value === 'number' || typeof value === 'boolean' || value === null) return String(value);
+  return typeof value;
 }
 
 export function describeCause(cause: unknown): string {
@@ -165,14 +226,15 @@ export interface ErrorInfo {
   stack?: string;
 }
 
-export function toErrorInfo(error: unknown): ErrorInfo {
+/** `stack: false` leaves the stack out where it says nothing (a deadline, a verdict of the runner). */
+export function toErrorInfo(error: unknown, { stack = true }: { stack?: boolean } = {}): ErrorInfo {
   if (error instanceof Error) {
     const code = (error as { code?: unknown }).code;
     return {
       message: error.message,
       name: error.name,
       ...(typeof code === 'string' ? { code } : {}),
-      ...(error.stack ? { stack: error.stack } : {}),
+      ...(stack && error.stack ? { stack: error.stack } : {}),
     };
   }
   return { message: String(error) };

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { housekeepingDefaults, workerDefaults } from './defaults.js';
 import type { Logger } from './logger.js';
 import { sleep } from './time.js';
 
@@ -7,11 +8,20 @@ export interface HousekeepingOptions {
   intervalMs: number;
   /** Inbox rows older than this are removed. */
   dedupWindowMs: number;
-  /** Delivered outbox rows older than this are removed. Default 1 hour: what the relay can re-deliver after Redis loses its data. */
+  /**
+   * Delivered outbox rows older than this are removed: what the relay can re-deliver after Redis loses its data.
+   * @defaultValue 3600000 (1 hour)
+   */
   outboxRetentionMs?: number;
-  /** Delivery counts untouched for this long are removed. Default 1 day. */
+  /**
+   * Delivery counts untouched for this long are removed.
+   * @defaultValue 86400000 (1 day)
+   */
   deliveryCountRetentionMs?: number;
-  /** Rows per delete statement: small, so no delete holds locks or bloats WAL for long. Default 1000. */
+  /**
+   * Rows per delete statement: small, so no delete holds locks or bloats WAL for long.
+   * @defaultValue 1000
+   */
   batchSize?: number;
   log: Logger;
 }
@@ -63,7 +73,7 @@ export async function runHousekeepingOnce(
   options: Omit<HousekeepingOptions, 'intervalMs' | 'log'>,
   signal?: AbortSignal,
 ): Promise<PruneResult | undefined> {
-  const batchSize = options.batchSize ?? 1000;
+  const batchSize = options.batchSize ?? housekeepingDefaults.batchSize;
   return knex.transaction(async (trx) => {
     // Transaction-level lock: released at commit even if this process dies mid-round.
     const { rows } = await trx.raw<{ rows: [{ locked: boolean }] }>(
@@ -80,7 +90,11 @@ export async function runHousekeepingOnce(
     );
     result.outbox = await inBatches(
       () =>
-        deleteDeliveredOutboxRows(knex, new Date(now - (options.outboxRetentionMs ?? 3600_000)), batchSize),
+        deleteDeliveredOutboxRows(
+          knex,
+          new Date(now - (options.outboxRetentionMs ?? workerDefaults.outboxRetentionMs)),
+          batchSize,
+        ),
       batchSize,
       signal,
     );
@@ -88,7 +102,7 @@ export async function runHousekeepingOnce(
       () =>
         deleteStaleDeliveryCounts(
           knex,
-          new Date(now - (options.deliveryCountRetentionMs ?? 86_400_000)),
+          new Date(now - (options.deliveryCountRetentionMs ?? housekeepingDefaults.deliveryCountRetentionMs)),
           batchSize,
         ),
       batchSize,

@@ -1,5 +1,6 @@
 import type { ConfirmChannel } from 'amqplib';
 import { type OutgoingMessage, publishOptions } from './envelope.js';
+import { PublishNotConfirmedError } from './errors.js';
 
 /**
  * Publishes messages per the envelope contract (exchange, routing key = type, persistent, JSON)
@@ -31,7 +32,9 @@ export async function publishMessages(
         { ...properties, mandatory: options.mandatory ?? false },
         (error) =>
           error
-            ? reject(error instanceof Error ? error : new Error('publish nacked by the broker'))
+            ? reject(
+                error instanceof Error ? error : new PublishNotConfirmedError('publish nacked by the broker'),
+              )
             : resolve(),
       );
     });

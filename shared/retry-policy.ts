@@ -1,3 +1,4 @@
+import { retryPolicyDefaults } from './defaults.js';
 import { DefinitionError, isRetryable } from './errors.js';
 
 /**
@@ -6,18 +7,36 @@ import { DefinitionError, isRetryable } from './errors.js';
  * then the dead letters. Attempts in all: 1 + immediateRetries + delayed.count.
  */
 export interface RetryPolicy {
-  /** Retries right away in the same process. Default 2. */
+  /**
+   * Retries right away in the same process.
+   * @defaultValue 2
+   */
   immediateRetries: number;
   delayed: {
-    /** Retries after a delay. Default 3. */
+    /**
+     * Retries after a delay.
+     * @defaultValue 3
+     */
     count: number;
-    /** First delay in ms. Default 1000. */
+    /**
+     * First delay in ms.
+     * @defaultValue 1000
+     */
     initialMs: number;
-    /** Growth per retry. Default 2. */
+    /**
+     * Growth per retry.
+     * @defaultValue 2
+     */
     factor: number;
-    /** Cap on one delay in ms. Default 300000 (5 minutes). */
+    /**
+     * Cap on one delay in ms.
+     * @defaultValue 300000 (5 minutes)
+     */
     maxMs: number;
-    /** Spread each delay by ± this fraction, so retries of many messages do not arrive in step. Default 0.1. */
+    /**
+     * Spread each delay by ± this fraction, so retries of many messages do not arrive in step.
+     * @defaultValue 0.1
+     */
     jitter: number;
   };
 }
@@ -28,8 +47,8 @@ export type RetryPolicyInput = {
 };
 
 export const defaultRetryPolicy: RetryPolicy = {
-  immediateRetries: 2,
-  delayed: { count: 3, initialMs: 1000, factor: 2, maxMs: 300_000, jitter: 0.1 },
+  immediateRetries: retryPolicyDefaults.immediateRetries,
+  delayed: { ...retryPolicyDefaults.delayed },
 };
 
 /** Fills in defaults from `base` and refuses values that cannot work (at defineApp time). */

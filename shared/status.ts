@@ -4,6 +4,7 @@ import { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import type { App } from './app.js';
 import { countDeadLettersByReason } from './dead-letters.js';
+import { retryQueueName } from './defaults.js';
 import type { RetryPolicy } from './retry-policy.js';
 
 export interface OutboxStatus {
@@ -89,7 +90,7 @@ export function retryTiers(policy: RetryPolicy): number[] {
 export function appQueueNames(app: App, workQueue: string): string[] {
   const tiers = new Set<number>();
   for (const type of app.handlers.keys()) for (const t of retryTiers(app.retryPolicyFor(type))) tiers.add(t);
-  return [workQueue, ...[...tiers].sort((a, b) => a - b).map((t) => `${workQueue}.retry.${t}ms`)];
+  return [workQueue, ...[...tiers].sort((a, b) => a - b).map((t) => retryQueueName(workQueue, t))];
 }
 
 /** Message counts of RabbitMQ queues; a queue that does not exist is reported, not fatal. */

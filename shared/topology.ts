@@ -1,5 +1,6 @@
 import type { Channel } from 'amqplib';
 import type { App } from './app.js';
+import { workQueueName } from './defaults.js';
 
 export interface Topology {
   exchange: string;
@@ -10,7 +11,7 @@ export interface Topology {
 
 /** The work queue of an app: `<exchange>.<app name>`, unless the worker is told otherwise. */
 export function appTopology(app: App, exchange: string, queue?: string): Topology {
-  return { exchange, queue: queue ?? `${exchange}.${app.name}`, types: [...app.handlers.keys()] };
+  return { exchange, queue: queue ?? workQueueName(exchange, app.name), types: [...app.handlers.keys()] };
 }
 
 /**

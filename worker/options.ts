@@ -1,20 +1,38 @@
 import type { Knex } from 'knex';
 import type { App } from '../shared/app.js';
 import type { Config } from '../shared/config.js';
+import { workerDefaults as d, defaultPoolMax, defaultPrefetch, workQueueName } from '../shared/defaults.js';
+import { InvalidOptionError } from '../shared/errors.js';
 import { type Logger, silentLogger } from '../shared/logger.js';
+import { countOption, durationOption } from '../shared/options.js';
 
-/** Everything a worker can be told; each field's default is resolved once by `resolveWorkerOptions`. */
+/**
+ * Everything a worker can be told; each field's default (shared/defaults.ts) is resolved once by
+ * `resolveWorkerOptions`, which refuses a value the worker cannot use with an InvalidOptionError.
+ */
 export interface WorkerOptions {
   app: App;
   /** Connection URLs, exchange and BullMQ prefix (docs/contracts.md, "Environment"). */
   config: Pick<Config, 'databaseUrl' | 'amqpUrl' | 'redisUrl' | 'exchange' | 'bullmqPrefix'>;
-  /** Messages handled at once. Default 10. */
+  /**
+   * Messages handled at once; a whole number ≥ 1.
+   * @defaultValue 10
+   */
   concurrency?: number;
-  /** Unacknowledged messages RabbitMQ may push ahead of the handlers. Default 2 × concurrency. */
+  /**
+   * Unacknowledged messages RabbitMQ may push ahead of the handlers; 1 to 65535.
+   * @defaultValue 2 × concurrency (at most 65535)
+   */
   prefetch?: number;
-  /** Work queue name. Default `<exchange>.<app name>`. */
+  /**
+   * Work queue name.
+   * @defaultValue `<exchange>.<app name>`
+   */
   queue?: string;
-  /** Largest message body accepted; larger ones are dead-lettered. Default 1 MiB. */
+  /**
+   * Largest message body accepted, in bytes; larger ones are dead-lettered.
+   * @defaultValue 1048576 (1 MiB)
+   */
   maxMessageBytes?: number;
   /**
    * Redeliveries that may start handling and die (the process was killed) before a message counts
@@ -23,67 +41,108 @@ export interface WorkerOptions {
    * @defaultValue 5
    */
   maxDeliveries?: number;
-  /** On shutdown, how long started messages and steps may take to finish. Default 30000 ms. */
+  /**
+   * On shutdown, how long started messages and steps may take to finish, in ms.
+   * @defaultValue 30000
+   */
   shutdownGraceMs?: number;
-  /** Saga steps run at once by this process. Default 10. */
+  /**
+   * Saga steps run at once by this process.
+   * @defaultValue 10
+   */
   sagaConcurrency?: number;
-  /** How often the recovery sweep looks for stalled sagas. Default 30000 ms; 0 turns it off. */
+  /**
+   * How often the recovery sweep looks for stalled sagas, in ms; 0 turns it off.
+   * @defaultValue 30000
+   */
   sagaSweepIntervalMs?: number;
-  /** A running saga untouched for this long is checked by the sweep. Default 60000 ms. */
+  /**
+   * A running saga untouched for this many ms is checked by the sweep.
+   * @defaultValue 60000
+   */
   sagaStaleAfterMs?: number;
   /**
    * Run a saga's next steps in this process right after a step (or the handler that started the
-   * saga) commits, holding their outbox rows back from the relay for this long; if the process dies
-   * first, the relay delivers them when the lease ends. Default 10000 ms; 0 leaves every step to the
-   * relay and BullMQ.
+   * saga) commits, holding their outbox rows back from the relay for this many ms; if the process
+   * dies first, the relay delivers them when the lease ends. 0 leaves every step to the relay and
+   * BullMQ.
+   * @defaultValue 10000
    */
   sagaEagerLeaseMs?: number;
-  /** How often housekeeping prunes the inbox and the delivered outbox. Default 60000 ms; 0 turns it off. */
+  /**
+   * How often housekeeping prunes the inbox and the delivered outbox, in ms; 0 turns it off.
+   * @defaultValue 60000
+   */
   housekeepingIntervalMs?: number;
   /**
-   * How long delivered outbox rows are kept. They are what a relay delivers again when Redis lost
-   * its data, so this bounds that recovery. Default 1 hour.
+   * How long delivered outbox rows are kept, in ms. They are what a relay delivers again when Redis
+   * lost its data, so this bounds that recovery.
+   * @defaultValue 3600000 (1 hour)
    */
   outboxRetentionMs?: number;
-  /** How long inbox rows are kept to detect duplicates. Default 7 days. */
+  /**
+   * How long inbox rows are kept to detect duplicates, in ms.
+   * @defaultValue 604800000 (7 days)
+   */
   dedupWindowMs?: number;
-  /** Postgres pool size. Default concurrency + 2 × sagaConcurrency (BullMQ and eager steps) + 4. */
+  /**
+   * Postgres pool size.
+   * @defaultValue concurrency + 2 × sagaConcurrency (BullMQ and eager steps) + 4
+   */
   poolMax?: number;
   /** Use this knex instead of opening a pool (the caller closes it). */
   knex?: Knex;
+  /** @defaultValue a logger that discards everything */
   logger?: Logger;
 }
 
 export type ResolvedWorkerOptions = Required<Omit<WorkerOptions, 'knex'>> & { knex: Knex | undefined };
 
 export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOptions {
-  const concurrency = positive(options.concurrency, 10, 'concurrency');
-  const sagaConcurrency = positive(options.sagaConcurrency, 10, 'sagaConcurrency');
+  const concurrency = countOption('concurrency', options.concurrency, d.concurrency);
+  const sagaConcurrency = countOption('sagaConcurrency', options.sagaConcurrency, d.sagaConcurrency);
+  const timer = { timer: true };
   return {
     app: options.app,
     config: options.config,
     concurrency,
-    prefetch: positive(options.prefetch, concurrency * 2, 'prefetch'),
-    queue: options.queue ?? `${options.config.exchange}.${options.app.name}`,
-    maxMessageBytes: positive(options.maxMessageBytes, 1024 * 1024, 'maxMessageBytes'),
-    maxDeliveries: positive(options.maxDeliveries, 5, 'maxDeliveries'),
-    shutdownGraceMs: options.shutdownGraceMs ?? 30_000,
+    prefetch: countOption('prefetch', options.prefetch, defaultPrefetch(concurrency), { max: d.maxPrefetch }),
+    queue: queueOption(options.queue, workQueueName(options.config.exchange, options.app.name)),
+    maxMessageBytes: countOption('maxMessageBytes', options.maxMessageBytes, d.maxMessageBytes),
+    maxDeliveries: countOption('maxDeliveries', options.maxDeliveries, d.maxDeliveries),
+    shutdownGraceMs: durationOption('shutdownGraceMs', options.shutdownGraceMs, d.shutdownGraceMs, timer),
     sagaConcurrency,
-    sagaSweepIntervalMs: options.sagaSweepIntervalMs ?? 30_000,
-    sagaStaleAfterMs: options.sagaStaleAfterMs ?? 60_000,
-    sagaEagerLeaseMs: options.sagaEagerLeaseMs ?? 10_000,
-    housekeepingIntervalMs: options.housekeepingIntervalMs ?? 60_000,
-    dedupWindowMs: options.dedupWindowMs ?? 7 * 24 * 3600 * 1000,
-    outboxRetentionMs: options.outboxRetentionMs ?? 3600 * 1000,
-    poolMax: positive(options.poolMax, concurrency + 2 * sagaConcurrency + 4, 'poolMax'),
+    sagaSweepIntervalMs: durationOption(
+      'sagaSweepIntervalMs',
+      options.sagaSweepIntervalMs,
+      d.sagaSweepIntervalMs,
+      timer,
+    ),
+    sagaStaleAfterMs: durationOption('sagaStaleAfterMs', options.sagaStaleAfterMs, d.sagaStaleAfterMs),
+    sagaEagerLeaseMs: durationOption('sagaEagerLeaseMs', options.sagaEagerLeaseMs, d.sagaEagerLeaseMs),
+    housekeepingIntervalMs: durationOption(
+      'housekeepingIntervalMs',
+      options.housekeepingIntervalMs,
+      d.housekeepingIntervalMs,
+      timer,
+    ),
+    dedupWindowMs: durationOption('dedupWindowMs', options.dedupWindowMs, d.dedupWindowMs),
+    outboxRetentionMs: durationOption('outboxRetentionMs', options.outboxRetentionMs, d.outboxRetentionMs),
+    poolMax: countOption('poolMax', options.poolMax, defaultPoolMax(concurrency, sagaConcurrency)),
     knex: options.knex,
     logger: options.logger ?? silentLogger,
   };
 }
 
-function positive(value: number | undefined, fallback: number, name: string): number {
+/** RabbitMQ queue names are 1 to 255 bytes; `amq.` is reserved for the broker's own. */
+function queueOption(value: unknown, fallback: string): string {
   if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value < 1)
-    throw new RangeError(`${name} must be a whole number of at least 1`);
-  return value;
+  if (
+    typeof value === 'string' &&
+    value.length > 0 &&
+    Buffer.byteLength(value) <= 255 &&
+    !value.startsWith('amq.')
+  )
+    return value;
+  throw new InvalidOptionError('queue', 'a queue name of 1 to 255 bytes not starting with "amq."', value);
 }

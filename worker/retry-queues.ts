@@ -1,6 +1,7 @@
 import type { Message } from 'amqplib';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { publishConfirmed } from '../shared/amqp.js';
+import { retryQueueName } from '../shared/defaults.js';
 import { DurableWorkerError } from '../shared/errors.js';
 
 /** The retry queue vanished (deleted by hand, or by a broker reset) after we declared it. */
@@ -29,7 +30,7 @@ export class RetryQueues {
   }
 
   queueName(tierMs: number): string {
-    return `${this.workQueue}.retry.${tierMs}ms`;
+    return retryQueueName(this.workQueue, tierMs);
   }
 
   /**

@@ -15,6 +15,7 @@ import {
   getDeadLetter,
   listDeadLetters,
 } from '../dead-letters.js';
+import { cliDefaults, formatDuration, workerDefaults } from '../defaults.js';
 import { ServiceUnavailableError, UsageError } from '../errors.js';
 import { config, withDatabase } from './infra.js';
 import { integer, printJson } from './parse.js';
@@ -189,8 +190,6 @@ function lazyChannel(url: string): { get(): Promise<ConfirmChannel>; close(): Pr
   };
 }
 
-const DEFAULT_DEDUP_WINDOW_MS = 7 * 86_400_000;
-
 export function registerDlq(program: Command): void {
   const dlq = program
     .command('dlq')
@@ -200,7 +199,7 @@ export function registerDlq(program: Command): void {
     dlq
       .command('list')
       .description('dead letters, newest first')
-      .option('--limit <n>', 'at most this many', integer(1, 100_000), 50)
+      .option('--limit <n>', 'at most this many', integer(1, cliDefaults.maxListLimit), cliDefaults.listLimit)
       .option('--json', 'print a JSON array'),
   ).action(async (opts: FilterOptions & { limit: number; json?: boolean }) => {
     const rows = await withDatabase(config(), (knex) => listDeadLetters(knex, filterOf(opts), opts.limit));
@@ -238,7 +237,7 @@ export function registerDlq(program: Command): void {
           "the workers' deduplication window, to warn about older entries",
         )
           .argParser(durationArgument)
-          .default(DEFAULT_DEDUP_WINDOW_MS, '7d'),
+          .default(workerDefaults.dedupWindowMs, formatDuration(workerDefaults.dedupWindowMs)),
       )
       .option('--app <module>', 'app whose sagas replayed compensations belong to (default: DW_APP)')
       .option('--json', 'print a JSON summary'),

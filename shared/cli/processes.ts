@@ -1,22 +1,51 @@
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import { runRelayProcess } from '../../relay/process.js';
 import { runWorkerProcess } from '../../worker/process.js';
+import { MAX_TIMER_MS, relayDefaults, workerDefaults } from '../defaults.js';
 import { config } from './infra.js';
 import { integer } from './parse.js';
+
+/** `--flag <n>` parsed by `parse` whose help shows the default that applies when it is absent. */
+function numberOption(flags: string, description: string, parse: (value: string) => number, value: number) {
+  return new Option(flags, description).argParser(parse).default(value, String(value));
+}
 
 export function registerProcesses(program: Command): void {
   program
     .command('worker')
     .description('run a worker: consume messages, run saga steps; SIGTERM stops gracefully')
     .option('--app <module>', 'app module (default: DW_APP, the bundled example app)')
-    .option('--concurrency <n>', 'messages handled at once (default 10)', integer(1, 1000))
-    .option(
-      '--prefetch <n>',
-      'unacked messages RabbitMQ may push ahead (default 2 x concurrency)',
-      integer(1, 65535),
+    .addOption(
+      numberOption(
+        '--concurrency <n>',
+        'messages handled at once',
+        integer(1, 1000),
+        workerDefaults.concurrency,
+      ),
     )
-    .option('--saga-concurrency <n>', 'saga steps run at once (default 10)', integer(1, 1000))
-    .option('--shutdown-grace <ms>', 'grace time on SIGTERM (default 30000)', integer(0))
+    .addOption(
+      // No fixed default: it follows --concurrency.
+      new Option(
+        '--prefetch <n>',
+        `unacked messages RabbitMQ may push ahead (default: ${workerDefaults.prefetchPerConcurrency} x concurrency)`,
+      ).argParser(integer(1, workerDefaults.maxPrefetch)),
+    )
+    .addOption(
+      numberOption(
+        '--saga-concurrency <n>',
+        'saga steps run at once',
+        integer(1, 1000),
+        workerDefaults.sagaConcurrency,
+      ),
+    )
+    .addOption(
+      numberOption(
+        '--shutdown-grace <ms>',
+        'grace time on SIGTERM',
+        integer(0, MAX_TIMER_MS),
+        workerDefaults.shutdownGraceMs,
+      ),
+    )
     .action(
       async (opts: {
         app?: string;
@@ -38,9 +67,30 @@ export function registerProcesses(program: Command): void {
   program
     .command('relay')
     .description('run a relay: drain the outbox into BullMQ and RabbitMQ (several may run at once)')
-    .option('--batch-size <n>', 'outbox rows per transaction (default 500)', integer(1, 10_000))
-    .option('--concurrency <n>', 'claim loops side by side (default 4)', integer(1, 64))
-    .option('--poll-interval <ms>', 'polling fallback when no NOTIFY arrives (default 1000)', integer(10))
+    .addOption(
+      numberOption(
+        '--batch-size <n>',
+        'outbox rows per transaction',
+        integer(1, relayDefaults.maxBatchSize),
+        relayDefaults.batchSize,
+      ),
+    )
+    .addOption(
+      numberOption(
+        '--concurrency <n>',
+        'claim loops side by side',
+        integer(1, 64),
+        relayDefaults.concurrency,
+      ),
+    )
+    .addOption(
+      numberOption(
+        '--poll-interval <ms>',
+        'polling fallback when no NOTIFY arrives',
+        integer(10, MAX_TIMER_MS),
+        relayDefaults.pollIntervalMs,
+      ),
+    )
     .action(async (opts: { batchSize?: number; concurrency?: number; pollInterval?: number }) => {
       await runRelayProcess(config(), {
         batchSize: opts.batchSize,

@@ -1,14 +1,10 @@
 import type { Command } from 'commander';
-import { DurableWorkerError, UsageError } from '../errors.js';
+import { cliDefaults } from '../defaults.js';
+import { SagaNotFoundError, UsageError } from '../errors.js';
 import { getSaga, listSagas, listStepRows, type SagaStatus, sagaStatuses } from '../saga/store.js';
 import { formatTimeline, sagaView } from '../saga/view.js';
 import { config, withDatabase } from './infra.js';
 import { integer, printJson } from './parse.js';
-
-class SagaNotFoundError extends DurableWorkerError {
-  override readonly code = 'DW_SAGA_NOT_FOUND';
-  override readonly retryable = false;
-}
 
 /** `dw sagas list | show` (docs/contracts.md, "CLI"). */
 export function registerSagas(program: Command): void {
@@ -19,7 +15,7 @@ export function registerSagas(program: Command): void {
     .description('saga instances, newest first')
     .option('--status <status>', `only sagas in this status (${sagaStatuses.join(', ')})`)
     .option('--name <name>', 'only sagas of this definition, e.g. book-trip')
-    .option('--limit <n>', 'at most this many', integer(1, 100_000), 50)
+    .option('--limit <n>', 'at most this many', integer(1, cliDefaults.maxListLimit), cliDefaults.listLimit)
     .option('--json', 'print a JSON array of sagas (without steps)')
     .action(async (opts: { status?: string; name?: string; limit: number; json?: boolean }) => {
       if (opts.status !== undefined && !sagaStatuses.includes(opts.status as SagaStatus)) {

@@ -2,6 +2,7 @@ import amqp from 'amqplib';
 import type { Command } from 'commander';
 import { loadApp } from '../app.js';
 import { redactUrl } from '../config.js';
+import { workQueueName } from '../defaults.js';
 import { ServiceUnavailableError } from '../errors.js';
 import { assertRedisReachable } from '../redis.js';
 import { sagaQueue } from '../saga/jobs.js';
@@ -28,7 +29,7 @@ export function registerStatus(program: Command): void {
     .action(async (opts: { app?: string; json?: boolean }) => {
       const cfg = config();
       const app = await loadApp(opts.app ?? cfg.app);
-      const workQueue = `${cfg.exchange}.${app.name}`;
+      const workQueue = workQueueName(cfg.exchange, app.name);
       const { outbox, deadLetters, sagas, bullNames, dlqQueues } = await withDatabase(cfg, async (knex) => ({
         outbox: await outboxStatus(knex),
         deadLetters: await deadLetterStatus(knex),

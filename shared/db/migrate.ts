@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import pg from 'pg';
 import { redactUrl } from '../config.js';
-import { DurableWorkerError, ServiceUnavailableError } from '../errors.js';
+import { NotMigratedError, ServiceUnavailableError } from '../errors.js';
 import * as m001 from './migrations/001_inbox_outbox.js';
 import * as m002 from './migrations/002_dead_letters.js';
 import * as m003 from './migrations/003_sagas.js';
@@ -77,9 +77,5 @@ export async function assertMigrated(knex: Knex, appMigrations: readonly Migrati
     applied = (await knex('dw_migrations').select('name')).map((r: { name: string }) => r.name);
   }
   const missing = expected.filter((name) => !applied.includes(name));
-  if (missing.length > 0) {
-    throw new DurableWorkerError(
-      `the database is missing migrations (${missing.join(', ')}): run \`dw migrate\` first (Procfile: release)`,
-    );
-  }
+  if (missing.length > 0) throw new NotMigratedError(missing);
 }

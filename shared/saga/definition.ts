@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { stepRetryDefaults } from '../defaults.js';
 import { DefinitionError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Destination } from '../outbox.js';
@@ -37,22 +38,29 @@ export type StepCompensate<State> = (ctx: StepContext<State>) => Promise<void> |
 
 /** Attempts and backoff of one step or compensation. */
 export interface StepRetryPolicy {
-  /** Attempts in all, the first included. Default 3. */
+  /**
+   * Attempts in all, the first included.
+   * @defaultValue 3
+   */
   attempts: number;
-  /** Delay before the second attempt in ms; doubles each time. Default 100. */
+  /**
+   * Delay before the second attempt in ms; doubles each time.
+   * @defaultValue 100
+   */
   backoffMs: number;
-  /** Cap on one delay in ms. Default 30000. */
+  /**
+   * Cap on one delay in ms.
+   * @defaultValue 30000
+   */
   maxBackoffMs: number;
-  /** Spread each delay by ± this fraction. Default 0.2. */
+  /**
+   * Spread each delay by ± this fraction.
+   * @defaultValue 0.2
+   */
   jitter: number;
 }
 
-export const defaultStepRetry: StepRetryPolicy = {
-  attempts: 3,
-  backoffMs: 100,
-  maxBackoffMs: 30_000,
-  jitter: 0.2,
-};
+export const defaultStepRetry: StepRetryPolicy = { ...stepRetryDefaults };
 
 export interface StepOptions<State> {
   run: StepRun<State>;

@@ -1,11 +1,12 @@
 import { v5 as uuidv5 } from 'uuid';
+import { sagaQueueName } from '../defaults.js';
 import type { OutboxMessage } from '../outbox.js';
 
 /**
  * The BullMQ queue of saga work (under BULLMQ_PREFIX). One queue for every saga of the app: a
  * step job names its saga, so a single Worker with one concurrency limit serves them all.
  */
-export const sagaQueue = 'dw-sagas';
+export const sagaQueue = sagaQueueName;
 
 export type SagaPhase = 'execute' | 'compensate';
 

@@ -6,6 +6,7 @@ import pg from 'pg';
 import type { Config } from '../../shared/config.js';
 import { createKnex } from '../../shared/db/knex.js';
 import { ensureDatabase, type Migration, migrate } from '../../shared/db/migrate.js';
+import { retryQueueName, workQueueName } from '../../shared/defaults.js';
 
 export const urls = {
   postgres: process.env.TEST_DATABASE_SERVER ?? 'postgres://postgres@127.0.0.1:5432',
@@ -73,9 +74,9 @@ export async function deleteAmqpTopology(exchange: string, queues: readonly stri
   try {
     const names = new Set(queues);
     for (const suffix of ['example', 'app', 'test']) {
-      names.add(`${exchange}.${suffix}`);
-      for (const tier of [1, 10, 50, 100, 200, 1000, 2000, 4000])
-        names.add(`${exchange}.${suffix}.retry.${tier}ms`);
+      const queue = workQueueName(exchange, suffix);
+      names.add(queue);
+      for (const tier of [1, 10, 50, 100, 200, 1000, 2000, 4000]) names.add(retryQueueName(queue, tier));
     }
     for (const name of names) {
       const channel = await connection.createChannel();

@@ -2,7 +2,12 @@ import type { Knex } from 'knex';
 import type { App } from '../../shared/app.js';
 import { crashPoint } from '../../shared/crash-points.js';
 import { classifyFailure } from '../../shared/db/failures.js';
-import { ConcurrencyConflictError, WorkerDiedError } from '../../shared/errors.js';
+import {
+  ConcurrencyConflictError,
+  SagaDeadlineError,
+  toErrorInfo,
+  WorkerDiedError,
+} from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
 import { sagaStepsTotal } from '../../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
@@ -205,10 +210,12 @@ export class SagaStepRunner {
     if (!saga) return 'unknown-saga';
     const started = await this.withTransactionRetry(() =>
       this.deps.knex.transaction((trx) =>
-        beginCompensation(trx, saga, job.sagaId, {
-          name: 'SagaDeadlineError',
-          message: `saga ${saga.name} did not complete within its deadline of ${saga.deadlineMs} ms`,
-        }),
+        beginCompensation(
+          trx,
+          saga,
+          job.sagaId,
+          toErrorInfo(new SagaDeadlineError(saga.name, saga.deadlineMs), { stack: false }),
+        ),
       ),
     );
     if (started) this.deps.log.warn({ sagaId: job.sagaId }, 'saga deadline passed: compensating');

@@ -1,6 +1,8 @@
 import type { Queue } from 'bullmq';
 import type { Knex } from 'knex';
 import type { App } from '../../shared/app.js';
+import { sagaSweepBatchSize } from '../../shared/defaults.js';
+import { SagaDeadlineError, toErrorInfo } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
 import { insertOutboxMessages } from '../../shared/outbox.js';
 import type { SagaDefinition } from '../../shared/saga/definition.js';
@@ -22,7 +24,10 @@ export interface SweepDeps {
   queue: Queue;
   staleAfterMs: number;
   log: Logger;
-  /** Sagas looked at per pass. Default 200. */
+  /**
+   * Sagas looked at per pass.
+   * @defaultValue 200
+   */
   batchSize?: number;
 }
 
@@ -49,15 +54,21 @@ export async function sweepOnce(deps: SweepDeps): Promise<number> {
     );
     if (!rows[0]?.locked) return 0;
     let resumed = 0;
-    for (const saga of await findStalledSagas(knex, deps.staleAfterMs, deps.batchSize ?? 200)) {
+    for (const saga of await findStalledSagas(
+      knex,
+      deps.staleAfterMs,
+      deps.batchSize ?? sagaSweepBatchSize,
+    )) {
       const definition = app.sagas.get(saga.name) as SagaDefinition<object> | undefined;
       if (!definition) continue;
       if (saga.status === 'running' && saga.deadline_at && saga.deadline_at.getTime() < Date.now()) {
         const started = await knex.transaction((trx) =>
-          beginCompensation(trx, definition, saga.id, {
-            name: 'SagaDeadlineError',
-            message: `saga ${saga.name} did not complete within its deadline of ${definition.deadlineMs} ms`,
-          }),
+          beginCompensation(
+            trx,
+            definition,
+            saga.id,
+            toErrorInfo(new SagaDeadlineError(saga.name, definition.deadlineMs), { stack: false }),
+          ),
         );
         if (started) resumed++;
         continue;
