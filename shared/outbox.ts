@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { InvalidDestinationError } from './errors.js';
 
 /**
  * Where an outbox message goes: a BullMQ queue (a bare string is a queue name), or an AMQP exchange
@@ -10,10 +11,32 @@ export type ResolvedDestination =
   | { kind: 'bullmq'; queue: string }
   | { kind: 'amqp'; exchange: string; routingKey: string };
 
+/** Throws InvalidDestinationError for a destination nothing could deliver to. */
 export function resolveDestination(destination: Destination): ResolvedDestination {
-  if (typeof destination === 'string') return { kind: 'bullmq', queue: destination };
-  if ('queue' in destination) return { kind: 'bullmq', queue: destination.queue };
+  if (typeof destination === 'string') return bullmqDestination(destination);
+  if ('queue' in destination) return bullmqDestination(destination.queue);
   return { kind: 'amqp', exchange: destination.exchange, routingKey: destination.routingKey };
+}
+
+function bullmqDestination(queue: unknown): ResolvedDestination {
+  const problem = bullmqQueueNameProblem(queue);
+  if (problem)
+    throw new InvalidDestinationError(`cannot send to BullMQ queue ${JSON.stringify(queue)}: ${problem}`);
+  return { kind: 'bullmq', queue: queue as string };
+}
+
+/**
+ * Why BullMQ would refuse `name` as a queue name (it throws when the queue is created), or null
+ * when it is fine.
+ */
+export function bullmqQueueNameProblem(name: unknown): string | null {
+  if (typeof name !== 'string' || name.length === 0) {
+    return 'a queue name must be a non-empty string (letters, digits, and any of "-_." are safe)';
+  }
+  if (name.includes(':')) {
+    return 'a queue name cannot contain ":" (BullMQ\'s key separator); use "-", "_" or "." instead';
+  }
+  return null;
 }
 
 /** BullMQ job options the relay passes on (a subset that is safe to set from a message). */
