@@ -171,19 +171,42 @@ export async function endLeases(knex: Knex, messageIds: readonly string[]): Prom
     .update({ available_at: knex.fn.now() });
 }
 
-/**
- * Makes the BullMQ rows delivered in the last `withinMs` pending again, for when Redis lost its
- * data: their jobs are gone. A job that survived is not duplicated (same job id). Returns how many.
- */
-export async function redeliverBullmqRows(knex: Knex, withinMs: number): Promise<number> {
-  return (
-    knex(table)
-      .where('destination_kind', 'bullmq')
-      .whereNotNull('delivered_at')
-      // make_interval keeps the window a bound parameter.
-      .andWhere('delivered_at', '>', knex.raw('now() - make_interval(secs => ?)', [withinMs / 1000]))
-      .update({ delivered_at: null, available_at: knex.fn.now() })
+/** The highest Redis position of a delivered row (0 when none): Redis must hold at least this. */
+export async function maxRedisSeq(knex: Knex): Promise<number> {
+  // Backward scan of the partial index: one row read.
+  const { rows } = await knex.raw<{ rows: [{ seq: string | null }] }>(
+    `select max(redis_seq)::text as seq from ${table} where redis_seq is not null`,
   );
+  return Number(rows[0].seq ?? 0);
+}
+
+/** Records the Redis position of the batch that delivered these rows (see maxRedisSeq). */
+export async function setRedisSeq(trx: Knex.Transaction, ids: readonly number[], seq: number): Promise<void> {
+  if (ids.length === 0) return;
+  await trx.raw(`update ${table} set redis_seq = ? where id = any(?::bigint[])`, [seq, [...ids]]);
+}
+
+/**
+ * After Redis lost data: makes the rows delivered at Redis positions in (`from`, `to`] pending
+ * again (their jobs are gone; a job that survived is not duplicated, same job id) and records the
+ * loss. Several relays repairing the same loss record it once. Returns how many rows.
+ */
+export async function redeliverLostRows(knex: Knex, from: number, to: number): Promise<number> {
+  return knex.transaction(async (trx) => {
+    // Only rows the relay put into Redis have a position (not eager steps run in-process).
+    const count = await trx(table)
+      .where('redis_seq', '>', from)
+      .andWhere('redis_seq', '<=', to)
+      .update({ delivered_at: null, redis_seq: null, available_at: trx.fn.now() });
+    // One row per loss however many relays repair it; their counts add up.
+    await trx.raw(
+      `insert into dw_redis_losses (seq_from, seq_to, rows_redelivered) values (?, ?, ?)
+       on conflict (seq_from, seq_to)
+       do update set rows_redelivered = dw_redis_losses.rows_redelivered + excluded.rows_redelivered`,
+      [from, to, count],
+    );
+    return count;
+  });
 }
 
 /**
@@ -198,7 +221,7 @@ export async function markOutboxFailed(
 ): Promise<void> {
   // make_interval keeps the delay a bound parameter.
   await trx.raw(
-    `update ${table} set delivered_at = null, attempts = attempts + 1, last_error = ?,
+    `update ${table} set delivered_at = null, redis_seq = null, attempts = attempts + 1, last_error = ?,
        available_at = now() + make_interval(secs => ?) where id = ?`,
     [error.slice(0, 2000), retryInMs / 1000, id],
   );
