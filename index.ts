@@ -34,6 +34,7 @@ export {
   DefinitionError,
   DurableWorkerError,
   describeCause,
+  InvalidDestinationError,
   InvalidMessageError,
   InvalidOptionError,
   NonRetryableError,

@@ -107,7 +107,15 @@ export class Destinations {
   }
 
   private async addJobs(queueName: string, rows: OutboxRow[], result: DeliveryResult): Promise<void> {
-    const queue = this.queue(queueName);
+    let queue: Queue;
+    try {
+      // A name BullMQ refuses (a row written by an older version, or by SQL) fails its rows only.
+      queue = this.queue(queueName);
+    } catch (error) {
+      const message = `invalid BullMQ queue name ${JSON.stringify(queueName)}: ${(error as Error).message}`;
+      for (const row of rows) result.failed.push({ id: row.id, attempts: row.attempts, error: message });
+      return;
+    }
     try {
       await queue.addBulk(rows.map((row) => this.job(row)));
       result.delivered.push(...rows.map((r) => r.id));

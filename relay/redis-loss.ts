@@ -1,52 +1,157 @@
 import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import type { Logger } from '../shared/logger.js';
-import { redeliverBullmqRows } from '../shared/outbox.js';
+import { maxRedisSeq, redeliverLostRows, setRedisSeq } from '../shared/outbox.js';
+import { relayRedisKeys } from '../shared/redis.js';
 
 /**
- * Notices that Redis lost its data (a restart without persistence, a failover to an empty replica,
- * a flush) and delivers the lost jobs again, so nobody has to. Relays keep a marker key in Redis;
- * when a relay finds it missing, at start or after any reconnection, it makes the BullMQ outbox
- * rows delivered within `windowMs` pending again before it sets the marker. Jobs that survived keep
- * their ids and are not duplicated; jobs already consumed may run again (at least once: consumers
- * absorb repeats, saga steps by their step records).
+ * Room left above the highest committed position when a loss is found: batches that had written
+ * to Redis but not committed yet when it lost data hold positions up to the old counter, at most
+ * the number of claim loops of all relays above it. New batches get positions above the room, so
+ * no position means two things.
+ */
+const LOSS_ROOM = 1_000_000;
+
+/**
+ * Advances the delivery counter, after first noticing that it is behind Postgres's `mark` (Redis
+ * lost writes: restarted empty or from an older snapshot, failed over to a lagging replica,
+ * flushed). Then it records the lost range (`from`, `to`] until a relay repaired it, and sets the
+ * counter above the range. Returns [counter, from, to] (from/to nil when no loss is pending).
+ * KEYS: counter, loss record. ARGV: mark, '1' to increment, room.
+ */
+const advanceScript = `
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local mark = tonumber(ARGV[1])
+if seq < mark then
+  local from, to = seq, mark + tonumber(ARGV[3])
+  local old = redis.call('HMGET', KEYS[2], 'from', 'to')
+  if old[1] and old[2] then
+    from = math.min(from, tonumber(old[1]))
+    to = math.max(to, tonumber(old[2]))
+  end
+  redis.call('HSET', KEYS[2], 'from', string.format('%.0f', from), 'to', string.format('%.0f', to))
+  redis.call('SET', KEYS[1], string.format('%.0f', to))
+  seq = to
+end
+if ARGV[2] == '1' then seq = redis.call('INCR', KEYS[1]) end
+local loss = redis.call('HMGET', KEYS[2], 'from', 'to')
+return {string.format('%.0f', seq), loss[1] or false, loss[2] or false}
+`;
+
+/** Deletes the loss record if it is still the one repaired (another loss may have widened it). */
+const clearScript = `
+local loss = redis.call('HMGET', KEYS[1], 'from', 'to')
+if loss[1] == ARGV[1] and loss[2] == ARGV[2] then return redis.call('DEL', KEYS[1]) end
+return 0
+`;
+
+type AdvanceReply = [string, string | null, string | null];
+
+interface Commands {
+  dwRelayAdvance(
+    counter: string,
+    loss: string,
+    mark: number,
+    incr: string,
+    room: number,
+  ): Promise<AdvanceReply>;
+  dwRelayClearLoss(loss: string, from: string, to: string): Promise<number>;
+}
+
+/**
+ * Notices that Redis lost jobs the relays delivered, whole or in part, and delivers them again.
+ *
+ * Every batch that added jobs increments a counter in Redis right after its `addBulk` (so any
+ * Redis state that has the increment has the jobs: snapshots, AOF and replicas are prefixes of the
+ * command stream) and stores the value on its outbox rows in the transaction that marks them
+ * delivered. Before the increment, the script compares the counter with the highest value
+ * committed in Postgres, read before: lower means Redis lost writes since. The rows above the
+ * counter Redis still has are then made pending again. Jobs that survived keep their ids and are
+ * not duplicated; jobs already consumed may run again (at least once: consumers absorb repeats,
+ * saga steps by their step records). All relays of an installation share the counter.
+ *
+ * Cost per batch: the max read runs beside the claim, the script is one Redis round trip after the
+ * adds, the position one update. While idle, the check runs once per poll interval and at once
+ * after a reconnection.
  */
 export class RedisLossDetector {
-  private pending = true;
-  private readonly key: string;
+  private readonly keys: { counter: string; loss: string };
+  private readonly redis: Redis & Commands;
+  /** A loss found and not repaired by this relay yet. */
+  private loss: { from: string; to: string } | undefined;
+  private idleCheckDue = true;
+  private lastIdleCheck = 0;
 
   constructor(
-    private readonly redis: Redis,
+    redis: Redis,
     prefix: string,
     private readonly knex: Knex,
-    private readonly windowMs: number,
+    private readonly idleCheckEveryMs: number,
     private readonly log: Logger,
   ) {
-    this.key = `${prefix}:dw-relay:marker`;
-    // Every (re)connection may be to a Redis that lost its data.
+    this.keys = relayRedisKeys(prefix);
+    redis.defineCommand('dwRelayAdvance', { numberOfKeys: 2, lua: advanceScript });
+    redis.defineCommand('dwRelayClearLoss', { numberOfKeys: 1, lua: clearScript });
+    this.redis = redis as Redis & Commands;
+    // A (re)connection may be to a Redis that lost its data: check even if nothing is delivered.
     redis.on('ready', () => {
-      this.pending = true;
+      this.idleCheckDue = true;
     });
   }
 
-  /** Runs the check if a (re)connection happened since the last one; throws while a dependency is down. */
-  async checkIfNeeded(): Promise<void> {
-    if (!this.pending) return;
-    // Clear first: a reconnection during the check asks for another one.
-    this.pending = false;
+  /** What Redis must hold at least; read before the batch's Redis writes. */
+  mark(): Promise<number> {
+    return maxRedisSeq(this.knex);
+  }
+
+  /**
+   * After a batch's jobs were added: advances the counter and records it on the rows, in the
+   * batch's transaction. Throws while Redis is down (the batch rolls back and goes again).
+   */
+  async recordDelivery(trx: Knex.Transaction, ids: readonly number[], mark: number): Promise<void> {
+    if (ids.length === 0) return;
+    const seq = await this.advance(mark, true);
+    await setRedisSeq(trx, ids, seq);
+  }
+
+  /** While idle: the same comparison without a batch, at most once per interval or after a reconnection. */
+  async checkIdle(): Promise<void> {
+    if (!this.idleCheckDue && Date.now() - this.lastIdleCheck < this.idleCheckEveryMs) return;
+    this.idleCheckDue = false;
+    this.lastIdleCheck = Date.now();
     try {
-      if (await this.redis.exists(this.key)) return;
-      const rows = await redeliverBullmqRows(this.knex, this.windowMs);
-      if (rows > 0) {
-        this.log.warn(
-          { rows, windowMs: this.windowMs },
-          'Redis lost its data (restarted without persistence, or flushed): delivering the recent outbox rows to BullMQ again. Enable Redis persistence (appendonly yes) to avoid this.',
-        );
-      }
-      await this.redis.set(this.key, new Date().toISOString());
+      await this.advance(await this.mark(), false);
     } catch (error) {
-      this.pending = true;
+      this.idleCheckDue = true;
       throw error;
     }
+  }
+
+  /**
+   * Makes the lost rows pending again, then clears the loss record (unless it changed). Throws
+   * while a dependency is down; the record stays in Redis, so this or another relay repairs later.
+   */
+  async repairIfNeeded(): Promise<void> {
+    const loss = this.loss;
+    if (!loss) return;
+    const rows = await redeliverLostRows(this.knex, Number(loss.from), Number(loss.to));
+    this.log.warn(
+      { rows, seqFrom: Number(loss.from), seqTo: Number(loss.to) },
+      'Redis lost jobs the relay had delivered (restarted empty or from an older snapshot, failed over to a lagging replica, or flushed): delivering those outbox rows again. Run Redis with appendonly yes and appendfsync always (or everysec, which can lose the last second) to avoid this.',
+    );
+    await this.redis.dwRelayClearLoss(this.keys.loss, loss.from, loss.to);
+    if (this.loss === loss) this.loss = undefined;
+  }
+
+  private async advance(mark: number, incr: boolean): Promise<number> {
+    const [seq, from, to] = await this.redis.dwRelayAdvance(
+      this.keys.counter,
+      this.keys.loss,
+      mark,
+      incr ? '1' : '0',
+      LOSS_ROOM,
+    );
+    if (from !== null && to !== null) this.loss = { from, to };
+    return Number(seq);
   }
 }

@@ -62,13 +62,7 @@ export class Relay {
       cleanups.push(() => listener.close());
       await listener.start();
       const destinations = new Destinations(redis, config.bullmqPrefix, amqp, options.keepCompleted);
-      const redisLoss = new RedisLossDetector(
-        redis,
-        config.bullmqPrefix,
-        knex,
-        options.keepCompleted.age * 1000,
-        log,
-      );
+      const redisLoss = new RedisLossDetector(redis, config.bullmqPrefix, knex, options.pollIntervalMs, log);
       const relay = new Relay(options, knex, !options.knex, redis, amqp, destinations, listener, redisLoss);
       for (let i = 0; i < options.concurrency; i++) relay.loops.push(relay.loop());
       log.info({ batchSize: options.batchSize, concurrency: options.concurrency }, 'relay started');
@@ -117,13 +111,22 @@ export class Relay {
   /** Claims and delivers one batch; returns how many rows it claimed. */
   async drainOnce(): Promise<number> {
     const { batchSize } = this.options;
-    await this.redisLoss.checkIfNeeded();
-    return this.knex.transaction(async (trx) => {
-      const rows = await this.claimInTurn(() => claimOutboxBatch(trx, batchSize));
+    await this.redisLoss.repairIfNeeded();
+    const claimed = await this.knex.transaction(async (trx) => {
+      // What Redis must hold is read beside the claim (on another connection), before the adds.
+      const [rows, redisMark] = await this.claimInTurn(() =>
+        Promise.all([claimOutboxBatch(trx, batchSize), this.redisLoss.mark()]),
+      );
       if (rows.length === 0) return 0;
       // Called right after the claim, before any other await: each queue gets its batches in the
       // order they were claimed (see Destinations).
       const { delivered, failed } = await this.destinations.deliver(rows);
+      const added = new Set(delivered);
+      await this.redisLoss.recordDelivery(
+        trx,
+        rows.filter((r) => r.destination.kind === 'bullmq' && added.has(r.id)).map((r) => r.id),
+        redisMark,
+      );
       // The rows are marked already; the mark commits only now, after the delivery.
       crashPoint('relay:after-add-before-mark');
       // Losing this commit in a crash only means delivering the batch again, which the job ids
@@ -139,6 +142,8 @@ export class Relay {
       }
       return rows.length;
     });
+    if (claimed === 0) await this.redisLoss.checkIdle();
+    return claimed;
   }
 
   private async loop(): Promise<void> {

@@ -190,6 +190,15 @@ export class PublishNotConfirmedError extends DurableWorkerError {
   override readonly code = 'DW_PUBLISH_NOT_CONFIRMED';
 }
 
+/**
+ * `ctx.send` was given a destination no queue can have (BullMQ refuses an empty queue name and ':',
+ * its key separator). Retrying cannot help: the handler has to send somewhere else.
+ */
+export class InvalidDestinationError extends DurableWorkerError {
+  override readonly code = 'DW_INVALID_DESTINATION';
+  override readonly retryable = false;
+}
+
 /** A CLI argument or option is wrong; the CLI prints the message alone and exits 1. */
 export class UsageError extends DurableWorkerError {
   override readonly code = 'DW_USAGE';

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { InvalidDestinationError } from './errors.js';
 
 /**
  * Where an outbox message goes: a BullMQ queue (a bare string is a queue name), or an AMQP exchange
@@ -10,10 +11,32 @@ export type ResolvedDestination =
   | { kind: 'bullmq'; queue: string }
   | { kind: 'amqp'; exchange: string; routingKey: string };
 
+/** Throws InvalidDestinationError for a destination nothing could deliver to. */
 export function resolveDestination(destination: Destination): ResolvedDestination {
-  if (typeof destination === 'string') return { kind: 'bullmq', queue: destination };
-  if ('queue' in destination) return { kind: 'bullmq', queue: destination.queue };
+  if (typeof destination === 'string') return bullmqDestination(destination);
+  if ('queue' in destination) return bullmqDestination(destination.queue);
   return { kind: 'amqp', exchange: destination.exchange, routingKey: destination.routingKey };
+}
+
+function bullmqDestination(queue: unknown): ResolvedDestination {
+  const problem = bullmqQueueNameProblem(queue);
+  if (problem)
+    throw new InvalidDestinationError(`cannot send to BullMQ queue ${JSON.stringify(queue)}: ${problem}`);
+  return { kind: 'bullmq', queue: queue as string };
+}
+
+/**
+ * Why BullMQ would refuse `name` as a queue name (it throws when the queue is created), or null
+ * when it is fine.
+ */
+export function bullmqQueueNameProblem(name: unknown): string | null {
+  if (typeof name !== 'string' || name.length === 0) {
+    return 'a queue name must be a non-empty string (letters, digits, and any of "-_." are safe)';
+  }
+  if (name.includes(':')) {
+    return 'a queue name cannot contain ":" (BullMQ\'s key separator); use "-", "_" or "." instead';
+  }
+  return null;
 }
 
 /** BullMQ job options the relay passes on (a subset that is safe to set from a message). */
@@ -161,19 +184,42 @@ export async function endLeases(knex: Knex, messageIds: readonly string[]): Prom
     .update({ available_at: knex.fn.now() });
 }
 
-/**
- * Makes the BullMQ rows delivered in the last `withinMs` pending again, for when Redis lost its
- * data: their jobs are gone. A job that survived is not duplicated (same job id). Returns how many.
- */
-export async function redeliverBullmqRows(knex: Knex, withinMs: number): Promise<number> {
-  return (
-    knex(table)
-      .where('destination_kind', 'bullmq')
-      .whereNotNull('delivered_at')
-      // make_interval keeps the window a bound parameter.
-      .andWhere('delivered_at', '>', knex.raw('now() - make_interval(secs => ?)', [withinMs / 1000]))
-      .update({ delivered_at: null, available_at: knex.fn.now() })
+/** The highest Redis position of a delivered row (0 when none): Redis must hold at least this. */
+export async function maxRedisSeq(knex: Knex): Promise<number> {
+  // Backward scan of the partial index: one row read.
+  const { rows } = await knex.raw<{ rows: [{ seq: string | null }] }>(
+    `select max(redis_seq)::text as seq from ${table} where redis_seq is not null`,
   );
+  return Number(rows[0].seq ?? 0);
+}
+
+/** Records the Redis position of the batch that delivered these rows (see maxRedisSeq). */
+export async function setRedisSeq(trx: Knex.Transaction, ids: readonly number[], seq: number): Promise<void> {
+  if (ids.length === 0) return;
+  await trx.raw(`update ${table} set redis_seq = ? where id = any(?::bigint[])`, [seq, [...ids]]);
+}
+
+/**
+ * After Redis lost data: makes the rows delivered at Redis positions in (`from`, `to`] pending
+ * again (their jobs are gone; a job that survived is not duplicated, same job id) and records the
+ * loss. Several relays repairing the same loss record it once. Returns how many rows.
+ */
+export async function redeliverLostRows(knex: Knex, from: number, to: number): Promise<number> {
+  return knex.transaction(async (trx) => {
+    // Only rows the relay put into Redis have a position (not eager steps run in-process).
+    const count = await trx(table)
+      .where('redis_seq', '>', from)
+      .andWhere('redis_seq', '<=', to)
+      .update({ delivered_at: null, redis_seq: null, available_at: trx.fn.now() });
+    // One row per loss however many relays repair it; their counts add up.
+    await trx.raw(
+      `insert into dw_redis_losses (seq_from, seq_to, rows_redelivered) values (?, ?, ?)
+       on conflict (seq_from, seq_to)
+       do update set rows_redelivered = dw_redis_losses.rows_redelivered + excluded.rows_redelivered`,
+      [from, to, count],
+    );
+    return count;
+  });
 }
 
 /**
@@ -188,7 +234,7 @@ export async function markOutboxFailed(
 ): Promise<void> {
   // make_interval keeps the delay a bound parameter.
   await trx.raw(
-    `update ${table} set delivered_at = null, attempts = attempts + 1, last_error = ?,
+    `update ${table} set delivered_at = null, redis_seq = null, attempts = attempts + 1, last_error = ?,
        available_at = now() + make_interval(secs => ?) where id = ?`,
     [error.slice(0, 2000), retryInMs / 1000, id],
   );

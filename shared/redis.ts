@@ -55,6 +55,61 @@ export async function warnUnlessNoEviction(redis: Redis, log: Logger): Promise<v
   }
 }
 
+/**
+ * The relays' Redis keys: the delivery counter and the record of a loss not repaired yet (see
+ * relay/redis-loss.ts). One hash tag, so a Redis Cluster runs a script over both.
+ */
+export function relayRedisKeys(prefix: string): { counter: string; loss: string } {
+  return { counter: `${prefix}:{dw-relay}:seq`, loss: `${prefix}:{dw-relay}:loss` };
+}
+
+/** Redis's durability settings; null where the server refuses CONFIG (managed services). */
+export interface RedisPersistence {
+  appendonly: string | null;
+  appendfsync: string | null;
+  save: string | null;
+  maxmemoryPolicy: string | null;
+}
+
+export async function redisPersistence(redis: Redis): Promise<RedisPersistence> {
+  const get = async (name: string): Promise<string | null> => {
+    try {
+      const reply = (await redis.config('GET', name)) as string[];
+      return reply[1] ?? null;
+    } catch {
+      return null;
+    }
+  };
+  return {
+    appendonly: await get('appendonly'),
+    appendfsync: await get('appendfsync'),
+    save: await get('save'),
+    maxmemoryPolicy: await get('maxmemory-policy'),
+  };
+}
+
+/** What the settings can lose; empty when they are as safe as Redis gets. */
+export function persistenceRisks(p: RedisPersistence): string[] {
+  const risks: string[] = [];
+  if (p.appendonly === 'no') {
+    risks.push(
+      p.save
+        ? `appendonly no: a crash loses the jobs added since the last RDB snapshot (save "${p.save}"); set appendonly yes`
+        : 'appendonly no and no RDB snapshots: a restart loses every job; set appendonly yes',
+    );
+  } else if (p.appendfsync === 'everysec') {
+    risks.push('appendfsync everysec: a crash of the Redis host can lose the last second of jobs');
+  } else if (p.appendfsync === 'no') {
+    risks.push(
+      'appendfsync no: a crash of the Redis host can lose the last ~30 s of jobs; use everysec or always',
+    );
+  }
+  if (p.maxmemoryPolicy && p.maxmemoryPolicy !== 'noeviction') {
+    risks.push(`maxmemory-policy ${p.maxmemoryPolicy}: Redis may evict jobs; set noeviction`);
+  }
+  return risks;
+}
+
 export async function redisHealthy(redis: Redis): Promise<boolean> {
   if (redis.status !== 'ready') return false;
   return redis

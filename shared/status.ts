@@ -5,6 +5,8 @@ import type { Knex } from 'knex';
 import type { App } from './app.js';
 import { countDeadLettersByReason } from './dead-letters.js';
 import { retryQueueName } from './defaults.js';
+import { maxRedisSeq } from './outbox.js';
+import { persistenceRisks, type RedisPersistence, redisPersistence, relayRedisKeys } from './redis.js';
 import type { RetryPolicy } from './retry-policy.js';
 
 export interface OutboxStatus {
@@ -30,11 +32,25 @@ export interface BullQueueStatus {
   failed: number;
 }
 
+/** How much of what the relays delivered Redis may lose, and whether it did. */
+export interface RedisStatus extends RedisPersistence {
+  /** What the settings can lose (see the README); empty when they are as safe as Redis gets. */
+  risks: string[];
+  /** The relays' delivery counter in Redis, and the highest value Postgres saw acknowledged. */
+  deliverySeq: { redis: number; postgres: number };
+  /** Redis is behind Postgres, or a loss was found and not repaired yet: a relay re-delivers soon. */
+  lossPending: boolean;
+  /** Losses the relays found and repaired (kept for ever; each repaired within outboxRetentionMs). */
+  losses: number;
+  lastLoss: { detectedAt: string; seqFrom: number; seqTo: number; rowsRedelivered: number } | null;
+}
+
 export interface Status {
   outbox: OutboxStatus;
   deadLetters: { total: number; byReason: Record<string, number> };
   sagas: Record<string, number>;
   queues: { rabbitmq: RabbitQueueStatus[]; bullmq: BullQueueStatus[] };
+  redis?: RedisStatus;
 }
 
 export async function outboxStatus(knex: Knex): Promise<OutboxStatus> {
@@ -148,4 +164,51 @@ export async function bullQueueStatus(
 export async function deadLetterStatus(knex: Knex): Promise<Status['deadLetters']> {
   const byReason = await countDeadLettersByReason(knex);
   return { total: Object.values(byReason).reduce((a, b) => a + b, 0), byReason };
+}
+
+/** The losses the relays recorded: how many, and the last one. */
+export async function redisLosses(knex: Knex): Promise<Pick<RedisStatus, 'losses' | 'lastLoss'>> {
+  // Newest first by id; the count over the whole (tiny) table in the same statement.
+  const { rows } = await knex.raw<{
+    rows: Array<{ n: number; detected_at: Date; seq_from: string; seq_to: string; rows_redelivered: number }>;
+  }>(
+    `select count(*) over ()::int as n, detected_at, seq_from, seq_to, rows_redelivered
+       from dw_redis_losses order by id desc limit 1`,
+  );
+  const last = rows[0];
+  return {
+    losses: last?.n ?? 0,
+    lastLoss: last
+      ? {
+          detectedAt: last.detected_at.toISOString(),
+          seqFrom: Number(last.seq_from),
+          seqTo: Number(last.seq_to),
+          rowsRedelivered: last.rows_redelivered,
+        }
+      : null,
+  };
+}
+
+/** Redis's persistence settings, and the relays' delivery counter against Postgres. */
+export async function redisStatus(knex: Knex, redisUrl: string, prefix: string): Promise<RedisStatus> {
+  // Postgres first: a counter read after it that is lower means a loss (see relay/redis-loss.ts).
+  const postgres = await maxRedisSeq(knex);
+  const losses = await redisLosses(knex);
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, retryStrategy: () => null });
+  redis.on('error', () => {});
+  try {
+    const keys = relayRedisKeys(prefix);
+    const [counter, loss] = await Promise.all([redis.get(keys.counter), redis.exists(keys.loss)]);
+    const persistence = await redisPersistence(redis);
+    const seq = Number(counter ?? 0);
+    return {
+      ...persistence,
+      risks: persistenceRisks(persistence),
+      deliverySeq: { redis: seq, postgres },
+      lossPending: seq < postgres || loss > 0,
+      ...losses,
+    };
+  } finally {
+    redis.disconnect();
+  }
 }

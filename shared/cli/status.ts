@@ -14,6 +14,7 @@ import {
   deadLetterStatus,
   outboxStatus,
   rabbitQueueStatus,
+  redisStatus,
   type Status,
   sagaCountsByStatus,
 } from '../status.js';
@@ -23,7 +24,9 @@ import { printJson } from './parse.js';
 export function registerStatus(program: Command): void {
   program
     .command('status')
-    .description('outbox backlog and oldest age, dead-letter count, sagas by status, queue depths')
+    .description(
+      'outbox backlog and oldest age, dead-letter count, sagas by status, queue depths, Redis persistence and losses',
+    )
     .option('--app <module>', 'app whose work and retry queues to show (default: DW_APP)')
     .option('--json', 'print one JSON object')
     .action(async (opts: { app?: string; json?: boolean }) => {
@@ -54,7 +57,8 @@ export function registerStatus(program: Command): void {
       const bullmq = await bullQueueStatus(cfg.redisUrl, cfg.bullmqPrefix, [
         ...new Set([...bullNames, sagaQueue]),
       ]);
-      const status: Status = { outbox, deadLetters, sagas, queues: { rabbitmq, bullmq } };
+      const redis = await withDatabase(cfg, (knex) => redisStatus(knex, cfg.redisUrl, cfg.bullmqPrefix));
+      const status: Status = { outbox, deadLetters, sagas, queues: { rabbitmq, bullmq }, redis };
       if (opts.json) printJson(status);
       else printStatus(status);
     });
@@ -85,6 +89,7 @@ function printStatus(s: Status): void {
     `outbox:        ${s.outbox.pending} pending, oldest ${age}, ${s.outbox.failing} failing`,
     `dead letters:  ${s.deadLetters.total}${reasons ? ` (${reasons})` : ''}`,
     `sagas:         ${sagas || 'none'}`,
+    ...redisLines(s),
     '',
     'RabbitMQ queues',
     table([
@@ -107,4 +112,18 @@ function printStatus(s: Status): void {
     ]),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+function redisLines(s: Status): string[] {
+  const r = s.redis;
+  if (!r) return [];
+  const setting = (v: string | null) => v ?? '(hidden)';
+  const last = r.lastLoss
+    ? `last ${r.lastLoss.detectedAt}, ${r.lastLoss.rowsRedelivered} rows re-delivered`
+    : 'none found';
+  return [
+    `redis:         appendonly ${setting(r.appendonly)}, appendfsync ${setting(r.appendfsync)}, save "${setting(r.save)}", maxmemory-policy ${setting(r.maxmemoryPolicy)}`,
+    ...r.risks.map((risk) => `  risk: ${risk}`),
+    `redis losses:  ${r.losses} (${last})${r.lossPending ? '; a loss is being repaired now' : ''}`,
+  ];
 }

@@ -28,3 +28,42 @@ describe('Redis safety', () => {
     assertClean(run, await run.settle());
   });
 });
+
+describe('partial Redis loss under load', () => {
+  test('Redis restarted from an older RDB snapshot: the jobs delivered since are delivered again', async () => {
+    redis = await PrivateRedis.start();
+    run = await ChaosRun.create('Redis restored from an older snapshot', { redisUrl: redis.url });
+    const worker = await run.spawn('worker', 'worker');
+    const relay = await run.spawn('relay', 'relay', { args: ['--batch-size', '20'] });
+    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const load = run.startLoad(600, { trips: 40 });
+    await run.progress(run.random.int(80, 160));
+    await redis.snapshot();
+    run.fault('redis snapshot taken');
+    await run.progress(run.random.int(150, 250));
+    await redis.restartFromSnapshot();
+    run.fault('redis restarted from the older snapshot');
+    await load.done;
+    const counters = await run.settle(150_000);
+    const exits = await run.stopAll();
+    assertClean(run, counters, { exits });
+  });
+
+  test('FLUSHDB under load, every client still connected', async () => {
+    redis = await PrivateRedis.start();
+    run = await ChaosRun.create('Redis FLUSHDB under load', { redisUrl: redis.url });
+    const worker = await run.spawn('worker', 'worker');
+    const relay = await run.spawn('relay', 'relay', { args: ['--batch-size', '20'] });
+    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const load = run.startLoad(600, { trips: 40 });
+    for (let i = 0; i < 2; i++) {
+      await run.progress(run.random.int(100, 200));
+      await redis.flush();
+      run.fault('FLUSHDB');
+    }
+    await load.done;
+    const counters = await run.settle(150_000);
+    const exits = await run.stopAll();
+    assertClean(run, counters, { exits });
+  });
+});

@@ -54,3 +54,23 @@ describe('relay SIGKILL', () => {
     expect(exits.every((e) => e.code === 0)).toBe(true);
   });
 });
+
+describe('relay and worker SIGKILLed together', () => {
+  test('a relay and a worker killed at the same instant, several times, under load with sagas', async () => {
+    run = await ChaosRun.create('relay + worker SIGKILLed together');
+    const relay = await run.spawn('relay', 'relay', { args: ['--batch-size', '20'] });
+    const worker = await run.spawn('worker', 'worker');
+    await Promise.all([relay.waitHealthy(), worker.waitHealthy()]);
+    const load = run.startLoad(800, { trips: 40 });
+    for (let i = 0; i < 4; i++) {
+      await run.progress(run.random.int(30, 150));
+      run.fault('SIGKILL relay and worker together');
+      await Promise.all([relay.killAndRestart(), worker.killAndRestart()]);
+    }
+    await load.done;
+    const counters = await run.settle(150_000);
+    const exits = await run.stopAll();
+    assertClean(run, counters, { exits });
+    expect(exits.every((e) => e.code === 0)).toBe(true);
+  });
+});

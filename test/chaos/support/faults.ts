@@ -1,4 +1,7 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import pg from 'pg';
@@ -70,12 +73,39 @@ export class PrivateRedis {
   private constructor(
     readonly port: number,
     private readonly evictionPolicy: string,
+    /** Its own directory: an RDB file found there at boot is loaded. */
+    private readonly dir: string,
   ) {}
 
   static async start({ evictionPolicy = 'noeviction' } = {}): Promise<PrivateRedis> {
-    const redis = new PrivateRedis(await freePort(), evictionPolicy);
+    const dir = await mkdtemp(join(tmpdir(), 'dw-redis-'));
+    const redis = new PrivateRedis(await freePort(), evictionPolicy, dir);
     await redis.boot();
     return redis;
+  }
+
+  private command<T>(fn: (client: Redis) => Promise<T>): Promise<T> {
+    const client = new Redis(this.url, { maxRetriesPerRequest: 1 });
+    client.on('error', () => {});
+    return fn(client).finally(() => client.disconnect());
+  }
+
+  /** FLUSHDB, as an operator would: every client stays connected. */
+  async flush(): Promise<void> {
+    await this.command((c) => c.flushdb());
+  }
+
+  /** Writes an RDB snapshot now and keeps a copy: what `restartFromSnapshot` comes back to. */
+  async snapshot(): Promise<void> {
+    await this.command((c) => c.save());
+    await copyFile(join(this.dir, 'dump.rdb'), join(this.dir, 'older.rdb'));
+  }
+
+  /** Kill, then start from the older snapshot: everything written since is gone, the rest is there. */
+  async restartFromSnapshot(): Promise<void> {
+    await this.kill();
+    await copyFile(join(this.dir, 'older.rdb'), join(this.dir, 'dump.rdb'));
+    await this.boot();
   }
 
   get url(): string {
@@ -88,6 +118,8 @@ export class PrivateRedis {
       [
         '--port',
         String(this.port),
+        '--dir',
+        this.dir,
         '--bind',
         '127.0.0.1',
         '--save',
@@ -127,12 +159,14 @@ export class PrivateRedis {
   /** Kill, then start empty on the same port. `downWhile` runs while it is down. */
   async restart(downWhile?: () => Promise<void>): Promise<void> {
     await this.kill();
+    await rm(join(this.dir, 'dump.rdb'), { force: true });
     await downWhile?.();
     await this.boot();
   }
 
   async stop(): Promise<void> {
     await this.kill();
+    await rm(this.dir, { recursive: true, force: true });
   }
 }
 
