@@ -4,15 +4,7 @@ import type { Redis } from 'ioredis';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { relayDefaults } from '../shared/defaults.js';
 import { publishOptions } from '../shared/envelope.js';
-import type { OutboxRow } from '../shared/outbox.js';
-
-/** The data of every BullMQ job the relay adds: the message with its envelope. */
-export interface OutboxJobData {
-  messageId: string;
-  type: string;
-  payload: unknown;
-  headers: Record<string, string>;
-}
+import type { OutboxJobData, OutboxRow } from '../shared/outbox.js';
 
 export interface DeliveryResult {
   delivered: number[];

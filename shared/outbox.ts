@@ -62,6 +62,17 @@ export interface OutboxMessage {
   leaseMs?: number;
 }
 
+/**
+ * The wire contract of a relayed BullMQ job (docs/contracts.md, "Job data written by the relay"):
+ * the relay writes it, saga runners and users' BullMQ workers read it.
+ */
+export interface OutboxJobData {
+  messageId: string;
+  type: string;
+  payload: unknown;
+  headers: Record<string, string>;
+}
+
 export interface OutboxRow extends OutboxMessage {
   id: number;
   attempts: number;

@@ -9,7 +9,7 @@ import { Consumer } from './consumer.js';
 import { MessageProcessor } from './message-processor.js';
 import { type ResolvedWorkerOptions, resolveWorkerOptions, type WorkerOptions } from './options.js';
 import { RetryQueues } from './retry-queues.js';
-import { type SagaRunner, startSagaRunner } from './saga-runner.js';
+import { type SagaRunner, startSagaRunner } from './saga/runner.js';
 
 /**
  * A worker: the AMQP consumer with its handler pipeline, the saga step runner and housekeeping,

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { replayDeadLetter } from '../../ops/dead-letter-replay.js';
 import { Relay } from '../../relay/relay.js';
-import { replayDeadLetter } from '../../shared/dead-letter-replay.js';
 import { Worker } from '../../worker/worker.js';
 import { sagaFinished, sagaTestApp, startSagas } from '../support/saga-app.js';
 import { createTestEnv, type TestEnv } from '../support/services.js';

@@ -2,9 +2,9 @@ import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { redisStatus } from '../../ops/status.js';
 import { Relay } from '../../relay/relay.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
-import { redisStatus } from '../../shared/status.js';
 import { createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
 
 // Losses are confined to this file's BullMQ prefix on the shared Redis: its keys are deleted (a

@@ -1,13 +1,13 @@
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { retryCompensation } from '../../ops/saga-recovery.js';
 import { defineApp } from '../../shared/app.js';
 import { NonRetryableError, StepTimeoutError } from '../../shared/errors.js';
 import { silentLogger } from '../../shared/logger.js';
 import { insertOutboxMessages } from '../../shared/outbox.js';
 import { defineSaga, type StepContext } from '../../shared/saga/definition.js';
 import type { SagaPhase, SagaStepJob } from '../../shared/saga/jobs.js';
-import { retryCompensation } from '../../shared/saga/recovery.js';
 import { startSaga } from '../../shared/saga/start.js';
 import { bumpGeneration } from '../../shared/saga/store.js';
 import { afterFailedAttempt } from '../../worker/saga/failures.js';

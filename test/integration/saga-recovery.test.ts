@@ -1,10 +1,10 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { retryCompensation } from '../../ops/saga-recovery.js';
 import { Relay } from '../../relay/relay.js';
 import { silentLogger } from '../../shared/logger.js';
 import { deadlineJobId, sagaQueue } from '../../shared/saga/jobs.js';
-import { retryCompensation } from '../../shared/saga/recovery.js';
 import { sweepOnce } from '../../worker/saga/sweep.js';
 import { Worker } from '../../worker/worker.js';
 import { calls, hooks, sagaFinished, sagaTestApp, signedLedger, startSagas } from '../support/saga-app.js';

@@ -1,8 +1,8 @@
 import amqp, { type ConfirmChannel } from 'amqplib';
 import type { Knex } from 'knex';
-import { type Config, loadConfig, redactUrl } from '../config.js';
-import { assertDatabaseReachable, createKnex } from '../db/knex.js';
-import { ServiceUnavailableError } from '../errors.js';
+import { type Config, loadConfig, redactUrl } from '../shared/config.js';
+import { assertDatabaseReachable, createKnex } from '../shared/db/knex.js';
+import { ServiceUnavailableError } from '../shared/errors.js';
 
 /** The validated configuration; a ConfigError (one line per problem) otherwise. */
 export function config(): Config {

@@ -1,8 +1,13 @@
 import type { Knex } from 'knex';
-import { insertOutboxMessages } from '../outbox.js';
-import { stepMessage } from './jobs.js';
-import { nextAttempt, type PlannableSaga, planCompensation } from './plan.js';
-import { listStepRows, reopenFailedSaga, resetFailedCompensations, transitionSaga } from './store.js';
+import { insertOutboxMessages } from '../shared/outbox.js';
+import { stepMessage } from '../shared/saga/jobs.js';
+import { nextAttempt, type PlannableSaga, planCompensation } from '../shared/saga/plan.js';
+import {
+  listStepRows,
+  reopenFailedSaga,
+  resetFailedCompensations,
+  transitionSaga,
+} from '../shared/saga/store.js';
 
 /**
  * Replays a compensation that failed for good (a `compensation-failed` dead letter): the `failed`

@@ -1,8 +1,8 @@
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { loadApp } from '../app.js';
-import { redactUrl } from '../config.js';
-import { type ReplayResult, replayDeadLetter } from '../dead-letter-replay.js';
+import { type ReplayResult, replayDeadLetter } from '../ops/dead-letter-replay.js';
+import { loadApp } from '../shared/app.js';
+import { redactUrl } from '../shared/config.js';
 import {
   countDeadLetters,
   type DeadLetterFilter,
@@ -14,9 +14,9 @@ import {
   deleteDeadLetters,
   getDeadLetter,
   listDeadLetters,
-} from '../dead-letters.js';
-import { cliDefaults, formatDuration, workerDefaults } from '../defaults.js';
-import { ServiceUnavailableError, UsageError } from '../errors.js';
+} from '../shared/dead-letters.js';
+import { cliDefaults, formatDuration, workerDefaults } from '../shared/defaults.js';
+import { ServiceUnavailableError, UsageError } from '../shared/errors.js';
 import { config, withDatabase } from './infra.js';
 import { integer, printJson } from './parse.js';
 

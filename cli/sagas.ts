@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { cliDefaults } from '../defaults.js';
-import { SagaNotFoundError, UsageError } from '../errors.js';
-import { getSaga, listSagas, listStepRows, type SagaStatus, sagaStatuses } from '../saga/store.js';
-import { formatTimeline, sagaView } from '../saga/view.js';
+import { formatTimeline, sagaView } from '../ops/saga-view.js';
+import { cliDefaults } from '../shared/defaults.js';
+import { SagaNotFoundError, UsageError } from '../shared/errors.js';
+import { getSaga, listSagas, listStepRows, type SagaStatus, sagaStatuses } from '../shared/saga/store.js';
 import { config, withDatabase } from './infra.js';
 import { integer, printJson } from './parse.js';
 

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import type { OutgoingMessage } from '../envelope.js';
-import { UsageError } from '../errors.js';
-import { assertExchange, publishMessages } from '../publisher.js';
+import type { OutgoingMessage } from '../shared/envelope.js';
+import { UsageError } from '../shared/errors.js';
+import { assertExchange, publishMessages } from '../shared/publisher.js';
 import { config, withAmqpChannel } from './infra.js';
 import { integer, jsonArgument, printJson } from './parse.js';
 

@@ -1,6 +1,6 @@
-import type { ErrorInfo } from '../errors.js';
-import type { SagaPhase } from './jobs.js';
-import type { SagaRow, SagaStatus, StepRow, StepStatus } from './store.js';
+import type { ErrorInfo } from '../shared/errors.js';
+import type { SagaPhase } from '../shared/saga/jobs.js';
+import type { SagaRow, SagaStatus, StepRow, StepStatus } from '../shared/saga/store.js';
 
 /** The JSON shape of a saga (docs/contracts.md, "JSON shapes"); fields may be added, never renamed. */
 export interface SagaView {

@@ -1,14 +1,14 @@
 import { Worker as BullWorker, DelayedError, Queue } from 'bullmq';
 import type { Knex } from 'knex';
-import type { OutboxJobData } from '../relay/destinations.js';
-import type { App } from '../shared/app.js';
-import type { Logger } from '../shared/logger.js';
-import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
-import { type SagaJob, sagaQueue } from '../shared/saga/jobs.js';
-import { settledWithin } from '../shared/time.js';
-import { EagerSteps } from './saga/eager.js';
-import { SagaStepRunner } from './saga/step-runner.js';
-import { sweepOnce } from './saga/sweep.js';
+import type { App } from '../../shared/app.js';
+import type { Logger } from '../../shared/logger.js';
+import type { OutboxJobData } from '../../shared/outbox.js';
+import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../../shared/redis.js';
+import { type SagaJob, sagaQueue } from '../../shared/saga/jobs.js';
+import { settledWithin } from '../../shared/time.js';
+import { EagerSteps } from './eager.js';
+import { SagaStepRunner } from './step-runner.js';
+import { sweepOnce } from './sweep.js';
 
 export interface SagaRunnerDeps {
   app: App;

@@ -1,11 +1,5 @@
 import amqp from 'amqplib';
 import type { Command } from 'commander';
-import { loadApp } from '../app.js';
-import { redactUrl } from '../config.js';
-import { workQueueName } from '../defaults.js';
-import { ServiceUnavailableError } from '../errors.js';
-import { assertRedisReachable } from '../redis.js';
-import { sagaQueue } from '../saga/jobs.js';
 import {
   appQueueNames,
   bullmqDestinations,
@@ -17,7 +11,13 @@ import {
   redisStatus,
   type Status,
   sagaCountsByStatus,
-} from '../status.js';
+} from '../ops/status.js';
+import { loadApp } from '../shared/app.js';
+import { redactUrl } from '../shared/config.js';
+import { workQueueName } from '../shared/defaults.js';
+import { ServiceUnavailableError } from '../shared/errors.js';
+import { assertRedisReachable } from '../shared/redis.js';
+import { sagaQueue } from '../shared/saga/jobs.js';
 import { config, withDatabase } from './infra.js';
 import { printJson } from './parse.js';
 

@@ -1,5 +1,5 @@
 import { Command, CommanderError } from 'commander';
-import { ConfigError, DurableWorkerError } from '../errors.js';
+import { ConfigError, DurableWorkerError } from '../shared/errors.js';
 import { registerDlq } from './dlq.js';
 import { registerMigrate } from './migrate.js';
 import { registerProcesses } from './processes.js';

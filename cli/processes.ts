@@ -1,7 +1,7 @@
 import { type Command, Option } from 'commander';
-import { runRelayProcess } from '../../relay/process.js';
-import { runWorkerProcess } from '../../worker/process.js';
-import { MAX_TIMER_MS, relayDefaults, workerDefaults } from '../defaults.js';
+import { runRelayProcess } from '../relay/process.js';
+import { MAX_TIMER_MS, relayDefaults, workerDefaults } from '../shared/defaults.js';
+import { runWorkerProcess } from '../worker/process.js';
 import { config } from './infra.js';
 import { integer } from './parse.js';
 

@@ -2,12 +2,17 @@ import type { ChannelModel } from 'amqplib';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Knex } from 'knex';
-import type { App } from './app.js';
-import { countDeadLettersByReason } from './dead-letters.js';
-import { retryQueueName } from './defaults.js';
-import { maxRedisSeq } from './outbox.js';
-import { persistenceRisks, type RedisPersistence, redisPersistence, relayRedisKeys } from './redis.js';
-import type { RetryPolicy } from './retry-policy.js';
+import type { App } from '../shared/app.js';
+import { countDeadLettersByReason } from '../shared/dead-letters.js';
+import { retryQueueName } from '../shared/defaults.js';
+import { maxRedisSeq } from '../shared/outbox.js';
+import {
+  persistenceRisks,
+  type RedisPersistence,
+  redisPersistence,
+  relayRedisKeys,
+} from '../shared/redis.js';
+import type { RetryPolicy } from '../shared/retry-policy.js';
 
 export interface OutboxStatus {
   pending: number;

@@ -1,12 +1,12 @@
 import type { ConfirmChannel, Options } from 'amqplib';
 import type { Knex } from 'knex';
-import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from './dead-letters.js';
-import { Headers } from './envelope.js';
-import { DurableWorkerError, PublishNotConfirmedError } from './errors.js';
-import { inboxHas } from './inbox.js';
-import type { SagaStepJob } from './saga/jobs.js';
-import type { PlannableSaga } from './saga/plan.js';
-import { retryCompensation } from './saga/recovery.js';
+import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from '../shared/dead-letters.js';
+import { Headers } from '../shared/envelope.js';
+import { DurableWorkerError, PublishNotConfirmedError } from '../shared/errors.js';
+import { inboxHas } from '../shared/inbox.js';
+import type { SagaStepJob } from '../shared/saga/jobs.js';
+import type { PlannableSaga } from '../shared/saga/plan.js';
+import { retryCompensation } from './saga-recovery.js';
 
 export type ReplayOutcome =
   /** Sent back to its queue and removed from the dead letters. */

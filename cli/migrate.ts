@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { loadApp } from '../app.js';
-import { redactUrl } from '../config.js';
-import { ensureDatabase, migrate } from '../db/migrate.js';
-import { appTopology, declareTopology } from '../topology.js';
+import { loadApp } from '../shared/app.js';
+import { redactUrl } from '../shared/config.js';
+import { ensureDatabase, migrate } from '../shared/db/migrate.js';
+import { appTopology, declareTopology } from '../shared/topology.js';
 import { config, withAmqpChannel, withDatabase } from './infra.js';
 
 export function registerMigrate(program: Command): void {
