@@ -2,6 +2,7 @@ import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import pLimit from 'p-limit';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { readIncoming } from '../shared/envelope.js';
+import { describeCause } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { messagesTotal } from '../shared/metrics.js';
 import { sleep } from '../shared/time.js';
@@ -192,6 +193,7 @@ export class Consumer {
           return;
         }
       } catch (error) {
+        this.problem = `not consuming from queue ${this.options.topology.queue}: subscribing again failed (${describeCause(error)}); retrying`;
         if (attempt === 0) this.log.warn({ err: error }, 'cannot subscribe again yet; retrying with backoff');
       }
     }
