@@ -112,7 +112,7 @@ export class UnroutableError extends DurableWorkerError {
   ) {
     super(
       exchange === ''
-        ? `queue ${routingKey} does not exist on the broker, so the message was returned, not delivered (start the worker that consumes it, or run \`dw migrate\`)`
+        ? `queue ${routingKey} does not exist on the broker (start the worker or run \`dw migrate\` first)`
         : `no queue bound for routing key ${routingKey} on exchange ${exchange}, so the message was returned, not delivered (start the app that handles ${routingKey}, or run \`dw migrate\` for it, or bind a queue to the exchange with that routing key)`,
     );
   }
