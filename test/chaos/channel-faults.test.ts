@@ -40,18 +40,16 @@ describe('AMQP channel faults (the connection stays up)', () => {
       run.fault(`queue deleted with ${dropped} messages and declared again`);
       // /healthz says 200 only once the worker consumes again (it went 503 meanwhile).
       await worker.waitHealthy(60_000);
+      // What the broker dropped with the queue, or as unroutable while it was gone, is published
+      // again (same ids); the counters then check the worker took every message exactly once.
+      run.fault(`republished ${await run.republishUnhandled()} messages the broker dropped`);
     }
     await load.done;
-    // What the broker dropped with the queue, or as unroutable while it was gone, is published
-    // again (same ids); the counters then check the worker took every message exactly once.
-    run.fault(`republished ${await run.republishUnhandled()} messages the broker dropped`);
     await expectCleanRecovery(run, worker, relay);
   });
 
   test('consumer_timeout closes the worker channel (406) while handlers wait on Postgres', async () => {
     const { run, worker, relay } = await startPair('consumer_timeout during a Postgres lock');
-    const load = run.startLoad(600);
-    await run.progress(50);
     // The worker's next channel gets a 5 s consumer timeout: make it reconnect within the window.
     const restoreTick = await shortConsumerTimeout(5000, 500, async () => {
       const proc = worker.current;
@@ -59,6 +57,7 @@ describe('AMQP channel faults (the connection stays up)', () => {
       await proc?.waitForLog('RabbitMQ connection restored', 60_000);
       await worker.waitHealthy(60_000);
     });
+    const load = run.startLoad(600);
     try {
       // Handlers hold their deliveries past the timeout: the broker closes the channel (406).
       const release = await run.holdHandlers();
