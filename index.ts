@@ -46,6 +46,7 @@ export {
   SagaNotFoundError,
   ServiceUnavailableError,
   StepTimeoutError,
+  UnroutableError,
   UsageError,
   WorkerDiedError,
 } from './shared/errors.js';

@@ -1,8 +1,8 @@
 import type { ConfirmChannel, Options } from 'amqplib';
 import type { Knex } from 'knex';
+import { publishMandatory } from '../shared/amqp.js';
 import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from '../shared/dead-letters.js';
 import { Headers } from '../shared/envelope.js';
-import { DurableWorkerError, PublishNotConfirmedError } from '../shared/errors.js';
 import { inboxHas } from '../shared/inbox.js';
 import type { SagaStepJob } from '../shared/saga/jobs.js';
 import type { PlannableSaga } from '../shared/saga/plan.js';
@@ -53,7 +53,7 @@ function replayHeaders(row: DeadLetterRow): Record<string, unknown> {
   return headers;
 }
 
-function publishOptionsFor(row: DeadLetterRow): Options.Publish {
+function publishOptionsFor(row: DeadLetterRow): Options.Publish & { messageId: string } {
   const props = row.properties ?? {};
   const timestamp = typeof props.timestamp === 'string' ? Date.parse(props.timestamp) : Number.NaN;
   return {
@@ -63,51 +63,8 @@ function publishOptionsFor(row: DeadLetterRow): Options.Publish {
     contentType: 'application/json',
     ...(Number.isNaN(timestamp) ? {} : { timestamp: Math.floor(timestamp / 1000) }),
     persistent: true,
-    mandatory: true,
     headers: replayHeaders(row),
   };
-}
-
-/**
- * Publishes to `queue` through the default exchange and waits for the confirm. `mandatory` makes
- * the broker return the message if the queue does not exist (it would be dropped silently
- * otherwise); a return comes before the confirm.
- */
-async function publishToQueue(
-  channel: ConfirmChannel,
-  queue: string,
-  body: Buffer,
-  options: Options.Publish,
-): Promise<void> {
-  let returned = false;
-  const onReturn = (msg: { properties: { messageId?: string } }) => {
-    if (msg.properties.messageId === options.messageId) returned = true;
-  };
-  channel.on('return', onReturn);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      channel.publish('', queue, body, options, (error) =>
-        error
-          ? reject(
-              error instanceof Error ? error : new PublishNotConfirmedError('the broker refused the publish'),
-            )
-          : resolve(),
-      );
-    });
-  } finally {
-    channel.removeListener('return', onReturn);
-  }
-  if (returned) {
-    throw new QueueMissingError(queue);
-  }
-}
-
-/** The queue a dead letter came from is gone; replaying would drop the message. */
-export class QueueMissingError extends DurableWorkerError {
-  override readonly code = 'DW_QUEUE_MISSING';
-  constructor(readonly queue: string) {
-    super(`queue ${queue} does not exist on the broker (start the worker or run \`dw migrate\` first)`);
-  }
 }
 
 /**
@@ -143,7 +100,8 @@ export async function replayDeadLetter(
     const body = row.body ?? Buffer.from(JSON.stringify(row.payload));
     // A crash loop left its delivery count at the limit: the replay starts it afresh.
     await deleteDeliveryCount(trx, row.queue, row.message_id);
-    await publishToQueue(await channel(), row.queue, body, publishOptionsFor(row));
+    // Through the default exchange, mandatory: a queue that does not exist is an UnroutableError.
+    await publishMandatory(await channel(), '', row.queue, body, publishOptionsFor(row));
     await deleteDeadLetter(trx, id);
     return { ...base, outcome: 'replayed' };
   });

@@ -155,7 +155,8 @@ export class Destinations {
       causationId: row.headers.causationId,
       traceparent: row.headers.traceparent,
     });
-    await this.amqp.publish(
+    // Mandatory: a type nothing is bound to is returned (UnroutableError), not confirmed and lost.
+    await this.amqp.publishMandatory(
       row.destination.exchange,
       row.destination.routingKey,
       Buffer.from(JSON.stringify(row.payload)),

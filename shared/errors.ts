@@ -199,6 +199,25 @@ export class InvalidDestinationError extends DurableWorkerError {
   override readonly retryable = false;
 }
 
+/**
+ * The broker returned a mandatory publish: no queue is bound for its routing key on the exchange
+ * (through the default exchange `''`, the routing key is a queue name that does not exist). The
+ * message was not delivered; another attempt succeeds once the queue and its binding exist.
+ */
+export class UnroutableError extends DurableWorkerError {
+  override readonly code = 'DW_UNROUTABLE';
+  constructor(
+    readonly exchange: string,
+    readonly routingKey: string,
+  ) {
+    super(
+      exchange === ''
+        ? `queue ${routingKey} does not exist on the broker (start the worker or run \`dw migrate\` first)`
+        : `no queue bound for routing key ${routingKey} on exchange ${exchange}, so the message was returned, not delivered (start the app that handles ${routingKey}, or run \`dw migrate\` for it, or bind a queue to the exchange with that routing key)`,
+    );
+  }
+}
+
 /** A CLI argument or option is wrong; the CLI prints the message alone and exits 1. */
 export class UsageError extends DurableWorkerError {
   override readonly code = 'DW_USAGE';

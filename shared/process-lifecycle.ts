@@ -5,6 +5,8 @@ import { collectProcessMetrics, dependencyUp, registry } from './metrics.js';
 export interface Stoppable {
   stop(graceMs?: number): Promise<boolean>;
   health(): Promise<Record<string, boolean>>;
+  /** Problems in words for `/healthz` (e.g. why a worker is not consuming); optional. */
+  problems?(): string[];
 }
 
 /**
@@ -42,8 +44,8 @@ export function handleSignals(
 }
 
 /**
- * `/healthz` (200 when every dependency answers, 503 with the list otherwise) and `/metrics`
- * (Prometheus text format).
+ * `/healthz` (200 when every dependency answers, 503 with the list otherwise, and `problems` in
+ * words when the component names any) and `/metrics` (Prometheus text format).
  */
 export async function startHealthServer(component: Stoppable, port: number, log: Logger): Promise<Server> {
   collectProcessMetrics();
@@ -51,9 +53,16 @@ export async function startHealthServer(component: Stoppable, port: number, log:
     if (req.url === '/healthz' || req.url === '/readyz') {
       void component.health().then((deps) => {
         for (const [dependency, up] of Object.entries(deps)) dependencyUp.set({ dependency }, up ? 1 : 0);
-        const ok = Object.values(deps).every(Boolean);
+        const problems = component.problems?.() ?? [];
+        const ok = Object.values(deps).every(Boolean) && problems.length === 0;
         res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ status: ok ? 'ok' : 'degraded', dependencies: deps }));
+        res.end(
+          JSON.stringify({
+            status: ok ? 'ok' : 'degraded',
+            dependencies: deps,
+            ...(problems.length ? { problems } : {}),
+          }),
+        );
       });
       return;
     }

@@ -1,6 +1,7 @@
 import type { ConfirmChannel } from 'amqplib';
+import { sendMandatory } from './amqp.js';
 import { type OutgoingMessage, publishOptions } from './envelope.js';
-import { PublishNotConfirmedError } from './errors.js';
+import { PublishNotConfirmedError, UnroutableError } from './errors.js';
 
 /**
  * Publishes messages per the envelope contract (exchange, routing key = type, persistent, JSON)
@@ -17,35 +18,41 @@ export async function publishMessages(
   const confirms: Promise<void>[] = [];
   // With `mandatory`, the broker returns messages no queue is bound for (before confirming them).
   let unroutable = 0;
-  const onReturn = () => {
+  const countReturn = (error: unknown) => {
+    if (!(error instanceof UnroutableError)) throw error;
     unroutable++;
   };
-  if (options.mandatory) channel.on('return', onReturn);
+  // Up to 1000 confirms outstanding, each listening for the channel's close.
+  channel.setMaxListeners(0);
   for (const message of messages) {
     const properties = publishOptions(message);
+    const content = Buffer.from(JSON.stringify(message.payload));
     let writable = true;
-    const confirmed = new Promise<void>((resolve, reject) => {
-      writable = channel.publish(
-        exchange,
-        message.type,
-        Buffer.from(JSON.stringify(message.payload)),
-        { ...properties, mandatory: options.mandatory ?? false },
-        (error) =>
-          error
-            ? reject(
-                error instanceof Error ? error : new PublishNotConfirmedError('publish nacked by the broker'),
-              )
-            : resolve(),
+    if (options.mandatory) {
+      const sent = sendMandatory(channel, exchange, message.type, content, properties);
+      confirms.push(sent.confirmed.catch(countReturn));
+      writable = sent.writable;
+    } else {
+      confirms.push(
+        new Promise<void>((resolve, reject) => {
+          writable = channel.publish(exchange, message.type, content, properties, (error) =>
+            error
+              ? reject(
+                  error instanceof Error
+                    ? error
+                    : new PublishNotConfirmedError('publish nacked by the broker'),
+                )
+              : resolve(),
+          );
+        }),
       );
-    });
-    confirms.push(confirmed);
+    }
     published.push({ id: properties.messageId, type: message.type });
     if (!writable) await new Promise((drained) => channel.once('drain', drained));
     // Keep the number of unconfirmed messages bounded.
     if (confirms.length >= 1000) await Promise.all(confirms.splice(0));
   }
   await Promise.all(confirms);
-  channel.removeListener('return', onReturn);
   return { published, unroutable };
 }
 

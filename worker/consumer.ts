@@ -2,6 +2,7 @@ import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import pLimit from 'p-limit';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { readIncoming } from '../shared/envelope.js';
+import { describeCause } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { messagesTotal } from '../shared/metrics.js';
 import { sleep } from '../shared/time.js';
@@ -14,15 +15,38 @@ export interface ConsumerOptions {
   prefetch: number;
 }
 
+/** One channel the consumer opened, with what happened to it. */
+interface Subscription {
+  channel: Channel;
+  connection: ChannelModel;
+  closed: boolean;
+  /** Set once the broker confirmed the consumer; cleared by a cancel. */
+  consumerTag?: string;
+  /** Why the broker closed the channel (its 'error' comes just before 'close'). */
+  error?: Error;
+}
+
 /**
  * Declares the topology and feeds deliveries to the processor, at most `concurrency` at once, with
- * manual acks. After a reconnection it declares and consumes again; deliveries of the lost channel
- * are not acked (the broker redelivers them, the inbox absorbs the repeat).
+ * manual acks. Whenever it stops consuming while the connection stays up (the broker closed the
+ * channel: consumer_timeout, a 406 or 404 on it; or cancelled the consumer: the queue was deleted)
+ * it opens a channel, declares the topology again (bringing a deleted queue back) and consumes
+ * again, with backoff; after a reconnection the connection's setup does the same. Deliveries of a
+ * lost channel are not acked (the broker redelivers them, the inbox absorbs the repeat): each is
+ * settled on its own channel only, which fails quietly once that channel is gone.
  */
 export class Consumer {
-  private channel: Channel | undefined;
-  private consumerTag: string | undefined;
+  private current: Subscription | undefined;
+  /** The connection of the latest (re)connection; a recovery for an older one gives up. */
+  private connection: ChannelModel | undefined;
+  private recovering = false;
+  /** Subscribing runs one at a time: a recovery and a reconnection must not both subscribe. */
+  private subscribing: Promise<void> = Promise.resolve();
   private stopping = false;
+  /** Why the worker is not consuming; undefined while it consumes. */
+  private problem: string | undefined = 'not subscribed yet';
+  /** Aborted at stop: a recovery backoff ends at once. */
+  private readonly stopped = new AbortController();
   private readonly inFlight = new Set<Promise<void>>();
   private readonly limit;
 
@@ -36,7 +60,15 @@ export class Consumer {
   }
 
   get consuming(): boolean {
-    return this.channel !== undefined && !this.stopping;
+    return this.current?.consumerTag !== undefined && !this.stopping;
+  }
+
+  /** Why no messages are being taken right now (for `/healthz`), or undefined while consuming. */
+  get notConsumingBecause(): string | undefined {
+    if (this.stopping) return 'stopping';
+    if (this.consuming) return undefined;
+    if (!this.amqp.connected) return 'RabbitMQ connection lost; reconnecting';
+    return this.problem ?? 'not subscribed';
   }
 
   async start(): Promise<void> {
@@ -46,32 +78,125 @@ export class Consumer {
   /** Stops taking messages, lets started ones finish for up to `graceMs`; true if all finished. */
   async stop(graceMs: number): Promise<boolean> {
     this.stopping = true;
-    const channel = this.channel;
-    if (channel && this.consumerTag) await channel.cancel(this.consumerTag).catch(() => {});
+    this.stopped.abort();
+    const current = this.current;
+    if (current?.consumerTag && !current.closed) {
+      await current.channel.cancel(current.consumerTag).catch(() => {});
+    }
     const drained = Promise.all([...this.inFlight]).then(() => true);
     return Promise.race([drained, sleep(graceMs).then(() => false)]);
   }
 
+  /** After each (re)connection: any subscription of the previous connection died with it. */
   private async setup(connection: ChannelModel): Promise<void> {
+    this.connection = connection;
+    this.current = undefined;
     if (this.stopping) return;
+    await this.subscribeOnce(connection);
+    if (this.current)
+      this.log.info({ ...this.options.topology, prefetch: this.options.prefetch }, 'consuming');
+  }
+
+  /** subscribe, unless another one is in flight or done for this connection. */
+  private subscribeOnce(connection: ChannelModel): Promise<void> {
+    const run = this.subscribing.then(async () => {
+      if (this.stopping || this.connection !== connection) return;
+      const current = this.current;
+      if (current?.consumerTag && !current.closed && current.connection === connection) return;
+      await this.subscribe(connection);
+    });
+    this.subscribing = run.catch(() => {});
+    return run;
+  }
+
+  /** Opens a channel, declares the topology and consumes; the subscription becomes current. */
+  private async subscribe(connection: ChannelModel): Promise<void> {
     const { topology, prefetch } = this.options;
     const channel = await connection.createChannel();
-    channel.on('error', (error) => this.log.warn({ err: error }, 'AMQP channel error'));
-    channel.on('close', () => {
-      if (this.channel === channel) this.channel = undefined;
+    const sub: Subscription = { channel, connection, closed: false };
+    channel.on('error', (error: Error) => {
+      sub.error = error;
+      this.log.debug({ err: error }, 'AMQP consumer channel error');
     });
-    await channel.prefetch(prefetch);
-    await declareTopology(channel, topology);
-    this.channel = channel;
-    const { consumerTag } = await channel.consume(
-      topology.queue,
-      (msg) => msg && this.onDelivery(channel, msg),
-      {
-        noAck: false,
-      },
-    );
-    this.consumerTag = consumerTag;
-    this.log.info({ ...topology, prefetch }, 'consuming');
+    channel.on('close', () => {
+      sub.closed = true;
+      if (this.current !== sub) return;
+      this.current = undefined;
+      this.lost(`the broker closed the consumer channel${sub.error ? `: ${sub.error.message}` : ''}`);
+    });
+    try {
+      await channel.prefetch(prefetch);
+      await declareTopology(channel, topology);
+      const { consumerTag } = await channel.consume(
+        topology.queue,
+        (msg) => {
+          if (msg) this.onDelivery(channel, msg);
+          else this.onCancelled(sub);
+        },
+        { noAck: false },
+      );
+      // Closed while the consume-ok was on its way, or the worker began to stop meanwhile.
+      if (sub.closed) throw sub.error ?? new Error('the consumer channel closed while subscribing');
+      if (this.stopping || this.connection !== connection) {
+        await channel.close().catch(() => {});
+        return;
+      }
+      sub.consumerTag = consumerTag;
+      this.current = sub;
+      this.problem = undefined;
+    } catch (error) {
+      if (!sub.closed) await channel.close().catch(() => {});
+      throw error;
+    }
+  }
+
+  /** The broker cancelled the consumer (its queue was deleted, or it moved): subscribe afresh. */
+  private onCancelled(sub: Subscription): void {
+    sub.consumerTag = undefined;
+    if (this.current !== sub) return;
+    this.current = undefined;
+    // Its unsettled deliveries are requeued by the close (if the queue still exists).
+    void sub.channel.close().catch(() => {});
+    this.lost(`the broker cancelled the consumer of queue ${this.options.topology.queue}`);
+  }
+
+  /**
+   * Not consuming any more while `connection` may still be up: subscribe again with backoff, logged
+   * once per episode. A lost connection is left to the reconnection (its setup subscribes).
+   */
+  private lost(why: string): void {
+    if (this.stopping) return;
+    this.problem = `not consuming from queue ${this.options.topology.queue}: ${why}; subscribing again`;
+    if (this.recovering) return;
+    this.recovering = true;
+    void this.resubscribe().finally(() => {
+      this.recovering = false;
+    });
+  }
+
+  private async resubscribe(): Promise<void> {
+    let warned = false;
+    for (let attempt = 0; ; attempt++) {
+      await sleep(Math.min(5000, 100 * 2 ** attempt), this.stopped.signal);
+      if (this.stopping || this.current?.consumerTag) return;
+      // The connection went too: its reconnection subscribes.
+      const connection = this.connection;
+      if (!connection || this.amqp.current !== connection) return;
+      if (!warned) {
+        this.log.warn({ reason: this.problem }, 'the worker stopped consuming; subscribing again');
+        warned = true;
+      }
+      try {
+        await this.subscribeOnce(connection);
+        if (this.current) {
+          this.log.info({ queue: this.options.topology.queue, attempts: attempt + 1 }, 'consuming again');
+          return;
+        }
+      } catch (error) {
+        this.problem = `not consuming from queue ${this.options.topology.queue}: subscribing again failed (${describeCause(error)}); retrying`;
+        if (attempt === 0) this.log.warn({ err: error }, 'cannot subscribe again yet; retrying with backoff');
+      }
+    }
   }
 
   private onDelivery(channel: Channel, msg: ConsumeMessage): void {

@@ -1,16 +1,6 @@
-import type { Message } from 'amqplib';
-import type { ResilientAmqpConnection } from '../shared/amqp.js';
-import { publishConfirmed } from '../shared/amqp.js';
+import { publishMandatory, type ResilientAmqpConnection } from '../shared/amqp.js';
 import { retryQueueName } from '../shared/defaults.js';
-import { DurableWorkerError } from '../shared/errors.js';
-
-/** The retry queue vanished (deleted by hand, or by a broker reset) after we declared it. */
-export class RetryQueueMissingError extends DurableWorkerError {
-  override readonly code = 'DW_RETRY_QUEUE_MISSING';
-  constructor(readonly queue: string) {
-    super(`retry queue ${queue} does not exist; it is declared again on the next attempt`);
-  }
-}
+import { UnroutableError } from '../shared/errors.js';
 
 /**
  * Delayed retries without a broker plugin: one queue per delay tier (`<queue>.retry.<ms>ms`), with
@@ -36,7 +26,8 @@ export class RetryQueues {
   /**
    * Publishes `content` to the tier's retry queue, to come back after `delayMs`; resolves when
    * confirmed. Published as mandatory: the default exchange drops a message for a queue that does
-   * not exist and still confirms it, which would lose the message once the original is acked.
+   * not exist and still confirms it, which would lose the message once the original is acked. A
+   * queue deleted after we declared it rejects with UnroutableError and is declared on the next attempt.
    */
   async schedule(
     tierMs: number,
@@ -53,25 +44,11 @@ export class RetryQueues {
       });
       this.declared.add(name);
     }
-    let returned = false;
-    const onReturn = (msg: Message) => {
-      if (msg.fields.routingKey === name && msg.properties.messageId === properties.messageId)
-        returned = true;
-    };
-    // The broker sends a return before the confirm of the same message.
-    channel.on('return', onReturn);
     try {
-      await publishConfirmed(channel, '', name, content, {
-        ...properties,
-        expiration: String(delayMs),
-        mandatory: true,
-      });
-    } finally {
-      channel.removeListener('return', onReturn);
-    }
-    if (returned) {
-      this.declared.delete(name);
-      throw new RetryQueueMissingError(name);
+      await publishMandatory(channel, '', name, content, { ...properties, expiration: String(delayMs) });
+    } catch (error) {
+      if (error instanceof UnroutableError) this.declared.delete(name);
+      throw error;
     }
   }
 }

@@ -106,12 +106,27 @@ export class Worker {
     }
   }
 
-  /** Which dependencies answer right now (for `/healthz`). */
+  /**
+   * Which dependencies answer right now (for `/healthz`), and `consuming`: whether the worker takes
+   * messages from its queue (false while it subscribes again after the broker closed its channel or
+   * cancelled its consumer; `problems` says why).
+   */
   async health(): Promise<Record<string, boolean>> {
     const database = await databaseHealthy(this.knex);
     const result: Record<string, boolean> = { postgres: database, rabbitmq: this.amqp.connected };
+    if (this.hasHandlers) result.consuming = this.consumer.consuming;
     if (this.sagaRunner) result.redis = await this.sagaRunner.healthy();
     return result;
+  }
+
+  /** What `/healthz` reports as wrong beyond unreachable dependencies. */
+  problems(): string[] {
+    const why = this.hasHandlers ? this.consumer.notConsumingBecause : undefined;
+    return why ? [why] : [];
+  }
+
+  private get hasHandlers(): boolean {
+    return this.options.app.handlers.size > 0;
   }
 
   /**

@@ -204,10 +204,13 @@ describe('relay', () => {
       destination: { kind: 'amqp', exchange: randomName('missing-exchange-'), routingKey: 'x' },
     });
     const numeric = job(queue, 5, { messageId: '12345' });
-    // The exchange must exist for the good AMQP row; nothing is bound, which is fine for delivery.
+    // The good AMQP row needs its exchange and a queue bound for its type (publishes are mandatory).
     const amqp = new ResilientAmqpConnection(env.config.amqpUrl);
     await amqp.start();
-    await (await amqp.confirmChannel()).assertExchange(env.config.exchange, 'topic', { durable: true });
+    const channel = await amqp.confirmChannel();
+    await channel.assertExchange(env.config.exchange, 'topic', { durable: true });
+    await channel.assertQueue(`${env.config.exchange}.test`, { durable: true });
+    await channel.bindQueue(`${env.config.exchange}.test`, env.config.exchange, 'SomethingHappened');
     await amqp.close();
 
     await insertOutboxMessages(env.knex, [good[0]!, bad, toExchange, good[1]!, numeric]);

@@ -28,7 +28,7 @@ function sourceFiles(dir: string): string[] {
 }
 
 /** Relative specifiers of static imports, re-exports and dynamic imports. */
-export function importSpecifiers(source: string): string[] {
+function importSpecifiers(source: string): string[] {
   const found: string[] = [];
   for (const match of source.matchAll(/(?:\bfrom\s*|\bimport\s*\(?\s*)['"](\.{1,2}\/[^'"]+)['"]/g)) {
     found.push(match[1] as string);

@@ -3,8 +3,10 @@ import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import amqp from 'amqplib';
 import { Redis } from 'ioredis';
 import pg from 'pg';
+import { declareTopology, type Topology } from '../../../shared/topology.js';
 import { urls, waitFor } from '../../support/services.js';
 import { freePort } from './processes.js';
 
@@ -60,6 +62,53 @@ export async function closeAmqpConnectionsOf(pids: readonly number[]): Promise<n
     closed++;
   }
   return closed;
+}
+
+/**
+ * Deletes the scenario's own work queue (the broker cancels its consumers and drops the messages
+ * in it) and declares it again with its bindings at once, as an operator recreating it would.
+ */
+export async function deleteAndRedeclareQueue(topology: Topology): Promise<number> {
+  const connection = await amqp.connect(urls.amqp);
+  try {
+    const channel = await connection.createChannel();
+    const { messageCount } = await channel.deleteQueue(topology.queue);
+    await declareTopology(channel, topology);
+    return messageCount;
+  } finally {
+    await connection.close();
+  }
+}
+
+/**
+ * Runs `fn` with RabbitMQ's `consumer_timeout` at `timeoutMs` for the channels opened meanwhile
+ * (the broker reads it when a channel opens), then restores it. The channel tick (how often a
+ * channel checks the timeout, 60 s by default) stays at `tickMs` until the returned restore runs:
+ * a shorter tick only makes the checks more frequent for everyone.
+ */
+export async function shortConsumerTimeout(
+  timeoutMs: number,
+  tickMs: number,
+  fn: () => Promise<void>,
+): Promise<() => Promise<void>> {
+  const env = (key: string, value: number) =>
+    run('rabbitmqctl', ['eval', `application:set_env(rabbit, ${key}, ${value}).`]);
+  const [defaultTimeout, defaultTick] = [1_800_000, 60_000];
+  await env('channel_tick_interval', tickMs);
+  try {
+    await env('consumer_timeout', timeoutMs);
+    try {
+      await fn();
+    } finally {
+      await env('consumer_timeout', defaultTimeout);
+    }
+  } catch (error) {
+    await env('channel_tick_interval', defaultTick);
+    throw error;
+  }
+  return async () => {
+    await env('channel_tick_interval', defaultTick);
+  };
 }
 
 /**

@@ -138,6 +138,22 @@ export class ChaosRun {
     return this.load;
   }
 
+  /**
+   * Publishes again every message of the load not handled yet (no inbox row), with the same ids:
+   * what a deleted queue took with it, or what was unroutable while it was gone, is sent once more;
+   * the inbox absorbs any that were only in flight. Returns how many.
+   */
+  async republishUnhandled(): Promise<number> {
+    const load = this.load;
+    if (!load) throw new Error('no load was started');
+    await load.done;
+    const handled = new Set<string>(await this.env.knex('dw_inbox').pluck('message_id'));
+    const dead = new Set<string>(await this.env.knex('dw_dead_letters').pluck('message_id'));
+    const missing = [...load.messages.values()].filter((m) => !handled.has(m.id) && !dead.has(m.id));
+    await publishLoad(this.env.config.exchange, missing, this.random, { duplicateShare: 0 }).done;
+    return missing.length;
+  }
+
   /** Messages handled so far (inbox rows). */
   handled(): Promise<number> {
     return count(this.env.knex, 'dw_inbox');
