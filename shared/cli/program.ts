@@ -1,4 +1,4 @@
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, type OutputConfiguration } from 'commander';
 import { ConfigError, DurableWorkerError } from '../errors.js';
 import { registerDlq } from './dlq.js';
 import { registerMigrate } from './migrate.js';
@@ -13,13 +13,14 @@ import { registerStatus } from './status.js';
  * by commander: they surface as a CommanderError, so `reportError` prints every error in the same
  * one-line `dw: …` form.
  */
-export function createProgram(): Command {
+export function createProgram(output: Pick<OutputConfiguration, 'writeOut' | 'writeErr'> = {}): Command {
   const program = new Command('dw')
     .description('durable-worker: reliable message handling and sagas on RabbitMQ, Postgres and Redis')
     .exitOverride();
   // Set before the commands are added: subcommands copy the output configuration when created.
   program.configureOutput({
     writeErr: (text) => process.stderr.write(text),
+    ...output,
     outputError: () => {},
   });
   registerMigrate(program);
