@@ -1,6 +1,6 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { InvalidArgumentError } from 'commander';
-import { shown } from './render.js';
+import { clip, printable, shown } from './render.js';
 
 /** Commander argument parser for whole numbers within a range. */
 export function integer(min: number, max = Number.MAX_SAFE_INTEGER) {
@@ -28,7 +28,7 @@ function readCapped(path: string): string {
       length += n;
       if (length > MAX_DATA_FILE_BYTES) {
         throw new InvalidArgumentError(
-          `${shown(path)} is larger than ${MAX_DATA_FILE_BYTES / 1024 / 1024} MiB; publish a smaller payload`,
+          `${printable(clip(path, 200))} is larger than ${MAX_DATA_FILE_BYTES / 1024 / 1024} MiB; publish a smaller payload`,
         );
       }
     }
@@ -46,7 +46,9 @@ export function jsonArgument(value: string): unknown {
       text = readCapped(value.slice(1));
     } catch (error) {
       if (error instanceof InvalidArgumentError) throw error;
-      throw new InvalidArgumentError(`cannot read ${shown(value.slice(1))}: ${(error as Error).message}`);
+      throw new InvalidArgumentError(
+        `cannot read ${printable(clip(value.slice(1), 200))}: ${(error as Error).message}`,
+      );
     }
   }
   let parsed: unknown;

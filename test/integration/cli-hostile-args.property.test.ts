@@ -477,7 +477,7 @@ describe('dw: hostile arguments', () => {
         expect(r.stderr, what).toMatch(/^dw: [^\n]*\n$/);
         expect(r.stderr.length, what).toBeLessThan(3000);
       }),
-      { seed, numRuns: 400 },
+      { seed, numRuns: 1000 },
     );
   });
 
