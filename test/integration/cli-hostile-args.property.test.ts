@@ -505,7 +505,7 @@ describe('dw: hostile arguments', () => {
         fc.asyncProperty(cases(spec), async (c) => {
           checkOutcome(spec, c, await runBounded(c.argv));
         }),
-        { seed, numRuns: 7, endOnFailure: true },
+        { seed, numRuns: 6, endOnFailure: true },
       );
     });
   }
