@@ -19,6 +19,7 @@ import { cliDefaults, formatDuration, workerDefaults } from '../shared/defaults.
 import { ServiceUnavailableError, UsageError } from '../shared/errors.js';
 import { config, withDatabase } from './infra.js';
 import { integer, printJson } from './parse.js';
+import { printable, shown } from './render.js';
 
 interface FilterOptions {
   type?: string;
@@ -29,21 +30,28 @@ interface FilterOptions {
 
 const DURATION = /^(\d+)(ms|s|m|h|d)$/;
 const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+// A hundred years: longer ones are typos, and `1e400d` would not even be a number of milliseconds.
+const MAX_DURATION_MS = 36_500 * UNIT_MS.d;
 
 /** `30m`, `1h`, `7d` in ms. */
 export function durationArgument(value: string): number {
   const match = DURATION.exec(value);
-  if (!match) throw new InvalidArgumentError(`expected a duration like 30s, 15m, 1h or 7d, got "${value}"`);
-  return Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS];
+  if (!match)
+    throw new InvalidArgumentError(`expected a duration like 30s, 15m, 1h or 7d, got ${shown(value)}`);
+  const ms = Number(match[1]) * UNIT_MS[match[2] as keyof typeof UNIT_MS];
+  if (!(ms <= MAX_DURATION_MS))
+    throw new InvalidArgumentError(`expected a duration of at most 36500d, got ${shown(value)}`);
+  return ms;
 }
 
 /** An ISO date, or a duration meaning "that long ago". */
 function sinceArgument(value: string): Date {
   if (DURATION.test(value)) return new Date(Date.now() - durationArgument(value));
   const time = /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : Number.NaN;
-  if (Number.isNaN(time)) {
+  // Year 0 and earlier is a date JavaScript knows and PostgreSQL reads differently (1 BC).
+  if (Number.isNaN(time) || time < Date.UTC(1, 0, 1)) {
     throw new InvalidArgumentError(
-      `expected an ISO date (2024-05-01T12:00Z) or a duration (1h), got "${value}"`,
+      `expected an ISO date (2024-05-01T12:00Z) or a duration (1h), got ${shown(value)}`,
     );
   }
   return new Date(time);
@@ -51,7 +59,7 @@ function sinceArgument(value: string): Date {
 
 function reasonArgument(value: string): DeadLetterReason {
   if (!(deadLetterReasons as readonly string[]).includes(value)) {
-    throw new InvalidArgumentError(`expected one of ${deadLetterReasons.join(', ')}, got "${value}"`);
+    throw new InvalidArgumentError(`expected one of ${deadLetterReasons.join(', ')}, got ${shown(value)}`);
   }
   return value as DeadLetterReason;
 }
@@ -60,7 +68,7 @@ function parseIds(values: string[]): number[] {
   return values.map((value) => {
     if (!/^\d{1,15}$/.test(value) || Number(value) < 1) {
       throw new UsageError(
-        `dead-letter ids are positive whole numbers (see \`dw dlq list\`), got "${value}"`,
+        `dead-letter ids are positive whole numbers (see \`dw dlq list\`), got ${shown(value)}`,
       );
     }
     return Number(value);
@@ -104,7 +112,7 @@ function targetOf(
 
 function oneLine(text: string, max: number): string {
   const line = text.replace(/\s+/g, ' ').trim();
-  return line.length > max ? `${line.slice(0, max - 1)}…` : line;
+  return printable(line.length > max ? `${line.slice(0, max - 1)}…` : line);
 }
 
 function printTable(rows: string[][]): void {
@@ -130,9 +138,9 @@ function printList(entries: DeadLetterJson[]): void {
       String(e.id),
       e.lastFailedAt,
       e.reason,
-      e.type ?? '-',
+      printable(e.type ?? '-'),
       String(e.attempts),
-      e.queue,
+      printable(e.queue),
       oneLine(e.error.message ?? '', 80),
     ]),
   ]);
@@ -142,17 +150,20 @@ function printEntry(e: DeadLetterJson): void {
   const lines = [
     `id:              ${e.id}`,
     `source:          ${e.source}`,
-    `queue:           ${e.queue}`,
-    `message id:      ${e.messageId}`,
-    `type:            ${e.type ?? '-'}`,
+    `queue:           ${printable(e.queue)}`,
+    `message id:      ${printable(e.messageId)}`,
+    `type:            ${printable(e.type ?? '-')}`,
     `reason:          ${e.reason}`,
     `attempts:        ${e.attempts}`,
     `first failed at: ${e.firstFailedAt}`,
     `last failed at:  ${e.lastFailedAt}`,
   ];
-  if (e.sagaId) lines.push(`saga:            ${e.sagaId} step ${e.step ?? '-'} (${e.phase ?? '-'})`);
-  lines.push(`error:           ${e.error.message}`);
-  if (e.error.stack) lines.push(e.error.stack.replace(/^/gm, '  '));
+  if (e.sagaId)
+    lines.push(
+      `saga:            ${printable(e.sagaId)} step ${printable(e.step ?? '-')} (${e.phase ?? '-'})`,
+    );
+  lines.push(`error:           ${printable(e.error.message ?? '')}`);
+  if (e.error.stack) lines.push(indent(e.error.stack));
   lines.push(
     'payload:',
     indent(typeof e.payload === 'string' ? e.payload : JSON.stringify(e.payload, null, 2)),
@@ -161,8 +172,9 @@ function printEntry(e: DeadLetterJson): void {
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
+/** A multi-line block (stack, payload), indented; a CR or ESC in it is shown, not obeyed. */
 function indent(text: string): string {
-  return text.replace(/^/gm, '  ');
+  return printable(text, { multiline: true }).replace(/^/gm, '  ');
 }
 
 /** Opens the AMQP connection only when a replay needs it (a dry run does not). */
@@ -321,15 +333,16 @@ export function registerDlq(program: Command): void {
 }
 
 function reportOne(result: ReplayResult, dedupWindowMs: number): void {
-  const what = `dead letter ${result.id}${result.messageId ? ` (message ${result.messageId})` : ''}`;
+  const what = `dead letter ${result.id}${result.messageId ? ` (message ${printable(result.messageId)})` : ''}`;
   if (result.beyondDedupWindow && (result.outcome === 'replayed' || result.outcome === 'would-replay')) {
     process.stderr.write(
       `warning: ${what} is older than the deduplication window (${Math.round(dedupWindowMs / 3_600_000)} h): if it was processed already, the duplicate can no longer be detected\n`,
     );
   }
-  if (result.outcome === 'would-replay') process.stdout.write(`would replay ${what} to ${result.queue}\n`);
+  if (result.outcome === 'would-replay')
+    process.stdout.write(`would replay ${what} to ${printable(result.queue ?? '')}\n`);
   else if (result.outcome !== 'replayed')
-    process.stderr.write(`${what}: ${result.detail ?? result.outcome}\n`);
+    process.stderr.write(`${what}: ${printable(result.detail ?? result.outcome)}\n`);
 }
 
 function summarize(results: ReplayResult[], dryRun: boolean, json: boolean): void {

@@ -3,7 +3,8 @@ import type { OutgoingMessage } from '../shared/envelope.js';
 import { UsageError } from '../shared/errors.js';
 import { assertExchange, publishMessages } from '../shared/publisher.js';
 import { config, withAmqpChannel } from './infra.js';
-import { integer, jsonArgument, printJson } from './parse.js';
+import { integer, jsonArgument, messageIdArgument, printJson } from './parse.js';
+import { shown } from './render.js';
 
 interface PublishOptions {
   data: unknown;
@@ -19,8 +20,8 @@ export function registerPublish(program: Command): void {
     .description('publish messages to DW_EXCHANGE (routing key = type), waiting for publisher confirms')
     .argument('<type>', 'message type, e.g. JoinMeeting')
     .requiredOption('--data <json>', 'payload as JSON, or @file.json', jsonArgument)
-    .option('--id <id>', 'message id (default: a new uuid)')
-    .option('--correlation-id <id>', 'correlation id (default: the message id)')
+    .option('--id <id>', 'message id (default: a new uuid)', messageIdArgument)
+    .option('--correlation-id <id>', 'correlation id (default: the message id)', messageIdArgument)
     .option(
       '--count <n>',
       'publish N messages with this payload (new ids), for load',
@@ -32,7 +33,7 @@ export function registerPublish(program: Command): void {
       if (opts.id && opts.count > 1)
         throw new UsageError('--id names one message; it cannot go with --count > 1');
       if (!/^[A-Za-z0-9_.:-]{1,255}$/.test(type)) {
-        throw new UsageError(`message type "${type}" may hold letters, digits and _ . : - only`);
+        throw new UsageError(`message type ${shown(type)} may hold letters, digits and _ . : - only`);
       }
       const cfg = config();
       await withAmqpChannel(cfg, async (channel) => {

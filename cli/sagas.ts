@@ -5,6 +5,7 @@ import { SagaNotFoundError, UsageError } from '../shared/errors.js';
 import { getSaga, listSagas, listStepRows, type SagaStatus, sagaStatuses } from '../shared/saga/store.js';
 import { config, withDatabase } from './infra.js';
 import { integer, printJson } from './parse.js';
+import { printable, printableStrings, shown } from './render.js';
 
 /** `dw sagas list | show` (docs/contracts.md, "CLI"). */
 export function registerSagas(program: Command): void {
@@ -19,7 +20,7 @@ export function registerSagas(program: Command): void {
     .option('--json', 'print a JSON array of sagas (without steps)')
     .action(async (opts: { status?: string; name?: string; limit: number; json?: boolean }) => {
       if (opts.status !== undefined && !sagaStatuses.includes(opts.status as SagaStatus)) {
-        throw new UsageError(`--status must be one of ${sagaStatuses.join(', ')}; got "${opts.status}"`);
+        throw new UsageError(`--status must be one of ${sagaStatuses.join(', ')}; got ${shown(opts.status)}`);
       }
       const rows = await withDatabase(config(), (knex) =>
         listSagas(knex, {
@@ -30,18 +31,19 @@ export function registerSagas(program: Command): void {
       );
       const views = rows.map((row) => sagaView(row));
       if (opts.json) return printJson(views);
+      const shownViews = views.map((v) => printableStrings(v));
       if (views.length === 0) {
         process.stdout.write('no sagas\n');
         return;
       }
-      const idWidth = Math.max(2, ...views.map((v) => v.id.length));
-      const nameWidth = Math.max(4, ...views.map((v) => v.name.length));
+      const idWidth = Math.max(2, ...shownViews.map((v) => v.id.length));
+      const nameWidth = Math.max(4, ...shownViews.map((v) => v.name.length));
       process.stdout.write(
         `${'ID'.padEnd(idWidth)}  ${'NAME'.padEnd(nameWidth)}  STATUS        STARTED                   LAST ERROR\n`,
       );
-      for (const v of views) {
+      for (const v of shownViews) {
         process.stdout.write(
-          `${v.id.padEnd(idWidth)}  ${v.name.padEnd(nameWidth)}  ${v.status.padEnd(12)}  ${v.createdAt.padEnd(24)}  ${v.lastError?.message.slice(0, 80) ?? ''}\n`,
+          `${v.id.padEnd(idWidth)}  ${v.name.padEnd(nameWidth)}  ${v.status.padEnd(12)}  ${v.createdAt.padEnd(24)}  ${printable(v.lastError?.message.slice(0, 80) ?? '')}\n`,
         );
       }
     });
@@ -56,8 +58,8 @@ export function registerSagas(program: Command): void {
         const row = await getSaga(knex, id);
         return row ? sagaView(row, await listStepRows(knex, id)) : undefined;
       });
-      if (!view) throw new SagaNotFoundError(`no saga with id "${id}" (dw sagas list shows the ids)`);
+      if (!view) throw new SagaNotFoundError(`no saga with id ${shown(id)} (dw sagas list shows the ids)`);
       if (opts.json) printJson(view);
-      else process.stdout.write(`${formatTimeline(view)}\n`);
+      else process.stdout.write(`${formatTimeline(printableStrings(view))}\n`);
     });
 }

@@ -147,6 +147,10 @@ export async function loadApp(specifier: string): Promise<App> {
     specifier.startsWith('.') ||
     isAbsolute(specifier) ||
     statSync(resolve(specifier), { throwIfNoEntry: false })?.isFile() === true;
+  // A device or a FIFO (`--app /dev/zero`) would be read by the module loader forever.
+  if (isPath && statSync(resolve(specifier), { throwIfNoEntry: false })?.isFile() === false) {
+    throw new DefinitionError(`the app module "${specifier}" (DW_APP / --app) is not a regular file`);
+  }
   const target = isPath ? pathToFileURL(resolve(specifier)).href : specifier;
   let mod: { default?: unknown; app?: unknown };
   try {

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { InvalidDestinationError } from './errors.js';
+import { storableText } from './storable.js';
 
 /**
  * Where an outbox message goes: a BullMQ queue (a bare string is a queue name), or an AMQP exchange
@@ -247,7 +248,9 @@ export async function markOutboxFailed(
   await trx.raw(
     `update ${table} set delivered_at = null, redis_seq = null, attempts = attempts + 1, last_error = ?,
        available_at = now() + make_interval(secs => ?) where id = ?`,
-    [error.slice(0, 2000), retryInMs / 1000, id],
+    // The error may echo a hostile queue name or payload: NUL or a lone surrogate (also one left by
+    // the cut) would make PostgreSQL refuse the update and the whole batch roll back.
+    [storableText(error.slice(0, 2000)), retryInMs / 1000, id],
   );
 }
 
