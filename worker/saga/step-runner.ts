@@ -347,22 +347,20 @@ export class SagaStepRunner {
     const stageSize = saga.stages[step.stage]?.length ?? 1;
     const finishes = job.phase === 'execute' && step.stage === lastStage && stageSize === 1;
     const merged = job.phase === 'execute' && result && typeof result === 'object' ? result : undefined;
-    const moved =
+    const sagaUpdate =
       stageSize > 1
         ? // A group member: siblings serialize on the row lock instead of re-running on conflicts.
-          await mergeSagaState(trx, row.id, row.status, merged)
-        : await advanceSagaVersion(trx, row.id, row.version, {
+          mergeSagaState(trx, row.id, row.status, merged)
+        : advanceSagaVersion(trx, row.id, row.version, {
             state: merged ? { ...row.state, ...merged } : undefined,
             status: finishes ? 'completed' : undefined,
           });
-    if (!moved) throw new ConcurrencyConflictError(row.id, row.version);
-    const recorded = await recordStepCompleted(trx, {
-      sagaId: row.id,
-      step: step.name,
-      stage: step.stage,
-      phase: job.phase,
-      attempts: attempt,
-    });
+    // Nothing recorded: the saga moved meanwhile (version or status), or a duplicate completed it.
+    const recorded = await recordStepCompleted(
+      trx,
+      { sagaId: row.id, step: step.name, stage: step.stage, phase: job.phase, attempts: attempt },
+      sagaUpdate,
+    );
     if (!recorded) throw new ConcurrencyConflictError(row.id, row.version);
 
     const saga_ = {
