@@ -118,48 +118,50 @@ export async function getSaga(db: Db, sagaId: string): Promise<SagaRow | undefin
 }
 
 /**
- * Optimistic update after a step: new state, version + 1, and optionally a final status. Returns
- * false when the version moved (another step of the saga committed first): the caller re-runs.
- * The update takes the row lock, so whatever the transaction reads afterwards is settled.
+ * Optimistic update after a step: new state, version + 1, and optionally a final status; matches
+ * nothing when the version moved (another step of the saga committed first): the caller re-runs.
+ * Not run here: recordStepCompleted runs it with the step record, in one statement. The update
+ * takes the row lock, so whatever the transaction reads afterwards is settled.
  */
-export async function advanceSagaVersion(
+export function advanceSagaVersion(
   trx: Db,
   sagaId: string,
   expectedVersion: number,
   changes: { state?: unknown; status?: SagaStatus },
-): Promise<boolean> {
-  const count = await trx('dw_sagas')
+): Knex.QueryBuilder {
+  return trx('dw_sagas')
     .where({ id: sagaId, version: expectedVersion })
     .update({
       ...(changes.state !== undefined ? { state: JSON.stringify(changes.state) } : {}),
       ...(changes.status ? { status: changes.status } : {}),
       version: trx.raw('version + 1'),
       updated_at: trx.fn.now(),
-    });
-  return count === 1;
+    })
+    .returning('id');
 }
 
 /**
  * A parallel group member's update: merges its result into the state (top-level keys, as the
  * runner merges) and moves the version, without an expected version: siblings committing one
- * after the other (serialized by the row lock this takes) need not re-run their code. False when
- * the saga left `status` meanwhile (compensation began): the caller re-runs and finds that.
+ * after the other (serialized by the row lock this takes) need not re-run their code. Matches
+ * nothing when the saga left `status` meanwhile (compensation began): the caller re-runs and
+ * finds that. Not run here: recordStepCompleted runs it with the step record.
  */
-export async function mergeSagaState(
+export function mergeSagaState(
   trx: Db,
   sagaId: string,
   status: SagaStatus,
   result: object | undefined,
-): Promise<boolean> {
-  const count = await trx('dw_sagas')
+): Knex.QueryBuilder {
+  return trx('dw_sagas')
     .where({ id: sagaId, status })
     .update({
       // jsonb || merges top-level keys; the bound value is the step's result as JSON.
       ...(result ? { state: trx.raw('state || ?::jsonb', [JSON.stringify(result)]) } : {}),
       version: trx.raw('version + 1'),
       updated_at: trx.fn.now(),
-    });
-  return count === 1;
+    })
+    .returning('id');
 }
 
 /** Sets a final or next status, only from `from`; returns the saga row when it changed. */
@@ -184,22 +186,27 @@ export async function transitionSaga(
 }
 
 /**
- * Records a step (or compensation) that committed. False when the record says it completed
- * already: a duplicate ran concurrently and won, so the caller rolls its own run back.
+ * Records a step (or compensation) that committed, with the saga's update (advanceSagaVersion or
+ * mergeSagaState) in the same statement. False, recording nothing, when that update matched no
+ * row (the saga moved) or the record says completed already (a duplicate ran concurrently and
+ * won): the caller rolls its own run back.
  */
 export async function recordStepCompleted(
   trx: Db,
   step: { sagaId: string; step: string; stage: number; phase: SagaPhase; attempts: number },
+  sagaUpdate?: Knex.QueryBuilder,
 ): Promise<boolean> {
-  // Upsert: the first attempt has no row yet; failed attempts left one.
+  // Upsert: the first attempt has no row yet; failed attempts left one. With a saga update, the
+  // row is written only if that update (run as a CTE: one round trip) returned the saga.
   const { rows } = await trx.raw<{ rows: unknown[] }>(
-    `insert into dw_saga_steps (saga_id, step, stage, phase, status, attempts, finished_at, error)
-     values (?, ?, ?, ?, 'completed', ?, now(), null)
+    `${sagaUpdate ? 'with saga as (?) ' : ''}insert into dw_saga_steps
+       (saga_id, step, stage, phase, status, attempts, finished_at, error)
+     select ?, ?, ?, ?, 'completed', ?::int, now(), null${sagaUpdate ? ' from saga' : ''}
      on conflict (saga_id, step, phase) do update
         set status = 'completed', attempts = excluded.attempts, finished_at = now(), error = null
       where dw_saga_steps.status <> 'completed'
      returning id`,
-    [step.sagaId, step.step, step.stage, step.phase, step.attempts],
+    [...(sagaUpdate ? [sagaUpdate] : []), step.sagaId, step.step, step.stage, step.phase, step.attempts],
   );
   return rows.length > 0;
 }

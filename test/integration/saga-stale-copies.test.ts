@@ -59,7 +59,20 @@ const backoff = defineSaga<Record<string, unknown>>('backoff').step('r', {
   retry: { attempts: 3, backoffMs: 3000, maxBackoffMs: 3000, jitter: 0 },
 });
 
-const app = defineApp({ name: 'stale', sagas: [refunds, backoff] });
+/** pay's refund fails its first attempt (the refund API times out); ship fails for good. */
+const flaky = defineSaga<Record<string, unknown>>('flaky-refund', { retry: { attempts: 3, backoffMs: 1 } })
+  .step('pay', {
+    run: external,
+    compensate: async (ctx) => {
+      await external(ctx);
+      if (ctx.attempt === 1) throw new Error('refund API timed out');
+    },
+  })
+  .step('ship', () => {
+    throw new NonRetryableError('no courier');
+  });
+
+const app = defineApp({ name: 'stale', sagas: [refunds, backoff, flaky] });
 
 let env: TestEnv;
 beforeAll(async () => {
@@ -97,6 +110,15 @@ async function outboxJob(sagaId: string, phase: SagaPhase, step: string): Promis
 }
 const stepRow = (id: string, step: string, phase: SagaPhase = 'execute') =>
   env.knex('dw_saga_steps').where({ saga_id: id, step, phase }).first();
+/** Sessions of this test's database waiting on a lock of kind `event` (advisory, transactionid, tuple). */
+async function waitingOn(...events: string[]): Promise<number> {
+  const { rows } = await env.knex.raw<{ rows: Array<{ n: number }> }>(
+    `select count(*)::int as n from pg_stat_activity
+      where datname = current_database() and wait_event_type = 'Lock' and wait_event = any(?)`,
+    [events],
+  );
+  return rows[0]!.n;
+}
 const sagaStatus = async (id: string) => (await env.knex('dw_sagas').where({ id }).first()).status;
 
 /** Holds the code of (saga, phase, step) once entered; resolves `entered` then, `release` lets it go. */
@@ -235,5 +257,59 @@ describe('stale saga job copies', () => {
     // The retry was written after attempt 1 began, due 3 s later (no jitter).
     expect(runs[1]!.at - runs[0]!.at).toBeGreaterThanOrEqual(3000);
     expect(await stepRow(id, 'r')).toMatchObject({ status: 'completed', attempts: 2 });
+  });
+
+  it('a copy waiting on the step lock while the attempt fails sees the recorded failure: the refund runs once per attempt', async () => {
+    const runner = new SagaStepRunner({
+      app,
+      knex: env.knex,
+      log: silentLogger,
+      signal: new AbortController().signal,
+    });
+    const id = 'flaky-1';
+    await start(flaky, id);
+    expect(await runner.runStep(await outboxJob(id, 'execute', 'pay'))).toBe('completed');
+    expect(await runner.runStep(await outboxJob(id, 'execute', 'ship'))).toBe('failed');
+    const refund = await outboxJob(id, 'compensate', 'pay');
+    expect(refund).toMatchObject({ attempt: 1 });
+
+    // Two copies of the refund's first attempt at once; the first is in the refund call while the
+    // second waits on the step lock.
+    const g = gate(id, 'compensate', 'pay');
+    const first = runner.runStep(refund);
+    await g.reached;
+    const second = runner.runStep(refund);
+    await waitFor(
+      async () => (await waitingOn('advisory')) === 1,
+      'the second copy to wait on the step lock',
+    );
+    // The saga row held: the recording of the failure (which updates it) cannot commit, so the
+    // window between the attempt's end and its record stays open as long as the test needs.
+    const hold = await env.knex.transaction();
+    try {
+      await hold('dw_sagas').where({ id }).forUpdate();
+      g.release();
+      // Either the second copy ran the refund again (the lock went with the rollback), or the
+      // first copy records its failure still holding the step lock, the second still waiting.
+      await waitFor(
+        async () =>
+          effectCount(id, 'compensate', 'pay') > 1 ||
+          ((await waitingOn('transactionid', 'tuple')) === 1 && (await waitingOn('advisory')) === 1),
+        'the second copy to run or the first to wait on the saga row while holding the step lock',
+      );
+    } finally {
+      await hold.commit();
+    }
+    expect([await first, await second]).toEqual(['retry-scheduled', 'stale']);
+    expect(effectCount(id, 'compensate', 'pay')).toBe(1);
+    expect(await stepRow(id, 'pay', 'compensate')).toMatchObject({ status: 'running', attempts: 1 });
+
+    // The retry the failure scheduled makes attempt 2, and the saga ends compensated.
+    const retry = await outboxJob(id, 'compensate', 'pay');
+    expect(retry).toMatchObject({ attempt: 2 });
+    await waitFor(() => (retry.notBefore ?? 0) <= Date.now(), 'the retry to be due');
+    expect(await runner.runStep(retry)).toBe('completed');
+    expect(await sagaStatus(id)).toBe('compensated');
+    expect(effects.filter((e) => e.key === `${id}/compensate/pay`).map((e) => e.attempt)).toEqual([1, 2]);
   });
 });

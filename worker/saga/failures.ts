@@ -22,8 +22,9 @@ type AnySaga = SagaDefinition<any>;
 type AnyStep = StepDefinition<any>;
 
 /**
- * After a failed attempt's rollback: schedule the next attempt, or give up on the step (own
- * transactions). `scheduleRetry: false` only records a non-final failure (the caller runs the next
+ * After a failed attempt's rollback: schedule the next attempt, or give up on the step, in a
+ * transaction of `knex` (a savepoint when it is the attempt's transaction, still holding the step
+ * lock). `scheduleRetry: false` only records a non-final failure (the caller runs the next
  * attempt itself). 'duplicate' when the step record had moved past this attempt (a concurrent
  * job recorded it, or completed the step): nothing is scheduled, dead-lettered or compensated.
  */

@@ -46,6 +46,11 @@ interface AttemptProgress {
   attempt: number;
   /** The outbox messages written, some leased to this process to run once the transaction committed. */
   written: OutboxMessage[];
+  /**
+   * Set when the attempt failed (its code threw, or the framework's statements after it did) and
+   * its failure is not yet committed: the transaction died before it could record it.
+   */
+  failed?: AttemptFailed;
 }
 
 /** How BullMQ handed the job out. */
@@ -85,9 +90,10 @@ type AnySaga = SagaDefinition<any>;
 type AnyStep = StepDefinition<any>;
 
 /**
- * Runs one saga job: a step or compensation attempt in one transaction (saga row read, user code
- * on ctx.trx, optimistic saga update, step record, next stage's outbox rows), then on failure
- * either a delayed retry or the switch to compensation / `failed`, each in its own transaction.
+ * Runs one saga job: a step or compensation attempt in one transaction (step lock, saga row read,
+ * user code on ctx.trx under a savepoint, optimistic saga update, step record, next stage's outbox
+ * rows); on failure the savepoint is rolled back and the same transaction records either a delayed
+ * retry or the switch to compensation / `failed`.
  */
 export class SagaStepRunner {
   /** Set while the database is unreachable, so the outage is logged once for all steps in flight. */
@@ -122,18 +128,23 @@ export class SagaStepRunner {
         written = progress.written;
         return result;
       } catch (error) {
-        if (error instanceof AttemptFailed) {
-          return this.afterFailure(saga, step, job, error.error, error.attempt);
+        // The attempt failed and its transaction died before the failure committed (the session
+        // was lost, or the commit failed): recorded on its own, and only that is retried, not the
+        // step's code. The step lock went with the transaction: see attempt() for that window.
+        const failed = progress.failed;
+        if (failed) {
+          return this.withTransactionRetry(() =>
+            this.afterFailure(this.deps.knex, saga, step, job, failed.error, failed.attempt),
+          );
         }
-        // The framework's statements or the commit failed after the user code succeeded, e.g. a
-        // step that caught a database error left the transaction aborted (25P02), or a deferred
-        // constraint failed: the attempt failed, or the job would fail and the sweep re-run it forever.
+        // The commit failed after the attempt succeeded (a deferred constraint): the attempt
+        // failed, or the job would fail and the sweep re-run it forever.
         if (
           progress.attempt > 0 &&
           !(error instanceof ConcurrencyConflictError) &&
           (await classifyFailure(this.deps.knex, error)) === 'application'
         ) {
-          return this.afterFailure(saga, step, job, error, progress.attempt);
+          return this.afterFailure(this.deps.knex, saga, step, job, error, progress.attempt);
         }
         throw error;
       }
@@ -146,14 +157,16 @@ export class SagaStepRunner {
     return outcome;
   }
 
+  /** Records a failed attempt and what follows from it, on `knex` (the attempt's own transaction, or a new one). */
   private async afterFailure(
+    knex: Knex,
     saga: AnySaga,
     step: AnyStep,
     job: SagaStepJob,
     error: unknown,
     attempt: number,
   ): Promise<StepOutcome> {
-    const outcome = await afterFailedAttempt(this.deps, saga, step, job, error, attempt);
+    const outcome = await afterFailedAttempt({ knex, log: this.deps.log }, saga, step, job, error, attempt);
     return outcome === 'recorded' ? 'retry-scheduled' : outcome;
   }
 
@@ -222,7 +235,11 @@ export class SagaStepRunner {
     return started ? 'compensating' : 'not-applicable';
   }
 
-  /** One attempt, inside its transaction. Throws AttemptFailed when the user code failed. */
+  /**
+   * One attempt, inside its transaction: 'completed', or the failure recorded ('retry-scheduled',
+   * 'failed'). Throws to run it again uncounted (outage, conflict), or with progress.failed set
+   * when the transaction died before the failure was recorded.
+   */
   private async attempt(
     trx: Knex.Transaction,
     saga: AnySaga,
@@ -251,6 +268,57 @@ export class SagaStepRunner {
     }
     // A retry handed out before its backoff ran out (a copy without the delay): it waits.
     if (job.notBefore !== undefined && job.notBefore > Date.now()) return 'early';
+    // The code runs under a savepoint of the transaction holding the step lock. When it fails, the
+    // savepoint is rolled back and the failure recorded (retry, compensation or dead letter) in
+    // this same transaction: the lock is released only once the attempt is on record, so a copy
+    // waiting for it reads that and stands down instead of running the attempt again.
+    //
+    // The window left: the transaction dies before that commit (the connection or the server is
+    // lost, the backend is terminated by pg_terminate_backend or idle_in_transaction_session_timeout,
+    // the commit itself fails). The lock goes with it, the failure is recorded in a separate
+    // transaction (runStep), and a copy that takes the lock in between reads no record of the
+    // attempt and runs it again. The step timeout does not open it: it only cancels the running
+    // query (pg_cancel_backend), which leaves the session and the savepoint usable. External effects
+    // must still pass ctx.idempotencyKey: an attempt cut short by an outage is not counted either.
+    let thrown: unknown;
+    try {
+      return await trx.transaction(async (sub) => {
+        try {
+          return await this.runAttempt(sub, saga, step, job, row, attempt, progress);
+        } catch (error) {
+          thrown = error;
+          if (error instanceof AttemptFailed) progress.failed = error;
+          // The framework's statements after the code failed, e.g. a step that caught a database
+          // error left the transaction aborted (25P02), or it sent an unstorable message.
+          else if (
+            progress.attempt > 0 &&
+            !(error instanceof ConcurrencyConflictError) &&
+            (await classifyFailure(this.deps.knex, error)) === 'application'
+          )
+            progress.failed = new AttemptFailed(error, progress.attempt);
+          throw error;
+        }
+      });
+    } catch (error) {
+      const failed = progress.failed;
+      // Knex rejects with what the code threw once the savepoint is rolled back, with the
+      // rollback's own error when that failed: the transaction is dead, runStep records the failure.
+      if (!failed || error !== thrown) throw error;
+      // progress.failed stays set: should the commit fail, runStep records it again (idempotent).
+      return this.afterFailure(trx, saga, step, job, failed.error, failed.attempt);
+    }
+  }
+
+  /** The step's code and, when it succeeds, the records and next stage's messages, on the savepoint `trx`. */
+  private async runAttempt(
+    trx: Knex.Transaction,
+    saga: AnySaga,
+    step: AnyStep,
+    job: SagaStepJob,
+    row: SagaForStep,
+    attempt: number,
+    progress: AttemptProgress,
+  ): Promise<StepOutcome> {
     const outbox: OutboxMessage[] = [];
     const abort = new AbortController();
     const ctx = stepContext({
@@ -286,22 +354,20 @@ export class SagaStepRunner {
     const stageSize = saga.stages[step.stage]?.length ?? 1;
     const finishes = job.phase === 'execute' && step.stage === lastStage && stageSize === 1;
     const merged = job.phase === 'execute' && result && typeof result === 'object' ? result : undefined;
-    const moved =
+    const sagaUpdate =
       stageSize > 1
         ? // A group member: siblings serialize on the row lock instead of re-running on conflicts.
-          await mergeSagaState(trx, row.id, row.status, merged)
-        : await advanceSagaVersion(trx, row.id, row.version, {
+          mergeSagaState(trx, row.id, row.status, merged)
+        : advanceSagaVersion(trx, row.id, row.version, {
             state: merged ? { ...row.state, ...merged } : undefined,
             status: finishes ? 'completed' : undefined,
           });
-    if (!moved) throw new ConcurrencyConflictError(row.id, row.version);
-    const recorded = await recordStepCompleted(trx, {
-      sagaId: row.id,
-      step: step.name,
-      stage: step.stage,
-      phase: job.phase,
-      attempts: attempt,
-    });
+    // Nothing recorded: the saga moved meanwhile (version or status), or a duplicate completed it.
+    const recorded = await recordStepCompleted(
+      trx,
+      { sagaId: row.id, step: step.name, stage: step.stage, phase: job.phase, attempts: attempt },
+      sagaUpdate,
+    );
     if (!recorded) throw new ConcurrencyConflictError(row.id, row.version);
 
     const saga_ = {
