@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
+import { backoffMs } from '../shared/backoff.js';
 import { crashPoint } from '../shared/crash-points.js';
 import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
@@ -133,7 +134,7 @@ export class Relay {
       // absorb: no need to wait for the WAL flush (the setting applies at commit).
       await trx.raw('set local synchronous_commit = off');
       for (const f of failed) {
-        await markOutboxFailed(trx, f.id, f.error, Math.min(60_000, 1000 * 2 ** f.attempts));
+        await markOutboxFailed(trx, f.id, f.error, backoffMs(f.attempts, { baseMs: 1000, maxMs: 60_000 }));
       }
       outboxRelayedTotal.inc({ kind: 'all' }, delivered.length);
       if (failed.length) {

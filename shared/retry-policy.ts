@@ -1,3 +1,4 @@
+import { backoffMs } from './backoff.js';
 import { retryPolicyDefaults } from './defaults.js';
 import { DefinitionError, isRetryable } from './errors.js';
 
@@ -101,13 +102,12 @@ export function decideRetry(
   const delayIndex = attempt - 1 - policy.immediateRetries;
   if (delayIndex >= policy.delayed.count) return { kind: 'dead-letter', why: 'exhausted' };
   const { initialMs, factor, maxMs, jitter } = policy.delayed;
-  const tierMs = Math.min(maxMs, Math.round(initialMs * factor ** delayIndex));
-  const spread = tierMs * jitter * (2 * random() - 1);
+  const backoff = { baseMs: initialMs, maxMs, factor };
   return {
     kind: 'delayed',
     nextAttempt: attempt + 1,
-    tierMs,
-    delayMs: Math.max(1, Math.round(tierMs + spread)),
+    tierMs: backoffMs(delayIndex, backoff),
+    delayMs: Math.max(1, backoffMs(delayIndex, { ...backoff, jitter }, random)),
   };
 }
 
