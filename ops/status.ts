@@ -12,7 +12,7 @@ import {
   redisPersistence,
   relayRedisKeys,
 } from '../shared/redis.js';
-import type { RetryPolicy } from '../shared/retry-policy.js';
+import { type RetryPolicy, retryTierMs } from '../shared/retry-policy.js';
 
 export interface OutboxStatus {
   pending: number;
@@ -103,8 +103,7 @@ export async function deadLetterQueues(knex: Knex): Promise<string[]> {
 
 /** Delay tiers a policy's retries use: each is a retry queue `<queue>.retry.<tier>ms`. */
 export function retryTiers(policy: RetryPolicy): number[] {
-  const { count, initialMs, factor, maxMs } = policy.delayed;
-  return Array.from({ length: count }, (_, i) => Math.min(maxMs, Math.round(initialMs * factor ** i)));
+  return Array.from({ length: policy.delayed.count }, (_, i) => retryTierMs(policy, i));
 }
 
 /** The app's work queue and every retry queue its policies can use. */

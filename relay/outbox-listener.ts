@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { backoffMs } from '../shared/backoff.js';
 import type { Logger } from '../shared/logger.js';
 import { sleep } from '../shared/time.js';
 
@@ -96,7 +97,7 @@ export class OutboxListener {
   private async reconnectLoop(): Promise<void> {
     this.log.warn('LISTEN connection lost; polling until it is back');
     for (let attempt = 0; !this.closed; attempt++) {
-      await sleep(Math.min(5000, 100 * 2 ** attempt), this.abort.signal);
+      await sleep(backoffMs(attempt, { baseMs: 100, maxMs: 5000 }), this.abort.signal);
       try {
         await this.connect();
         this.log.info('LISTEN connection restored');

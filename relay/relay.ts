@@ -1,9 +1,11 @@
 import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
+import { backoffMs } from '../shared/backoff.js';
 import { crashPoint } from '../shared/crash-points.js';
 import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
+import { OutageWait, Stopped } from '../shared/db/outage.js';
 import { outboxFailuresTotal, outboxRelayedTotal } from '../shared/metrics.js';
 import { claimOutboxBatch, markOutboxFailed } from '../shared/outbox.js';
 import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
@@ -21,8 +23,13 @@ import { RedisLossDetector } from './redis-loss.js';
 export class Relay {
   private stopping = false;
   private readonly loops: Promise<void>[] = [];
-  private readonly abort = new AbortController();
-  private outageLogged = false;
+  /** Aborted as the stop starts: a loop waiting out a failure ends instead of trying again. */
+  private readonly halt = new AbortController();
+  /**
+   * Any failure of a batch (PostgreSQL, Redis or RabbitMQ away) is waited out the same way,
+   * logged once for all loops.
+   */
+  private readonly outages: OutageWait;
   private claimTail: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -34,7 +41,16 @@ export class Relay {
     private readonly destinations: Destinations,
     private readonly listener: OutboxListener,
     private readonly redisLoss: RedisLossDetector,
-  ) {}
+  ) {
+    this.outages = new OutageWait({
+      classify: () => 'outage',
+      signal: this.halt.signal,
+      log: options.logger,
+      downMessage: 'relay cannot deliver right now; retrying with backoff',
+      backMessage: 'relay delivering again',
+      outageBackoff: { baseMs: 100, maxMs: 5000 },
+    });
+  }
 
   static async start(input: RelayOptions): Promise<Relay> {
     const options = resolveRelayOptions(input);
@@ -82,12 +98,12 @@ export class Relay {
   async stop(graceMs = this.options.shutdownGraceMs): Promise<boolean> {
     if (this.stopping) return true;
     this.stopping = true;
+    this.halt.abort();
     this.listener.wake();
     const drained = await Promise.race([
       Promise.all(this.loops).then(() => true),
       sleep(graceMs).then(() => false),
     ]);
-    this.abort.abort();
     await this.listener.close();
     await this.destinations.close();
     await this.amqp.close();
@@ -133,7 +149,7 @@ export class Relay {
       // absorb: no need to wait for the WAL flush (the setting applies at commit).
       await trx.raw('set local synchronous_commit = off');
       for (const f of failed) {
-        await markOutboxFailed(trx, f.id, f.error, Math.min(60_000, 1000 * 2 ** f.attempts));
+        await markOutboxFailed(trx, f.id, f.error, backoffMs(f.attempts, { baseMs: 1000, maxMs: 60_000 }));
       }
       outboxRelayedTotal.inc({ kind: 'all' }, delivered.length);
       if (failed.length) {
@@ -147,24 +163,10 @@ export class Relay {
   }
 
   private async loop(): Promise<void> {
-    const { pollIntervalMs, batchSize, logger: log } = this.options;
-    let failures = 0;
+    const { pollIntervalMs, batchSize } = this.options;
     while (!this.stopping) {
-      let claimed = 0;
-      try {
-        claimed = await this.drainOnce();
-        if (this.outageLogged) log.info('relay delivering again');
-        this.outageLogged = false;
-        failures = 0;
-      } catch (error) {
-        failures++;
-        if (!this.outageLogged) {
-          this.outageLogged = true;
-          log.warn({ err: error }, 'relay cannot deliver right now; retrying with backoff');
-        }
-        await sleep(Math.min(5000, 50 * 2 ** failures), this.abort.signal);
-        continue;
-      }
+      const claimed = await this.outages.run(() => this.drainOnce());
+      if (claimed instanceof Stopped) return;
       // A full batch means more is probably waiting: go on at once.
       if (claimed < batchSize) await this.listener.wait(pollIntervalMs);
     }

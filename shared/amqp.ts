@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import amqp, { type ChannelModel, type ConfirmChannel, type Message, type Options } from 'amqplib';
+import { backoffMs } from './backoff.js';
 import { redactUrl } from './config.js';
 import {
   ConnectionClosingError,
@@ -149,7 +150,7 @@ export class ResilientAmqpConnection extends EventEmitter {
       const maxDelay = this.options.maxReconnectDelayMs ?? 5000;
       this.log.warn({ url: redactUrl(this.url) }, 'lost the RabbitMQ connection; reconnecting');
       for (let attempt = 0; !this.closing; attempt++) {
-        await sleep(Math.min(maxDelay, 100 * 2 ** attempt));
+        await sleep(backoffMs(attempt, { baseMs: 100, maxMs: maxDelay }));
         if (this.closing) return;
         try {
           await this.open();

@@ -1,4 +1,5 @@
 import { Redis } from 'ioredis';
+import { backoffMs } from './backoff.js';
 import { redactUrl } from './config.js';
 import { ServiceUnavailableError } from './errors.js';
 import type { Logger } from './logger.js';
@@ -13,7 +14,7 @@ export function createRedis(url: string, options: { lazy?: boolean } = {}): Redi
     maxRetriesPerRequest: null,
     enableReadyCheck: true,
     lazyConnect: options.lazy ?? false,
-    retryStrategy: (times) => Math.min(5000, 50 * 2 ** Math.min(times, 10)),
+    retryStrategy: (times) => backoffMs(times, { baseMs: 50, maxMs: 5000 }),
   });
 }
 

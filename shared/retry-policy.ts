@@ -1,3 +1,4 @@
+import { type Backoff, backoffMs } from './backoff.js';
 import { retryPolicyDefaults } from './defaults.js';
 import { DefinitionError, isRetryable } from './errors.js';
 
@@ -100,15 +101,22 @@ export function decideRetry(
   if (attempt <= policy.immediateRetries) return { kind: 'immediate', nextAttempt: attempt + 1 };
   const delayIndex = attempt - 1 - policy.immediateRetries;
   if (delayIndex >= policy.delayed.count) return { kind: 'dead-letter', why: 'exhausted' };
-  const { initialMs, factor, maxMs, jitter } = policy.delayed;
-  const tierMs = Math.min(maxMs, Math.round(initialMs * factor ** delayIndex));
-  const spread = tierMs * jitter * (2 * random() - 1);
   return {
     kind: 'delayed',
     nextAttempt: attempt + 1,
-    tierMs,
-    delayMs: Math.max(1, Math.round(tierMs + spread)),
+    tierMs: retryTierMs(policy, delayIndex),
+    delayMs: Math.max(1, backoffMs(delayIndex, delayedBackoff(policy, true), random)),
   };
+}
+
+/** The retry queue's delay for delayed retry `delayIndex` (0 for the first): the unspread backoff. */
+export function retryTierMs(policy: RetryPolicy, delayIndex: number): number {
+  return backoffMs(delayIndex, delayedBackoff(policy, false));
+}
+
+function delayedBackoff(policy: RetryPolicy, spread: boolean): Backoff {
+  const { initialMs, factor, maxMs, jitter } = policy.delayed;
+  return { baseMs: initialMs, maxMs, factor, jitter: spread ? jitter : 0 };
 }
 
 export function maxAttempts(policy: RetryPolicy): number {

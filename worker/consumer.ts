@@ -1,6 +1,7 @@
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import pLimit from 'p-limit';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
+import { backoffMs } from '../shared/backoff.js';
 import { readIncoming } from '../shared/envelope.js';
 import { describeCause } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
@@ -177,7 +178,7 @@ export class Consumer {
   private async resubscribe(): Promise<void> {
     let warned = false;
     for (let attempt = 0; ; attempt++) {
-      await sleep(Math.min(5000, 100 * 2 ** attempt), this.stopped.signal);
+      await sleep(backoffMs(attempt, { baseMs: 100, maxMs: 5000 }), this.stopped.signal);
       if (this.stopping || this.current?.consumerTag) return;
       // The connection went too: its reconnection subscribes.
       const connection = this.connection;

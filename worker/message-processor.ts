@@ -3,6 +3,7 @@ import type { z } from 'zod';
 import type { App } from '../shared/app.js';
 import { crashPoint } from '../shared/crash-points.js';
 import { classifyFailure, refusedByDatabase } from '../shared/db/failures.js';
+import { databaseFailures, OutageWait, Stopped } from '../shared/db/outage.js';
 import { type DeadLetterReason, deadLetterExists, storeDeadLetter } from '../shared/dead-letters.js';
 import { type Envelope, Headers, type IncomingMessage } from '../shared/envelope.js';
 import {
@@ -23,7 +24,7 @@ import {
 import type { Logger } from '../shared/logger.js';
 import { handlerSeconds, messagesTotal } from '../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
-import { decideRetry } from '../shared/retry-policy.js';
+import { decideRetry, type RetryDecision } from '../shared/retry-policy.js';
 import { sleep } from '../shared/time.js';
 import type { RetryQueues } from './retry-queues.js';
 import type { EagerSteps } from './saga/eager.js';
@@ -71,12 +72,21 @@ function withoutBrokerDeathHeaders(headers: Record<string, unknown>): Record<str
  * out without spending attempts, so it never sends good messages to the dead letters.
  */
 export class MessageProcessor {
-  /** Set while the database is unreachable, so the outage is logged once for all messages. */
-  private databaseOutage = false;
+  /** Holds every message in flight while the database is down, logging the outage once. */
+  private readonly outages: OutageWait;
   /** Unexpected failures per message id, in a row: bounded, so a failure outside the handler cannot loop. */
   private readonly unexpectedFailures = new Map<string, number>();
 
-  constructor(private readonly deps: ProcessorDeps) {}
+  constructor(private readonly deps: ProcessorDeps) {
+    this.outages = new OutageWait({
+      classify: databaseFailures(deps.knex),
+      signal: deps.signal,
+      log: deps.log,
+      downMessage: 'database unavailable; holding messages until it is back',
+      backMessage: 'database reachable again; handling resumes',
+      outageBackoff: { baseMs: 50, maxMs: 5000 },
+    });
+  }
 
   async process(incoming: IncomingMessage): Promise<Outcome> {
     const started = process.hrtime.bigint();
@@ -147,6 +157,7 @@ export class MessageProcessor {
     }
   }
 
+  /** Validate, then the redelivery verdict, then the transaction loop, then the retry decision. */
   private async processInner(incoming: IncomingMessage, delivery: { recorded: boolean }): Promise<Outcome> {
     const log = this.deps.log.child({ messageId: incoming.id, type: incoming.type });
     const validated = this.validate(incoming);
@@ -158,20 +169,8 @@ export class MessageProcessor {
       return this.deadLetter(incoming, validated, log);
     }
     if (incoming.redelivered) {
-      const verdict = await this.withOutageRetry(() => this.checkRedelivery(incoming, delivery), log);
-      if (verdict === 'requeue' || verdict === 'dead-lettered') return verdict;
-      if (verdict === 'duplicate') {
-        log.debug('redelivered message: already processed, no effect');
-        return 'duplicate';
-      }
-      if (verdict instanceof DeadLetter) {
-        log.error({ reason: verdict.reason, error: verdict.error.message }, 'poison message: dead-lettered');
-        return this.deadLetter(
-          incoming,
-          new DeadLetter(verdict.reason, verdict.error, validated.payload),
-          log,
-        );
-      }
+      const verdict = await this.redeliveryVerdict(incoming, delivery, validated.payload, log);
+      if (verdict !== 'ok') return verdict;
     }
 
     const policy = this.deps.app.retryPolicyFor(validated.type);
@@ -188,7 +187,7 @@ export class MessageProcessor {
     // When the first attempt failed: kept across retries for the dead-letter entry.
     let firstFailedAt = stringOrUndefined(incoming.headers[Headers.firstFailedAt]);
     for (;;) {
-      const result = await this.withOutageRetry(
+      const result = await this.whileDatabaseDown(
         () => this.runTransaction(envelope, validated.payloads, log),
         log,
       );
@@ -197,24 +196,7 @@ export class MessageProcessor {
         return result;
       }
       const error = result.error;
-      if (refusedByDatabase(error)) {
-        // The same bytes fail the same way every time: retrying cannot help.
-        log.warn({ err: error }, 'PostgreSQL refused the payload: dead-lettered');
-        return this.deadLetter(
-          incoming,
-          new DeadLetter(
-            'invalid-payload',
-            toErrorInfo(
-              new InvalidMessageError(
-                'invalid-payload',
-                `PostgreSQL refused what handling this message wrote (${describeCause(error)}); its body is kept byte for byte in the dead letter. Reject such input in the schema (e.g. NUL or lone surrogates in strings, deep nesting)`,
-              ),
-            ),
-            validated.payload,
-          ),
-          log,
-        );
-      }
+      if (refusedByDatabase(error)) return this.deadLetterRefused(incoming, error, validated.payload, log);
       firstFailedAt ??= new Date().toISOString();
       const decision = decideRetry(policy, envelope.attempt, error);
       if (decision.kind === 'immediate') {
@@ -224,30 +206,12 @@ export class MessageProcessor {
         continue;
       }
       if (decision.kind === 'delayed') {
-        log.info(
-          { err: error, attempt: envelope.attempt, delayMs: decision.delayMs },
-          'handler failed; retrying after a delay',
+        return this.scheduleRetry(
+          incoming,
+          decision,
+          { error, attempt: envelope.attempt, firstFailedAt },
+          log,
         );
-        try {
-          await this.deps.retryQueues.schedule(decision.tierMs, decision.delayMs, incoming.body, {
-            messageId: incoming.id,
-            type: incoming.type,
-            correlationId: incoming.correlationId,
-            contentType: 'application/json',
-            timestamp: Math.floor(incoming.timestamp.getTime() / 1000),
-            persistent: true,
-            headers: {
-              ...withoutBrokerDeathHeaders(incoming.headers),
-              [Headers.attempt]: decision.nextAttempt,
-              [Headers.firstFailedAt]: firstFailedAt,
-            },
-          });
-          return 'retry-scheduled';
-        } catch (publishError) {
-          // The broker went away: leave the message unacked; it comes back with the same attempt.
-          log.warn({ err: publishError }, 'could not schedule the retry; the message will be redelivered');
-          return 'requeue';
-        }
       }
       log.error(
         { err: error, attempt: envelope.attempt, why: decision.why },
@@ -262,6 +226,80 @@ export class MessageProcessor {
         new DeadLetter('handler-failed', toErrorInfo(error), validated.payload),
         log,
       );
+    }
+  }
+
+  /**
+   * What a redelivery comes to before its handlers run: 'ok' to handle it, or the outcome when it
+   * was handled or dead-lettered already, is poison (dead-lettered now), or shutdown started.
+   */
+  private async redeliveryVerdict(
+    incoming: IncomingMessage,
+    delivery: { recorded: boolean },
+    payload: unknown,
+    log: Logger,
+  ): Promise<Outcome | 'ok'> {
+    const verdict = await this.whileDatabaseDown(() => this.checkRedelivery(incoming, delivery), log);
+    if (verdict === 'duplicate') log.debug('redelivered message: already processed, no effect');
+    if (!(verdict instanceof DeadLetter)) return verdict;
+    log.error({ reason: verdict.reason, error: verdict.error.message }, 'poison message: dead-lettered');
+    return this.deadLetter(incoming, new DeadLetter(verdict.reason, verdict.error, payload), log);
+  }
+
+  /** The same bytes fail the same way every time: retrying cannot help. */
+  private deadLetterRefused(
+    incoming: IncomingMessage,
+    error: unknown,
+    payload: unknown,
+    log: Logger,
+  ): Promise<Outcome> {
+    log.warn({ err: error }, 'PostgreSQL refused the payload: dead-lettered');
+    return this.deadLetter(
+      incoming,
+      new DeadLetter(
+        'invalid-payload',
+        toErrorInfo(
+          new InvalidMessageError(
+            'invalid-payload',
+            `PostgreSQL refused what handling this message wrote (${describeCause(error)}); its body is kept byte for byte in the dead letter. Reject such input in the schema (e.g. NUL or lone surrogates in strings, deep nesting)`,
+          ),
+        ),
+        payload,
+      ),
+      log,
+    );
+  }
+
+  /** Sends a copy through the retry queue of `decision`'s tier; the delivery in hand is then acked. */
+  private async scheduleRetry(
+    incoming: IncomingMessage,
+    decision: Extract<RetryDecision, { kind: 'delayed' }>,
+    failed: { error: unknown; attempt: number; firstFailedAt: string },
+    log: Logger,
+  ): Promise<Outcome> {
+    log.info(
+      { err: failed.error, attempt: failed.attempt, delayMs: decision.delayMs },
+      'handler failed; retrying after a delay',
+    );
+    try {
+      await this.deps.retryQueues.schedule(decision.tierMs, decision.delayMs, incoming.body, {
+        messageId: incoming.id,
+        type: incoming.type,
+        correlationId: incoming.correlationId,
+        contentType: 'application/json',
+        timestamp: Math.floor(incoming.timestamp.getTime() / 1000),
+        persistent: true,
+        headers: {
+          ...withoutBrokerDeathHeaders(incoming.headers),
+          [Headers.attempt]: decision.nextAttempt,
+          [Headers.firstFailedAt]: failed.firstFailedAt,
+        },
+      });
+      return 'retry-scheduled';
+    } catch (publishError) {
+      // The broker went away: leave the message unacked; it comes back with the same attempt.
+      log.warn({ err: publishError }, 'could not schedule the retry; the message will be redelivered');
+      return 'requeue';
     }
   }
 
@@ -386,7 +424,7 @@ export class MessageProcessor {
       });
     } catch (error) {
       await uow.afterRollback(error);
-      // An outage or a serialization conflict is not the handler's fault: withOutageRetry runs it again.
+      // An outage or a serialization conflict is not the handler's fault: whileDatabaseDown runs it again.
       if ((await classifyFailure(knex, error)) !== 'application') throw error;
       return { error };
     }
@@ -402,7 +440,7 @@ export class MessageProcessor {
   private async deadLetter(incoming: IncomingMessage, dead: DeadLetter, log: Logger): Promise<Outcome> {
     const { knex, queue } = this.deps;
     const firstFailedAt = incoming.headers[Headers.firstFailedAt];
-    const result = await this.withOutageRetry(async () => {
+    const result = await this.whileDatabaseDown(async () => {
       await storeDeadLetter(knex, {
         source: 'amqp',
         queue,
@@ -427,27 +465,10 @@ export class MessageProcessor {
    * Runs `fn` until it stops failing for lack of a database (outage, restart, terminated session,
    * serialization conflict), backing off up to 5 s. Returns 'requeue' if shutdown starts meanwhile.
    */
-  private async withOutageRetry<T>(fn: () => Promise<T>, log: Logger): Promise<T | 'requeue'> {
-    for (let attempt = 0; ; attempt++) {
-      if (this.deps.signal.aborted) return 'requeue';
-      try {
-        const result = await fn();
-        if (this.databaseOutage) {
-          this.databaseOutage = false;
-          log.info('database reachable again; handling resumes');
-        }
-        return result;
-      } catch (error) {
-        const kind = await classifyFailure(this.deps.knex, error);
-        if (kind === 'application') throw error;
-        // One line per outage, not one per message in flight.
-        if (kind === 'outage' && !this.databaseOutage) {
-          this.databaseOutage = true;
-          log.warn({ err: error }, 'database unavailable; holding messages until it is back');
-        }
-        await sleep(Math.min(5000, 50 * 2 ** attempt), this.deps.signal);
-      }
-    }
+  private async whileDatabaseDown<T>(fn: () => Promise<T>, log: Logger): Promise<T | 'requeue'> {
+    if (this.deps.signal.aborted) return 'requeue';
+    const result = await this.outages.run(fn, log);
+    return result instanceof Stopped ? 'requeue' : result;
   }
 }
 

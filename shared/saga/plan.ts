@@ -1,3 +1,4 @@
+import { backoffMs } from '../backoff.js';
 import type { StepRetryPolicy } from './definition.js';
 import type { SagaPhase } from './jobs.js';
 
@@ -63,6 +64,6 @@ export function retryDelayMs(
   attempt: number,
   random: () => number = Math.random,
 ): number {
-  const base = Math.min(policy.maxBackoffMs, policy.backoffMs * 2 ** Math.max(0, attempt - 1));
-  return Math.max(0, Math.round(base * (1 + policy.jitter * (2 * random() - 1))));
+  const backoff = { baseMs: policy.backoffMs, maxMs: policy.maxBackoffMs, jitter: policy.jitter };
+  return backoffMs(attempt - 1, backoff, random);
 }

@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import type { App } from '../../shared/app.js';
 import { crashPoint } from '../../shared/crash-points.js';
 import { classifyFailure } from '../../shared/db/failures.js';
+import { OutageWait, Stopped } from '../../shared/db/outage.js';
 import {
   ConcurrencyConflictError,
   SagaDeadlineError,
@@ -24,7 +25,6 @@ import {
   type SagaForStep,
   transitionSaga,
 } from '../../shared/saga/store.js';
-import { sleep } from '../../shared/time.js';
 import type { EagerSteps } from './eager.js';
 import { afterFailedAttempt } from './failures.js';
 import { stepContext, withTimeout } from './step-context.js';
@@ -96,10 +96,21 @@ type AnyStep = StepDefinition<any>;
  * retry or the switch to compensation / `failed`.
  */
 export class SagaStepRunner {
-  /** Set while the database is unreachable, so the outage is logged once for all steps in flight. */
-  private databaseOutage = false;
+  /** Holds every step in flight while the database is down, logging the outage once. */
+  private readonly outages: OutageWait;
 
-  constructor(private readonly deps: StepRunnerDeps) {}
+  constructor(private readonly deps: StepRunnerDeps) {
+    this.outages = new OutageWait({
+      classify: (error) =>
+        error instanceof ConcurrencyConflictError ? 'transient' : classifyFailure(deps.knex, error),
+      signal: deps.signal,
+      log: deps.log,
+      downMessage: 'database unavailable; saga steps wait until it is back',
+      backMessage: 'database reachable again; saga steps resume',
+      outageBackoff: { baseMs: 100, maxMs: 5000 },
+      transientBackoff: { baseMs: 4, maxMs: 200, jitter: 'full' },
+    });
+  }
 
   async runStep(job: SagaStepJob, delivery: StepDelivery = {}): Promise<StepOutcome> {
     const saga = this.deps.app.sagas.get(job.saga) as AnySaga | undefined;
@@ -415,40 +426,14 @@ export class SagaStepRunner {
 
   /**
    * Re-runs `fn` on optimistic-concurrency conflicts, serialization failures and deadlocks
-   * (briefly, with jitter), and on database outages (backing off up to 5 s) until shutdown.
+   * (briefly, with jitter), and on database outages (backing off up to 5 s) until shutdown gives up.
    * None of these count as an attempt of the step.
    */
   private async withTransactionRetry<T>(fn: () => Promise<T>): Promise<T> {
-    for (let conflicts = 0, outages = 0; ; ) {
-      try {
-        const result = await fn();
-        if (this.databaseOutage) {
-          this.databaseOutage = false;
-          this.deps.log.info('database reachable again; saga steps resume');
-        }
-        return result;
-      } catch (error) {
-        const kind =
-          error instanceof ConcurrencyConflictError
-            ? 'transient'
-            : await classifyFailure(this.deps.knex, error);
-        if (kind === 'transient') {
-          conflicts++;
-          await sleep(Math.random() * Math.min(200, 2 * 2 ** Math.min(conflicts, 7)));
-          continue;
-        }
-        if (kind === 'outage' && !this.deps.signal.aborted) {
-          outages++;
-          if (!this.databaseOutage) {
-            this.databaseOutage = true;
-            this.deps.log.warn({ err: error }, 'database unavailable; saga steps wait until it is back');
-          }
-          await sleep(Math.min(5000, 50 * 2 ** Math.min(outages, 7)), this.deps.signal);
-          continue;
-        }
-        throw error;
-      }
-    }
+    const result = await this.outages.run(fn);
+    // Shutdown gave up waiting: the job fails with what it waited out, and the sweep resumes it.
+    if (result instanceof Stopped) throw result.error;
+    return result;
   }
 }
 
