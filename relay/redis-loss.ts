@@ -123,6 +123,8 @@ export class RedisLossDetector {
   /** A loss found and not repaired by this relay yet. */
   private loss: { from: string; to: string } | undefined;
   private idleCheckDue = true;
+  /** The last lineage change logged: one line per change, not one per batch in flight (the loss itself is warned about). */
+  private warnedLineage = '';
   private lastIdleCheck = 0;
 
   constructor(
@@ -177,10 +179,12 @@ export class RedisLossDetector {
         return;
       }
       if (attempt > MAX_READDS) throw new RedisUnstableError(MAX_READDS);
-      this.log.warn(
-        { rows: ids.length },
-        'Redis lost its data (restarted, flushed or failed over) while the relay added a batch: adding its jobs again',
-      );
+      const key = `${lineage.runId}/${lineage.token}`;
+      const line =
+        'Redis restarted, was flushed or failed over while the relay added a batch: adding its jobs again';
+      if (key !== this.warnedLineage) this.log.info({ rows: ids.length }, line);
+      else this.log.debug({ rows: ids.length }, line);
+      this.warnedLineage = key;
       expected = lineage;
       await readd();
     }
