@@ -41,6 +41,7 @@ export {
   NotMigratedError,
   PoisonMessageError,
   PublishNotConfirmedError,
+  RedisUnstableError,
   RepeatedFailureError,
   SagaDeadlineError,
   SagaNotFoundError,

@@ -1,5 +1,7 @@
+import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
+import { RedisUnstableError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { maxRedisSeq, redeliverLostRows, setRedisSeq } from '../shared/outbox.js';
 import { relayRedisKeys } from '../shared/redis.js';
@@ -12,14 +14,43 @@ import { relayRedisKeys } from '../shared/redis.js';
  */
 const LOSS_ROOM = 1_000_000;
 
+/** Times a batch's jobs are added again because Redis lost its data meanwhile, before it rolls back. */
+const MAX_READDS = 5;
+
+/**
+ * Which Redis data set a write lands in: the server's run_id (new on every restart, also from an
+ * older RDB/AOF, and different on a promoted replica) and a random token kept in the epoch key
+ * (created when missing, so a flushed or emptied Redis gets a new one). The same lineage before a
+ * batch's adds and at its increment means the adds are in the data set that holds the increment.
+ * Reads it (KEYS: epoch; ARGV: a fresh token) as [token, runId].
+ */
+const lineageScript = `
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local token = redis.call('GET', KEYS[1])
+local runId = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+return {token, runId}
+`;
+
 /**
  * Advances the delivery counter, after first noticing that it is behind Postgres's `mark` (Redis
  * lost writes: restarted empty or from an older snapshot, failed over to a lagging replica,
  * flushed). Then it records the lost range (`from`, `to`] until a relay repaired it, and sets the
  * counter above the range. Returns [counter, from, to] (from/to nil when no loss is pending).
- * KEYS: counter, loss record. ARGV: mark, '1' to increment, room.
+ * When incrementing, it first compares the lineage with the one read before the batch's adds:
+ * if it changed, the adds may have gone to lost data, so it does not increment and returns the
+ * lineage now as [.., '1', token, runId]; the relay adds the jobs again and calls it again.
+ * KEYS: counter, loss record, epoch. ARGV: mark, '1' to increment, room, token and runId seen
+ * before the adds, a fresh token.
  */
 const advanceScript = `
+local stale = false
+local token, runId = false, false
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[3], ARGV[6], 'NX')
+  token = redis.call('GET', KEYS[3])
+  runId = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+  stale = token ~= ARGV[4] or runId ~= ARGV[5]
+end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local mark = tonumber(ARGV[1])
 if seq < mark then
@@ -33,8 +64,9 @@ if seq < mark then
   redis.call('SET', KEYS[1], string.format('%.0f', to))
   seq = to
 end
-if ARGV[2] == '1' then seq = redis.call('INCR', KEYS[1]) end
+if ARGV[2] == '1' and not stale then seq = redis.call('INCR', KEYS[1]) end
 local loss = redis.call('HMGET', KEYS[2], 'from', 'to')
+if stale then return {string.format('%.0f', seq), loss[1] or false, loss[2] or false, '1', token, runId} end
 return {string.format('%.0f', seq), loss[1] or false, loss[2] or false}
 `;
 
@@ -45,16 +77,27 @@ if loss[1] == ARGV[1] and loss[2] == ARGV[2] then return redis.call('DEL', KEYS[
 return 0
 `;
 
-type AdvanceReply = [string, string | null, string | null];
+type AdvanceReply = [string, string | null, string | null, string?, string?, string?];
+
+/** See `lineageScript`. */
+export interface RedisLineage {
+  token: string;
+  runId: string;
+}
 
 interface Commands {
   dwRelayAdvance(
     counter: string,
     loss: string,
+    epoch: string,
     mark: number,
     incr: string,
     room: number,
+    token: string,
+    runId: string,
+    fresh: string,
   ): Promise<AdvanceReply>;
+  dwRelayLineage(epoch: string, fresh: string): Promise<[string, string]>;
   dwRelayClearLoss(loss: string, from: string, to: string): Promise<number>;
 }
 
@@ -75,11 +118,13 @@ interface Commands {
  * after a reconnection.
  */
 export class RedisLossDetector {
-  private readonly keys: { counter: string; loss: string };
+  private readonly keys: { counter: string; loss: string; epoch: string };
   private readonly redis: Redis & Commands;
   /** A loss found and not repaired by this relay yet. */
   private loss: { from: string; to: string } | undefined;
   private idleCheckDue = true;
+  /** The last lineage change logged: one line per change, not one per batch in flight (the loss itself is warned about). */
+  private warnedLineage = '';
   private lastIdleCheck = 0;
 
   constructor(
@@ -90,7 +135,8 @@ export class RedisLossDetector {
     private readonly log: Logger,
   ) {
     this.keys = relayRedisKeys(prefix);
-    redis.defineCommand('dwRelayAdvance', { numberOfKeys: 2, lua: advanceScript });
+    redis.defineCommand('dwRelayAdvance', { numberOfKeys: 3, lua: advanceScript });
+    redis.defineCommand('dwRelayLineage', { numberOfKeys: 1, lua: lineageScript });
     redis.defineCommand('dwRelayClearLoss', { numberOfKeys: 1, lua: clearScript });
     this.redis = redis as Redis & Commands;
     // A (re)connection may be to a Redis that lost its data: check even if nothing is delivered.
@@ -104,14 +150,44 @@ export class RedisLossDetector {
     return maxRedisSeq(this.knex);
   }
 
+  /** Which Redis data set the batch's adds will go to; read before them (see `lineageScript`). */
+  async lineage(): Promise<RedisLineage> {
+    const [token, runId] = await this.redis.dwRelayLineage(this.keys.epoch, randomUUID());
+    return { token, runId };
+  }
+
   /**
    * After a batch's jobs were added: advances the counter and records it on the rows, in the
-   * batch's transaction. Throws while Redis is down (the batch rolls back and goes again).
+   * batch's transaction. If Redis lost its data since `seen` was read (restart, flush, failover
+   * between the adds and the increment), the adds may be gone while the increment lands: `readd`
+   * adds the jobs again (their ids make it idempotent) before the increment is tried again.
+   * Throws while Redis is down or keeps losing data (the batch rolls back and goes again).
    */
-  async recordDelivery(trx: Knex.Transaction, ids: readonly number[], mark: number): Promise<void> {
+  async recordDelivery(
+    trx: Knex.Transaction,
+    ids: readonly number[],
+    mark: number,
+    seen: RedisLineage,
+    readd: () => Promise<void>,
+  ): Promise<void> {
     if (ids.length === 0) return;
-    const seq = await this.advance(mark, true);
-    await setRedisSeq(trx, ids, seq);
+    let expected = seen;
+    for (let attempt = 1; ; attempt++) {
+      const { seq, lineage } = await this.advance(mark, expected);
+      if (!lineage) {
+        await setRedisSeq(trx, ids, seq);
+        return;
+      }
+      if (attempt > MAX_READDS) throw new RedisUnstableError(MAX_READDS);
+      const key = `${lineage.runId}/${lineage.token}`;
+      const line =
+        'Redis restarted, was flushed or failed over while the relay added a batch: adding its jobs again';
+      if (key !== this.warnedLineage) this.log.info({ rows: ids.length }, line);
+      else this.log.debug({ rows: ids.length }, line);
+      this.warnedLineage = key;
+      expected = lineage;
+      await readd();
+    }
   }
 
   /** While idle: the same comparison without a batch, at most once per interval or after a reconnection. */
@@ -120,7 +196,7 @@ export class RedisLossDetector {
     this.idleCheckDue = false;
     this.lastIdleCheck = Date.now();
     try {
-      await this.advance(await this.mark(), false);
+      await this.advance(await this.mark(), undefined);
     } catch (error) {
       this.idleCheckDue = true;
       throw error;
@@ -143,15 +219,27 @@ export class RedisLossDetector {
     if (this.loss === loss) this.loss = undefined;
   }
 
-  private async advance(mark: number, incr: boolean): Promise<number> {
-    const [seq, from, to] = await this.redis.dwRelayAdvance(
+  /**
+   * Increments when given the lineage seen before the adds; returns the lineage now instead when
+   * it changed (nothing incremented).
+   */
+  private async advance(
+    mark: number,
+    seen: RedisLineage | undefined,
+  ): Promise<{ seq: number; lineage?: RedisLineage }> {
+    const [seq, from, to, stale, token, runId] = await this.redis.dwRelayAdvance(
       this.keys.counter,
       this.keys.loss,
+      this.keys.epoch,
       mark,
-      incr ? '1' : '0',
+      seen ? '1' : '0',
       LOSS_ROOM,
+      seen?.token ?? '',
+      seen?.runId ?? '',
+      randomUUID(),
     );
     if (from !== null && to !== null) this.loss = { from, to };
-    return Number(seq);
+    if (stale === '1' && token && runId !== undefined) return { seq: Number(seq), lineage: { token, runId } };
+    return { seq: Number(seq) };
   }
 }

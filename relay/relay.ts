@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
 import { backoffMs } from '../shared/backoff.js';
-import { crashPoint } from '../shared/crash-points.js';
+import { crashPoint, faultHook } from '../shared/crash-points.js';
 import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
 import { OutageWait, Stopped } from '../shared/db/outage.js';
@@ -129,19 +129,29 @@ export class Relay {
     const { batchSize } = this.options;
     await this.redisLoss.repairIfNeeded();
     const claimed = await this.knex.transaction(async (trx) => {
-      // What Redis must hold is read beside the claim (on another connection), before the adds.
-      const [rows, redisMark] = await this.claimInTurn(() =>
-        Promise.all([claimOutboxBatch(trx, batchSize), this.redisLoss.mark()]),
+      // What Redis must hold and which Redis data set it is are read beside the claim (on other
+      // connections), before the adds.
+      const [rows, redisMark, lineage] = await this.claimInTurn(() =>
+        Promise.all([claimOutboxBatch(trx, batchSize), this.redisLoss.mark(), this.redisLoss.lineage()]),
       );
       if (rows.length === 0) return 0;
       // Called right after the claim, before any other await: each queue gets its batches in the
       // order they were claimed (see Destinations).
       const { delivered, failed } = await this.destinations.deliver(rows);
       const added = new Set(delivered);
+      const jobRows = rows.filter((r) => r.destination.kind === 'bullmq' && added.has(r.id));
+      const hook = faultHook('relay:after-add-before-seq');
+      if (hook) await hook();
       await this.redisLoss.recordDelivery(
         trx,
-        rows.filter((r) => r.destination.kind === 'bullmq' && added.has(r.id)).map((r) => r.id),
+        jobRows.map((r) => r.id),
         redisMark,
+        lineage,
+        async () => {
+          // Redis lost its data after the adds: add the jobs again (same ids) or roll back.
+          const again = await this.destinations.deliver(jobRows);
+          if (again.failed.length) throw new Error(`adding jobs again failed: ${again.failed[0]?.error}`);
+        },
       );
       // The rows are marked already; the mark commits only now, after the delivery.
       crashPoint('relay:after-add-before-mark');

@@ -20,6 +20,7 @@ export type CrashPoint =
   | 'worker:after-commit-before-ack'
   | 'worker:after-dead-letter-before-ack'
   | 'relay:after-add-before-mark'
+  | 'relay:after-add-before-seq'
   | 'saga:after-step-commit'
   | 'saga:during-compensation';
 
@@ -30,4 +31,20 @@ export function crashPoint(name: CrashPoint): void {
     process.stderr.write(`crash point ${name}: SIGKILL\n`);
     process.kill(process.pid, 'SIGKILL');
   }
+}
+
+const hooks = new Map<CrashPoint, () => Promise<void>>();
+
+/**
+ * Test-only, in process: runs `hook` when a component reaches `name` (e.g. to make Redis lose its
+ * data exactly there); `undefined` removes it. Unused in production.
+ */
+export function setFaultHook(name: CrashPoint, hook: (() => Promise<void>) | undefined): void {
+  if (hook) hooks.set(name, hook);
+  else hooks.delete(name);
+}
+
+/** The hook set for `name`, if any; callers await it only when set, so production adds no tick. */
+export function faultHook(name: CrashPoint): (() => Promise<void>) | undefined {
+  return hooks.get(name);
 }

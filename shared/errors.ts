@@ -267,3 +267,16 @@ export function toErrorInfo(error: unknown, { stack = true }: { stack?: boolean 
   }
   return { message: String(error) };
 }
+
+/**
+ * Redis kept losing its data (restarting, being flushed or failing over) while the relay added a
+ * batch's jobs; the batch rolls back and is delivered again.
+ */
+export class RedisUnstableError extends DurableWorkerError {
+  override readonly code = 'DW_REDIS_UNSTABLE';
+  constructor(attempts: number) {
+    super(
+      `Redis lost its data ${attempts} times while a relay batch was being added (restarts, FLUSHDB or failovers); the batch will be delivered again. Check that Redis is stable and persists its data (appendonly yes).`,
+    );
+  }
+}

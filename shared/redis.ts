@@ -60,8 +60,12 @@ export async function warnUnlessNoEviction(redis: Redis, log: Logger): Promise<v
  * The relays' Redis keys: the delivery counter and the record of a loss not repaired yet (see
  * relay/redis-loss.ts). One hash tag, so a Redis Cluster runs a script over both.
  */
-export function relayRedisKeys(prefix: string): { counter: string; loss: string } {
-  return { counter: `${prefix}:{dw-relay}:seq`, loss: `${prefix}:{dw-relay}:loss` };
+export function relayRedisKeys(prefix: string): { counter: string; loss: string; epoch: string } {
+  return {
+    counter: `${prefix}:{dw-relay}:seq`,
+    loss: `${prefix}:{dw-relay}:loss`,
+    epoch: `${prefix}:{dw-relay}:epoch`,
+  };
 }
 
 /** Redis's durability settings; null where the server refuses CONFIG (managed services). */

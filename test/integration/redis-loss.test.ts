@@ -4,6 +4,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redisStatus } from '../../ops/status.js';
 import { Relay } from '../../relay/relay.js';
+import { setFaultHook } from '../../shared/crash-points.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
 import { createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
 
@@ -42,10 +43,13 @@ async function snapshot(): Promise<Array<[string, Buffer]>> {
   return Promise.all(keys.map(async (k) => [k, (await redis.dumpBuffer(k)) as Buffer] as [string, Buffer]));
 }
 
+/** One MULTI, as a restart from a snapshot would be: the relay never sees the keys half restored. */
 async function restore(saved: Array<[string, Buffer]>): Promise<void> {
   const keys = await prefixKeys();
-  if (keys.length) await redis.del(...keys);
-  for (const [key, value] of saved) await redis.restore(key, 0, value, 'REPLACE');
+  const tx = redis.multi();
+  if (keys.length) tx.del(...keys);
+  for (const [key, value] of saved) tx.restore(key, 0, value, 'REPLACE');
+  await tx.exec();
 }
 
 async function deliver(queue: Queue, messages: OutboxMessage[], total: number): Promise<void> {
@@ -123,6 +127,41 @@ describe('relay and partial Redis loss', () => {
       const losses = await env.knex('dw_redis_losses').select();
       expect(losses.map((l) => l.rows_redelivered).reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(30);
     } finally {
+      await queue.close();
+    }
+  });
+
+  it('every key deleted between a batch adding its jobs and its counter increment: that batch is added again', async () => {
+    await env.knex('dw_redis_losses').delete();
+    const queue = new Queue(randomName('inflight-'), { connection: redis, prefix: env.config.bullmqPrefix });
+    let flushed = false;
+    try {
+      // Exactly once, after the first batch's addBulk and before its increment: the increment
+      // lands on the emptied keys, above the repaired range, unless the relay notices.
+      setFaultHook('relay:after-add-before-seq', async () => {
+        if (flushed) return;
+        flushed = true;
+        await redis.del(...(await prefixKeys()));
+      });
+      const messages = rows(queue.name, 20);
+      await insertOutboxMessages(env.knex, messages);
+      await waitFor(async () => flushed, 'a batch to reach the seam');
+      await waitFor(
+        async () =>
+          (
+            await env
+              .knex('dw_outbox')
+              .whereIn(
+                'message_id',
+                messages.map((m) => m.messageId),
+              )
+              .whereNull('delivered_at')
+          ).length === 0,
+        'every row marked delivered',
+      );
+      await expectAllJobs(queue, messages);
+    } finally {
+      setFaultHook('relay:after-add-before-seq', undefined);
       await queue.close();
     }
   });
