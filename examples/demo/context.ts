@@ -31,18 +31,3 @@ export function runDw(args: string[], env: NodeJS.ProcessEnv = process.env): Pro
     );
   });
 }
-
-/** Polls until `check` is truthy; the demo never waits a fixed time for something to happen. */
-export async function until<T>(
-  check: () => Promise<T>,
-  what: string,
-  timeoutMs = 30_000,
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`demo: timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}

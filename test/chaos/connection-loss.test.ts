@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from 'vitest';
-import { waitFor } from '../support/services.js';
+import { waitUntil } from '../../shared/wait.js';
 import { closeAmqpConnectionsOf, PrivateRedis, terminateDatabaseSessions } from './support/faults.js';
 import type { Supervisor } from './support/processes.js';
 import { assertClean, type ChaosRun, ChaosRun as Run } from './support/run.js';
@@ -86,7 +86,7 @@ describe('dependencies going away during load', () => {
       await run.progress(run.random.int(100, 300));
       await redis.restart(async () => {
         // While Redis is down the relay says so; the worker and relay stay up.
-        await waitFor(
+        await waitUntil(
           async () => (await relay.current?.health())?.dependencies.redis === false,
           'the relay /healthz to report Redis down',
         );

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from 'vitest';
-import { waitFor } from '../support/services.js';
+import { waitUntil } from '../../shared/wait.js';
 import { services } from './support/faults.js';
 import type { Supervisor } from './support/processes.js';
 import { assertClean, ChaosRun } from './support/run.js';
@@ -19,7 +19,7 @@ type Dependency = 'postgres' | 'rabbitmq' | 'redis';
 /** While the service is down, /healthz of each process says so (the readiness signal). */
 async function expectReportedDown(processes: Supervisor[], dependency: Dependency): Promise<void> {
   for (const p of processes) {
-    await waitFor(
+    await waitUntil(
       async () => {
         const deps = (await p.current?.health())?.dependencies;
         // A worker without sagas has no Redis connection to report.

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { waitUntil } from '../../shared/wait.js';
 import { cliEnv, runCli } from '../support/cli.js';
-import { count, createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
+import { count, createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
 
 let env: TestEnv;
 
@@ -121,7 +122,7 @@ describe('dw worker', () => {
         ['publish', 'JoinMeeting', '--data', '{"userId":"sig","meetingId":"term"}'],
         cliEnv(env.config),
       );
-      await waitFor(
+      await waitUntil(
         async () => (await count(env.knex, 'meeting_participants', { user_id: 'sig' })) === 1,
         'the message',
       );

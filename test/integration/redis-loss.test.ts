@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redisStatus } from '../../ops/status.js';
 import { Relay } from '../../relay/relay.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
-import { createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
+import { waitUntil } from '../../shared/wait.js';
+import { createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
 
 // Losses are confined to this file's BullMQ prefix on the shared Redis: its keys are deleted (a
 // FLUSHDB for this installation) or put back as they were earlier (an older snapshot).
@@ -50,12 +51,12 @@ async function restore(saved: Array<[string, Buffer]>): Promise<void> {
 
 async function deliver(queue: Queue, messages: OutboxMessage[], total: number): Promise<void> {
   await insertOutboxMessages(env.knex, messages);
-  await waitFor(async () => (await queue.count()) === total, `${total} jobs in ${queue.name}`);
+  await waitUntil(async () => (await queue.count()) === total, `${total} jobs in ${queue.name}`);
 }
 
 /** Every message has its job, once. */
 async function expectAllJobs(queue: Queue, messages: OutboxMessage[]): Promise<void> {
-  await waitFor(async () => (await queue.count()) === messages.length, 'the lost jobs to be back', {
+  await waitUntil(async () => (await queue.count()) === messages.length, 'the lost jobs to be back', {
     timeoutMs: 20_000,
   });
   const ids = new Set((await queue.getJobs(['waiting'])).map((j) => j.id));

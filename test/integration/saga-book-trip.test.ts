@@ -3,9 +3,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { app } from '../../examples/app/index.js';
 import { exampleMigrations } from '../../examples/app/migrations.js';
 import { Relay } from '../../relay/relay.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { createTestEnv, type TestEnv } from '../support/services.js';
 
 let env: TestEnv;
 let worker: Worker;
@@ -29,7 +30,7 @@ async function ledger(tripId: string): Promise<string[]> {
 }
 
 async function finalStatus(tripId: string): Promise<string> {
-  return waitFor(async () => {
+  return waitUntil(async () => {
     const row = await env.knex('dw_sagas').where({ id: tripId }).first('status');
     return row && !['running', 'compensating'].includes(row.status) ? (row.status as string) : undefined;
   }, `trip ${tripId} to finish`);

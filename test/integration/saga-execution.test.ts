@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
 import { Relay } from '../../relay/relay.js';
 import { sagaQueue, sagaStepType } from '../../shared/saga/jobs.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
 import {
@@ -16,7 +17,7 @@ import {
   startSagas,
   type TestState,
 } from '../support/saga-app.js';
-import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
+import { count, createTestEnv, type TestEnv, urls } from '../support/services.js';
 
 let env: TestEnv;
 let worker: Worker;
@@ -170,7 +171,7 @@ describe('saga execution', () => {
     // A second start (another message, same saga id) after the first one finished...
     const handled = await count(env.knex, 'dw_inbox');
     await startSagas(env.config.exchange, [{ saga: 'sequential', id, state: { fail: { s1: -1 } } }]);
-    await waitFor(
+    await waitUntil(
       async () => (await count(env.knex, 'dw_inbox')) > handled,
       'the second start to be handled',
     );
@@ -189,7 +190,7 @@ describe('saga execution', () => {
         properties: { messageId: randomUUID(), type: 'StartStraySaga' },
       },
     ]);
-    const dead = await waitFor(
+    const dead = await waitUntil(
       () => env.knex('dw_dead_letters').where({ type: 'StartStraySaga' }).first(),
       'the stray start to be dead-lettered',
     );
@@ -217,7 +218,7 @@ describe('saga execution', () => {
         })),
       );
       const added = await queue.addBulk(jobs);
-      await waitFor(
+      await waitUntil(
         async () => (await Promise.all(added.map((j) => j.getState()))).every((s) => s === 'completed'),
         'the duplicated jobs to be processed',
       );

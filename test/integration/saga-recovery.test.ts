@@ -5,10 +5,11 @@ import { retryCompensation } from '../../ops/saga-recovery.js';
 import { Relay } from '../../relay/relay.js';
 import { silentLogger } from '../../shared/logger.js';
 import { deadlineJobId, sagaQueue } from '../../shared/saga/jobs.js';
+import { waitUntil } from '../../shared/wait.js';
 import { sweepOnce } from '../../worker/saga/sweep.js';
 import { Worker } from '../../worker/worker.js';
 import { calls, hooks, sagaFinished, sagaTestApp, signedLedger, startSagas } from '../support/saga-app.js';
-import { count, createTestEnv, deleteRedisKeys, type TestEnv, urls, waitFor } from '../support/services.js';
+import { count, createTestEnv, deleteRedisKeys, type TestEnv, urls } from '../support/services.js';
 
 let env: TestEnv;
 let worker: Worker | undefined;
@@ -34,7 +35,7 @@ const ledger = (id: string) => signedLedger(env.knex, id);
 const finished = (id: string) => sagaFinished(env.knex, id);
 
 const outboxDrained = () =>
-  waitFor(
+  waitUntil(
     async () => (await count(env.knex, 'dw_outbox', { delivered_at: null })) === 0,
     'the outbox to drain',
   );
@@ -68,14 +69,14 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
       expect(saga.last_error).toMatchObject({ name: 'SagaDeadlineError' });
       expect((await finished(quick!)).status).toBe('completed');
       // The quick saga's timer fires later and must change nothing.
-      await waitFor(
+      await waitUntil(
         async () => (await queue.getJobState(deadlineJobId(quick!, 0))) === 'completed',
         'the deadline timer of the completed saga to fire',
       );
       expect((await env.knex('dw_sagas').where({ id: quick }).first()).status).toBe('completed');
       expect(await ledger(quick!)).toEqual(['+first', '+wait']);
       // The held step's late finish lost the optimistic check: its effect never committed.
-      await waitFor(() => calls.get(`${late}/execute/wait`), 'the held step to go on');
+      await waitUntil(() => calls.get(`${late}/execute/wait`), 'the held step to go on');
       expect(await ledger(late!)).toEqual(['+first', '-first']);
     } finally {
       release();
@@ -111,7 +112,7 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
   it('the sweep resumes a saga whose jobs Redis lost, without running any step twice', async () => {
     const [id] = await startSagas(env.config.exchange, [{ saga: 'stalling', state: { fail: { p2: 1 } } }]);
     // p1 done, p2 failed once and waits a minute for its retry, as a delayed BullMQ job.
-    await waitFor(
+    await waitUntil(
       async () =>
         (await env.knex('dw_saga_steps').where({ saga_id: id, step: 'p2' }).first())?.attempts === 1,
       'p2 to fail once',
@@ -153,7 +154,7 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
     });
     try {
       const [id] = await startSagas(env.config.exchange, [{ saga: 'sequential', state: { hold: true } }]);
-      await waitFor(() => calls.get(`${id}/execute/s2`), 's2 to be running');
+      await waitUntil(() => calls.get(`${id}/execute/s2`), 's2 to be running');
       const stopping = worker!.stop(20_000);
       worker = undefined;
       release();

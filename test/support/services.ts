@@ -107,22 +107,11 @@ export async function deleteRedisKeys(pattern: string): Promise<void> {
   }
 }
 
-/** Polls `check` until it returns a truthy value (returned) or `timeoutMs` passes (throws with `what`). */
-export async function waitFor<T>(
-  check: () => Promise<T> | T,
-  what: string,
-  { timeoutMs = 30_000, intervalMs = 50 } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  for (;;) {
-    last = await check();
-    if (last) return last as NonNullable<T>;
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-}
+/**
+ * @deprecated The old name of {@link waitUntil} (shared/wait.ts), kept only so that test files written
+ * on branches not merged yet still compile; import waitUntil instead.
+ */
+export { waitUntil as waitFor } from '../../shared/wait.js';
 
 export async function count(knex: Knex, table: string, where: Record<string, unknown> = {}): Promise<number> {
   const row = await knex(table).where(where).count<{ count: string | number }[]>('* as count').first();

@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { waitFor } from '../../support/services.js';
+import { waitUntil } from '../../../shared/wait.js';
 
 const cli = fileURLToPath(new URL('../../../bin/dw.js', import.meta.url));
 
@@ -134,7 +134,7 @@ export class DwProcess {
 
   /** Waits until `/healthz` says every dependency is reachable; fails early if the process died. */
   async waitHealthy(timeoutMs = 30_000): Promise<void> {
-    await waitFor(
+    await waitUntil(
       async () => {
         if (this.exit)
           throw new Error(
@@ -209,7 +209,7 @@ export class Supervisor {
     const proc = this.current;
     if (!proc) throw new Error(`${this.options.name} is not running`);
     await proc.kill();
-    await waitFor(() => this.current !== proc && this.current, `${this.options.name} to be restarted`);
+    await waitUntil(() => this.current !== proc && this.current, `${this.options.name} to be restarted`);
   }
 
   /**
@@ -237,7 +237,7 @@ export class Supervisor {
   }
 
   async waitHealthy(timeoutMs = 30_000): Promise<void> {
-    await waitFor(
+    await waitUntil(
       async () => {
         const proc = this.current;
         return proc?.running && (await proc.health())?.ok;
