@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { waitUntil } from '../shared/wait.js';
 import type { BenchEnv } from './env.js';
 import { BenchPublisher } from './publish.js';
-import { benchWait, countRows } from './wait.js';
+import { countRows } from './wait.js';
 
 /**
  * True when the worker runs sagas end to end: one BenchSaga published, its saga completed within
