@@ -4,8 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
 import { waitUntil } from '../../shared/wait.js';
 import { publishRaw } from '../support/amqp.js';
-import { cliEnv as dwEnv } from '../support/cli.js';
-import { startDw } from '../support/dw.js';
+import { cliEnv as dwEnv, startDw } from '../support/cli.js';
 import { count, createTestEnv, type TestEnv, urls } from '../support/services.js';
 
 const crashLoopApp = fileURLToPath(new URL('../support/apps/crash-loop-app.mjs', import.meta.url));
