@@ -9,8 +9,9 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deleteRedisKeys } from '../../bench/env.js';
 import { waitUntil } from '../../shared/wait.js';
-import { deleteAmqpTopology, deleteRedisKeys, randomName, urls } from '../support/services.js';
+import { deleteAmqpTopology, randomName, urls } from '../support/services.js';
 
 /*
  * A new user's first steps: `npm pack`, install the tarball into an empty project, write an app
@@ -197,7 +198,7 @@ afterAll(async () => {
     await client.end();
   }
   await deleteAmqpTopology(exchange);
-  await deleteRedisKeys(`${prefix}:*`);
+  await deleteRedisKeys(urls.redis, `${prefix}:*`);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 

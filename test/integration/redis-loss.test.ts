@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deleteRedisKeys } from '../../bench/env.js';
 import { redisStatus } from '../../ops/status.js';
 import { Relay } from '../../relay/relay.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
@@ -37,6 +38,8 @@ const rows = (queue: string, n: number): OutboxMessage[] =>
   }));
 
 const prefixKeys = () => redis.keys(`${env.config.bullmqPrefix}:*`);
+/** A FLUSHDB of this installation only. */
+const deletePrefixKeys = () => deleteRedisKeys(urls.redis, `${env.config.bullmqPrefix}:*`);
 
 async function snapshot(): Promise<Array<[string, Buffer]>> {
   const keys = await prefixKeys();
@@ -44,8 +47,7 @@ async function snapshot(): Promise<Array<[string, Buffer]>> {
 }
 
 async function restore(saved: Array<[string, Buffer]>): Promise<void> {
-  const keys = await prefixKeys();
-  if (keys.length) await redis.del(...keys);
+  await deletePrefixKeys();
   for (const [key, value] of saved) await redis.restore(key, 0, value, 'REPLACE');
 }
 
@@ -94,8 +96,7 @@ describe('relay and partial Redis loss', () => {
     try {
       const first = rows(queue.name, 50);
       await deliver(queue, first, 50);
-      const keys = await prefixKeys();
-      await redis.del(...keys);
+      await deletePrefixKeys();
       const next = rows(queue.name, 30);
       await insertOutboxMessages(env.knex, next);
       await expectAllJobs(queue, [...first, ...next]);
@@ -119,7 +120,7 @@ describe('relay and partial Redis loss', () => {
     try {
       const messages = rows(queue.name, 30);
       await deliver(queue, messages, 30);
-      await redis.del(...(await prefixKeys()));
+      await deletePrefixKeys();
       await expectAllJobs(queue, messages);
       const losses = await env.knex('dw_redis_losses').select();
       expect(losses.map((l) => l.rows_redelivered).reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(30);

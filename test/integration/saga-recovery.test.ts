@@ -1,5 +1,6 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deleteRedisKeys } from '../../bench/env.js';
 import { exampleMigrations } from '../../examples/app/migrations.js';
 import { retryCompensation } from '../../ops/saga-recovery.js';
 import { Relay } from '../../relay/relay.js';
@@ -9,7 +10,7 @@ import { waitUntil } from '../../shared/wait.js';
 import { sweepOnce } from '../../worker/saga/sweep.js';
 import { Worker } from '../../worker/worker.js';
 import { calls, hooks, sagaFinished, sagaTestApp, signedLedger, startSagas } from '../support/saga-app.js';
-import { count, createTestEnv, deleteRedisKeys, type TestEnv, urls } from '../support/services.js';
+import { count, createTestEnv, type TestEnv, urls } from '../support/services.js';
 
 let env: TestEnv;
 let worker: Worker | undefined;
@@ -124,7 +125,7 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
 
     await worker!.stop();
     worker = undefined;
-    await deleteRedisKeys(`${env.config.bullmqPrefix}:${sagaQueue}:*`); // Redis lost its data
+    await deleteRedisKeys(urls.redis, `${env.config.bullmqPrefix}:${sagaQueue}:*`); // Redis lost its data
     expect(await sweep()).toBe(1);
     expect(await sweep()).toBe(0); // the new job is pending in the outbox now
 
