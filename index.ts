@@ -49,6 +49,7 @@ export {
   StepTimeoutError,
   UnroutableError,
   UsageError,
+  WaitTimeoutError,
   WorkerDiedError,
 } from './shared/errors.js';
 export { createLogger, type Logger } from './shared/logger.js';
@@ -64,5 +65,6 @@ export {
   type StepOptions,
   type StepRetryPolicy,
 } from './shared/saga/definition.js';
+export { type WaitOptions, waitUntil } from './shared/wait.js';
 export type { WorkerOptions } from './worker/options.js';
 export { Worker } from './worker/worker.js';

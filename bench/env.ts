@@ -126,6 +126,10 @@ async function deleteTopology(amqpUrl: string, exchange: string): Promise<void> 
   }
 }
 
+/**
+ * Deletes the keys matching `pattern` (a BullMQ prefix's, `<prefix>:*`): the one Redis cleaner of the
+ * bench and the tests.
+ */
 export async function deleteRedisKeys(redisUrl: string, pattern: string): Promise<void> {
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
   try {

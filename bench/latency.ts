@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
+import { waitUntil } from '../shared/wait.js';
 import type { BenchEnv } from './env.js';
 import { BenchPublisher, NOTE } from './publish.js';
+import { sagasCompleted } from './saga.js';
 import { percentile } from './stats.js';
-import { countRows, waitUntil } from './wait.js';
+import { benchWait, countRows } from './wait.js';
 
 export interface LatencySettings {
   ratePerSec: number;
@@ -60,6 +62,7 @@ export async function measureHandlerLatency(
   await waitUntil(
     async () => (await countRows(env.knex, 'select count(*)::int as n from bench_items')) >= before + count,
     'the latency messages to be handled',
+    benchWait,
   );
   const { rows } = await env.knex.raw<{ rows: Array<{ message_id: string; t: number }> }>(
     'select message_id, extract(epoch from committed_at) * 1000 as t from bench_items where message_id = any(?)',
@@ -77,15 +80,7 @@ export async function measureSagaLatency(env: BenchEnv, settings: LatencySetting
     payload: { seq, sentAt },
   }));
   const ids = [...sent.keys()];
-  await waitUntil(
-    async () =>
-      (await countRows(
-        env.knex,
-        "select count(*)::int as n from dw_sagas where status = 'completed' and id = any(?)",
-        [ids],
-      )) === ids.length,
-    'the latency sagas to complete',
-  );
+  await sagasCompleted(env, ids, 'the latency sagas to complete');
   const { rows } = await env.knex.raw<{ rows: Array<{ id: string; t: number }> }>(
     'select id, extract(epoch from updated_at) * 1000 as t from dw_sagas where id = any(?)',
     [ids],

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
+import { waitUntil } from '../shared/wait.js';
 import { BENCH_EVENTS_QUEUE } from './app.js';
 import { DwProcess } from './children.js';
 import { type BenchEnv, truncateRunTables } from './env.js';
 import { BenchPublisher, NOTE } from './publish.js';
 import { steadyRate } from './stats.js';
-import { countRows, waitUntil } from './wait.js';
+import { benchWait, countRows } from './wait.js';
 
 export interface PipelineSettings {
   messages: number;
@@ -53,7 +54,7 @@ export async function measureWorker(
     await waitUntil(
       async () => (await countRows(env.knex, 'select count(*)::int as n from bench_items')) >= total,
       `the worker to handle ${total} messages`,
-      { intervalMs: 100 },
+      { ...benchWait, intervalMs: 100 },
     );
   } finally {
     await worker.stop();

@@ -3,10 +3,11 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { jobIdFor } from '../relay/destinations.js';
 import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
+import { waitUntil } from '../shared/wait.js';
 import { DwProcess } from './children.js';
 import { type BenchEnv, deleteRedisKeys, truncateRunTables } from './env.js';
 import { NOTE } from './publish.js';
-import { countRows, waitUntil } from './wait.js';
+import { benchWait, countRows } from './wait.js';
 
 export interface RelaySettings {
   rows: number;
@@ -70,11 +71,17 @@ export async function measureRelay(
   let remainingAtWarm = 0;
   let doneAt = 0;
   try {
-    warmedAt = await waitUntil(async () => {
-      remainingAtWarm = await pending();
-      return remainingAtWarm <= settings.rows;
-    }, 'the relay to deliver the warm-up rows');
-    doneAt = await waitUntil(async () => (await pending()) === 0, `the relay to drain ${total} rows`);
+    await waitUntil(
+      async () => {
+        remainingAtWarm = await pending();
+        return remainingAtWarm <= settings.rows;
+      },
+      'the relay to deliver the warm-up rows',
+      benchWait,
+    );
+    warmedAt = performance.now();
+    await waitUntil(async () => (await pending()) === 0, `the relay to drain ${total} rows`, benchWait);
+    doneAt = performance.now();
   } finally {
     await relay.stop();
   }

@@ -1,7 +1,27 @@
 import { randomUUID } from 'node:crypto';
+import { type WaitOptions, waitUntil } from '../shared/wait.js';
 import type { BenchEnv } from './env.js';
 import { BenchPublisher } from './publish.js';
-import { countRows, waitUntil } from './wait.js';
+import { benchWait, countRows } from './wait.js';
+
+/** Waits until every saga of `ids` is completed. */
+export async function sagasCompleted(
+  env: BenchEnv,
+  ids: string[],
+  what: string,
+  options: WaitOptions = benchWait,
+): Promise<void> {
+  await waitUntil(
+    async () =>
+      (await countRows(
+        env.knex,
+        "select count(*)::int as n from dw_sagas where status = 'completed' and id = any(?)",
+        [ids],
+      )) === ids.length,
+    what,
+    options,
+  );
+}
 
 /**
  * True when the worker runs sagas end to end: one BenchSaga published, its saga completed within
@@ -16,16 +36,7 @@ export async function sagasWork(env: BenchEnv, timeoutMs = 15_000): Promise<bool
     await publisher.close();
   }
   try {
-    await waitUntil(
-      async () =>
-        (await countRows(
-          env.knex,
-          "select count(*)::int as n from dw_sagas where id = ? and status = 'completed'",
-          [id],
-        )) === 1,
-      'the probe saga',
-      { timeoutMs, intervalMs: 50 },
-    );
+    await sagasCompleted(env, [id], 'the probe saga', { timeoutMs, intervalMs: 50 });
     return true;
   } catch {
     return false;
@@ -47,15 +58,7 @@ export async function measureSagas(env: BenchEnv, count: number): Promise<number
   } finally {
     await publisher.close();
   }
-  const done = await waitUntil(
-    async () =>
-      (await countRows(
-        env.knex,
-        "select count(*)::int as n from dw_sagas where status = 'completed' and id = any(?)",
-        [ids],
-      )) === count,
-    `${count} sagas to complete`,
-    { intervalMs: 50, timeoutMs: 180_000 },
-  );
+  await sagasCompleted(env, ids, `${count} sagas to complete`, { intervalMs: 50, timeoutMs: 180_000 });
+  const done = performance.now();
   return (count * 1000) / (done - start);
 }

@@ -85,6 +85,18 @@ export class StepTimeoutError extends DurableWorkerError {
   }
 }
 
+/** waitUntil gave up: what it waited for did not happen within `timeoutMs`. */
+export class WaitTimeoutError extends DurableWorkerError {
+  override readonly code = 'DW_WAIT_TIMEOUT';
+  constructor(
+    readonly what: string,
+    readonly timeoutMs: number,
+    readonly last: unknown,
+  ) {
+    super(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${String(last)})`);
+  }
+}
+
 /**
  * A saga job was handed out again after its worker died (or hung past its BullMQ lock) during an
  * attempt; that attempt counts as failed. If it happens each time, look for what kills the process

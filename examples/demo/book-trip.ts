@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { type DemoContext, until } from './context.js';
+import { waitUntil } from '../../index.js';
+import type { DemoContext } from './context.js';
 
 /** BookTrip: four trips through the book-trip saga, each shown as its timeline and ledger. */
 export async function bookTripDemo(ctx: DemoContext): Promise<void> {
@@ -27,7 +28,7 @@ export async function bookTripDemo(ctx: DemoContext): Promise<void> {
   ctx.say(`published ${trips.length} BookTrip messages`);
 
   for (const [i, trip] of trips.entries()) {
-    await until(async () => {
+    await waitUntil(async () => {
       const row = await ctx.knex('dw_sagas').where({ id: trip.tripId }).first('status');
       return row && !['running', 'compensating'].includes(row.status);
     }, `trip ${trip.tripId} to finish`);

@@ -1,5 +1,6 @@
-import { spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { Knex } from 'knex';
 import type { Config, OutgoingMessage } from '../../index.js';
 
@@ -13,36 +14,17 @@ export interface DemoContext {
   say(line: string): void;
 }
 
+const execFileAsync = promisify(execFile);
+
 export const dwBin = fileURLToPath(new URL('../../../bin/dw.js', import.meta.url));
 
-export function runDw(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [dwBin, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.stderr.on('data', (d) => {
-      err += d;
-    });
-    child.on('close', (code) =>
-      code === 0 ? resolve(out) : reject(new Error(`dw ${args.join(' ')} exited ${code}: ${err.trim()}`)),
-    );
-  });
-}
-
-/** Polls until `check` is truthy; the demo never waits a fixed time for something to happen. */
-export async function until<T>(
-  check: () => Promise<T>,
-  what: string,
-  timeoutMs = 30_000,
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`demo: timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
+/** Runs `dw <args>` and returns its stdout; rejects with its stderr when it exits non-zero. */
+export async function runDw(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  try {
+    return (await execFileAsync(process.execPath, [dwBin, ...args], { env, maxBuffer: 64 * 1024 * 1024 }))
+      .stdout;
+  } catch (error) {
+    const { code, stderr } = error as { code?: unknown; stderr?: string };
+    throw new Error(`dw ${args.join(' ')} exited ${code}: ${(stderr ?? '').trim()}`);
   }
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
-import { type DemoContext, until } from './context.js';
+import { waitUntil } from '../../index.js';
+import type { DemoContext } from './context.js';
 
 /** JoinMeeting: three joins plus one redelivered duplicate; one row each, two jobs each. */
 export async function joinMeetingDemo(ctx: DemoContext): Promise<void> {
@@ -14,7 +15,7 @@ export async function joinMeetingDemo(ctx: DemoContext): Promise<void> {
   await ctx.publish([{ id: ids[0], type: 'JoinMeeting', payload: { userId: 'user-1', meetingId } }]);
   ctx.say(`published 4 JoinMeeting messages for ${meetingId} (the 4th repeats the 1st's id)`);
 
-  const rows: Array<{ user_id: string }> = await until(async () => {
+  const rows: Array<{ user_id: string }> = await waitUntil(async () => {
     const r = await ctx.knex('meeting_participants').where({ meeting_id: meetingId }).orderBy('id');
     const pending = await ctx.knex('dw_outbox').whereNull('delivered_at').count<{ c: number }[]>('* as c');
     return r.length >= 3 && Number(pending[0]?.c) === 0 ? r : undefined;

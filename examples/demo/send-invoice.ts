@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { type DemoContext, until } from './context.js';
+import { waitUntil } from '../../index.js';
+import type { DemoContext } from './context.js';
 
 /** SendInvoice: an outage sends it to the dead letters after 5 attempts; after the outage, a replay sends it once. */
 export async function sendInvoiceDemo(ctx: DemoContext): Promise<void> {
@@ -11,7 +12,7 @@ export async function sendInvoiceDemo(ctx: DemoContext): Promise<void> {
   await ctx.publish([{ id: messageId, type: 'SendInvoice', payload: { invoiceId } }]);
   ctx.say(`published SendInvoice ${invoiceId}: 2 immediate retries, then after 1 s and 2 s...`);
 
-  const entry = await until(
+  const entry = await waitUntil(
     () => ctx.knex('dw_dead_letters').where({ message_id: messageId }).first('id', 'attempts', 'reason'),
     'SendInvoice to reach the dead letters',
   );
@@ -24,7 +25,7 @@ export async function sendInvoiceDemo(ctx: DemoContext): Promise<void> {
   ctx.say('\nthe outage is over (invoice_outage emptied); `dw dlq replay` sends it back:');
   ctx.say((await ctx.dw(['dlq', 'replay', String(entry.id)])).trimEnd());
 
-  const sent = await until(async () => {
+  const sent = await waitUntil(async () => {
     const rows = await ctx.knex('invoices_sent').where({ invoice_id: invoiceId });
     return rows.length > 0 ? rows : undefined;
   }, 'the invoice to be sent');

@@ -1,21 +1,10 @@
-import { afterEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { closeAmqpConnectionsOf, deleteAndRedeclareQueue, shortConsumerTimeout } from './support/faults.js';
 import type { Supervisor } from './support/processes.js';
-import { assertClean, type ChaosRun, ChaosRun as Run } from './support/run.js';
+import { assertClean, type ChaosRun } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
-let run: ChaosRun | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  run = undefined;
-});
-
-async function startPair(scenario: string) {
-  run = await Run.create(scenario);
-  const worker = await run.spawn('worker', 'worker');
-  const relay = await run.spawn('relay', 'relay');
-  await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
-  return { run, worker, relay };
-}
+const chaos = chaosScope();
 
 /** The worker consumes again by itself (no restart), then everything settles with counters at zero. */
 async function expectCleanRecovery(run: ChaosRun, worker: Supervisor, relay: Supervisor): Promise<void> {
@@ -32,7 +21,7 @@ async function expectCleanRecovery(run: ChaosRun, worker: Supervisor, relay: Sup
 
 describe('AMQP channel faults (the connection stays up)', () => {
   test('consumer cancelled: the work queue is deleted and declared again during load', async () => {
-    const { run, worker, relay } = await startPair('work queue deleted and declared again during load');
+    const { run, worker, relay } = await chaos.startPair('work queue deleted and declared again during load');
     const load = run.startLoad(800);
     for (let i = 0; i < 2; i++) {
       await run.progress(run.random.int(50, 200));
@@ -49,7 +38,7 @@ describe('AMQP channel faults (the connection stays up)', () => {
   });
 
   test('consumer_timeout closes the worker channel (406) while handlers wait on Postgres', async () => {
-    const { run, worker, relay } = await startPair('consumer_timeout during a Postgres lock');
+    const { run, worker, relay } = await chaos.startPair('consumer_timeout during a Postgres lock');
     // The worker's next channel gets a 5 s consumer timeout: make it reconnect within the window.
     const restoreTick = await shortConsumerTimeout(5000, 500, async () => {
       const proc = worker.current;

@@ -1,17 +1,11 @@
-import { afterEach, describe, expect, test } from 'vitest';
-import { waitFor } from '../support/services.js';
-import { closeAmqpConnectionsOf, PrivateRedis, terminateDatabaseSessions } from './support/faults.js';
+import { describe, expect, test } from 'vitest';
+import { waitUntil } from '../../shared/wait.js';
+import { closeAmqpConnectionsOf, terminateDatabaseSessions } from './support/faults.js';
 import type { Supervisor } from './support/processes.js';
-import { assertClean, type ChaosRun, ChaosRun as Run } from './support/run.js';
+import { assertClean, type ChaosRun } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
-let run: ChaosRun | undefined;
-let redis: PrivateRedis | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  await redis?.stop();
-  run = undefined;
-  redis = undefined;
-});
+const chaos = chaosScope();
 
 /** Each process must recover by itself, and say so on /healthz; no restarts by the supervisor. */
 async function expectRecoveredWithoutRestart(processes: Supervisor[]): Promise<void> {
@@ -25,15 +19,6 @@ function expectNoLogStorm(processes: Supervisor[], faults: number): void {
     expect(p.outageWarnings, `${p.all[0]?.name} warnings about dependencies`).toBeLessThanOrEqual(
       3 * faults + 5,
     );
-}
-
-/** A worker and a relay of a new run, both answering /healthz. */
-async function startPair(scenario: string, options?: Parameters<typeof Run.create>[1]) {
-  run = await Run.create(scenario, options);
-  const worker = await run.spawn('worker', 'worker');
-  const relay = await run.spawn('relay', 'relay');
-  await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
-  return { run, worker, relay };
 }
 
 /**
@@ -51,7 +36,7 @@ async function expectCleanRecovery(run: ChaosRun, processes: Supervisor[]): Prom
 
 describe('dependencies going away during load', () => {
   test('Postgres sessions terminated (pg_terminate_backend) again and again', async () => {
-    const { run, worker, relay } = await startPair('pg_terminate_backend during load');
+    const { run, worker, relay } = await chaos.startPair('pg_terminate_backend during load');
     const load = run.startLoad(1000);
     for (let i = 0; i < 6; i++) {
       await run.progress(run.random.int(20, 150));
@@ -63,7 +48,7 @@ describe('dependencies going away during load', () => {
   });
 
   test('RabbitMQ closes the worker and relay connections during load', async () => {
-    const { run, worker, relay } = await startPair('AMQP connections closed during load');
+    const { run, worker, relay } = await chaos.startPair('AMQP connections closed during load');
     const load = run.startLoad(1000);
     for (let i = 0; i < 3; i++) {
       await run.progress(run.random.int(50, 200));
@@ -79,14 +64,16 @@ describe('dependencies going away during load', () => {
   });
 
   test('Redis restarts and loses its data: the relay delivers again, nothing lost', async () => {
-    redis = await PrivateRedis.start();
-    const { run, worker, relay } = await startPair('Redis restart losing its data', { redisUrl: redis.url });
+    const redis = await chaos.privateRedis();
+    const { run, worker, relay } = await chaos.startPair('Redis restart losing its data', {
+      redisUrl: redis.url,
+    });
     const load = run.startLoad(1000);
     for (let i = 0; i < 3; i++) {
       await run.progress(run.random.int(100, 300));
       await redis.restart(async () => {
         // While Redis is down the relay says so; the worker and relay stay up.
-        await waitFor(
+        await waitUntil(
           async () => (await relay.current?.health())?.dependencies.redis === false,
           'the relay /healthz to report Redis down',
         );

@@ -1,11 +1,8 @@
-import { afterEach, describe, expect, test } from 'vitest';
-import { assertClean, ChaosRun } from './support/run.js';
+import { describe, expect, test } from 'vitest';
+import { assertClean } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
-let run: ChaosRun | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  run = undefined;
-});
+const chaos = chaosScope();
 
 const graceMs = 10_000;
 // Past the grace time plus the time to close connections, the process is SIGKILLed and the test fails.
@@ -13,7 +10,7 @@ const exitWithinMs = graceMs + 10_000;
 
 describe('SIGTERM with work in flight', () => {
   test('worker and relay exit 0 within their grace time, nothing is lost', async () => {
-    run = await ChaosRun.create('SIGTERM with work in flight');
+    const run = await chaos.run('SIGTERM with work in flight');
     const worker = await run.spawn('worker', 'worker', { args: ['--shutdown-grace', String(graceMs)] });
     const relay = await run.spawn('relay', 'relay');
     await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
@@ -51,7 +48,7 @@ describe('SIGTERM with work in flight', () => {
   });
 
   test('a second SIGTERM exits at once; redelivery covers what was in flight', async () => {
-    run = await ChaosRun.create('second SIGTERM exits at once');
+    const run = await chaos.run('second SIGTERM exits at once');
     const worker = await run.spawn('worker', 'worker', { args: ['--shutdown-grace', String(graceMs)] });
     await run.spawn('relay', 'relay');
     await worker.waitHealthy();

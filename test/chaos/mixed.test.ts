@@ -1,34 +1,28 @@
-import { afterEach, describe, expect, test } from 'vitest';
-import { closeAmqpConnectionsOf, PrivateRedis, terminateDatabaseSessions } from './support/faults.js';
-import { assertClean, ChaosRun } from './support/run.js';
+import { describe, expect, test } from 'vitest';
+import { closeAmqpConnectionsOf, terminateDatabaseSessions } from './support/faults.js';
+import { assertClean } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
-let run: ChaosRun | undefined;
-let redis: PrivateRedis | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  await redis?.stop();
-  run = undefined;
-  redis = undefined;
-});
+const chaos = chaosScope();
 
 describe('everything at once', () => {
   test('two workers and two relays under random kills and outages while an outside client loads messages and sagas', async () => {
-    redis = await PrivateRedis.start();
-    run = await ChaosRun.create('mixed faults, 2 workers + 2 relays', { redisUrl: redis.url });
-    const workers = await Promise.all([0, 1].map((i) => run!.spawn('worker', `worker${i}`)));
-    const relays = await Promise.all([0, 1].map((i) => run!.spawn('relay', `relay${i}`)));
+    const redis = await chaos.privateRedis();
+    const run = await chaos.run('mixed faults, 2 workers + 2 relays', { redisUrl: redis.url });
+    const workers = await Promise.all([0, 1].map((i) => run.spawn('worker', `worker${i}`)));
+    const relays = await Promise.all([0, 1].map((i) => run.spawn('relay', `relay${i}`)));
     const all = [...workers, ...relays];
     await Promise.all(all.map((p) => p.waitHealthy()));
     const load = run.startLoad(1000, { trips: 100 });
-    const pgFault = async () => `terminated ${await terminateDatabaseSessions(run!.database)} sessions`;
+    const pgFault = async () => `terminated ${await terminateDatabaseSessions(run.database)} sessions`;
     const faults: Array<() => Promise<string>> = [
       async () => {
-        const w = run!.random.pick(workers);
+        const w = run.random.pick(workers);
         await w.killAndRestart();
         return `SIGKILL ${w.all[0]?.name}`;
       },
       async () => {
-        const r = run!.random.pick(relays);
+        const r = run.random.pick(relays);
         await r.killAndRestart();
         return `SIGKILL ${r.all[0]?.name}`;
       },
@@ -38,7 +32,7 @@ describe('everything at once', () => {
         return `closed ${await closeAmqpConnectionsOf(pids)} AMQP connections`;
       },
       async () => {
-        await redis!.restart();
+        await redis.restart();
         return 'redis restarted empty';
       },
     ];

@@ -1,20 +1,13 @@
-import { afterEach, describe, test } from 'vitest';
-import { PrivateRedis } from './support/faults.js';
-import { assertClean, ChaosRun } from './support/run.js';
+import { describe, test } from 'vitest';
+import { assertClean } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
-let run: ChaosRun | undefined;
-let redis: PrivateRedis | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  await redis?.stop();
-  run = undefined;
-  redis = undefined;
-});
+const chaos = chaosScope();
 
 describe('Redis safety', () => {
   test('worker and relay warn at start when Redis may evict keys (maxmemory-policy not noeviction)', async () => {
-    redis = await PrivateRedis.start({ evictionPolicy: 'allkeys-lru' });
-    run = await ChaosRun.create('Redis eviction policy warning', { redisUrl: redis.url });
+    const redis = await chaos.privateRedis({ evictionPolicy: 'allkeys-lru' });
+    const run = await chaos.run('Redis eviction policy warning', { redisUrl: redis.url });
     const relay = await run.spawn('relay', 'relay');
     const worker = await run.spawn('worker', 'worker');
     // The processes still run: the warning says what to change, it does not refuse to start.
@@ -31,11 +24,11 @@ describe('Redis safety', () => {
 
 describe('partial Redis loss under load', () => {
   test('Redis restarted from an older RDB snapshot: the jobs delivered since are delivered again', async () => {
-    redis = await PrivateRedis.start();
-    run = await ChaosRun.create('Redis restored from an older snapshot', { redisUrl: redis.url });
-    const worker = await run.spawn('worker', 'worker');
-    const relay = await run.spawn('relay', 'relay', { args: ['--batch-size', '20'] });
-    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const redis = await chaos.privateRedis();
+    const { run } = await chaos.startPair('Redis restored from an older snapshot', {
+      redisUrl: redis.url,
+      relayArgs: ['--batch-size', '20'],
+    });
     const load = run.startLoad(600, { trips: 40 });
     await run.progress(run.random.int(80, 160));
     await redis.snapshot();
@@ -50,11 +43,11 @@ describe('partial Redis loss under load', () => {
   });
 
   test('FLUSHDB under load, every client still connected', async () => {
-    redis = await PrivateRedis.start();
-    run = await ChaosRun.create('Redis FLUSHDB under load', { redisUrl: redis.url });
-    const worker = await run.spawn('worker', 'worker');
-    const relay = await run.spawn('relay', 'relay', { args: ['--batch-size', '20'] });
-    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const redis = await chaos.privateRedis();
+    const { run } = await chaos.startPair('Redis FLUSHDB under load', {
+      redisUrl: redis.url,
+      relayArgs: ['--batch-size', '20'],
+    });
     const load = run.startLoad(600, { trips: 40 });
     for (let i = 0; i < 2; i++) {
       await run.progress(run.random.int(100, 200));

@@ -1,19 +1,16 @@
-import { afterEach, describe, expect, test } from 'vitest';
-import { assertClean, ChaosRun } from './support/run.js';
+import { describe, expect, test } from 'vitest';
+import { assertClean } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
-let run: ChaosRun | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  run = undefined;
-});
+const chaos = chaosScope();
 
 describe('relay SIGKILL', () => {
   test('crash between the BullMQ add and marking the outbox row, three relays at once', async () => {
-    run = await ChaosRun.create('relay crash after add before mark, 3 relays');
+    const run = await chaos.run('relay crash after add before mark, 3 relays');
     const crashesPerRelay = 2;
     const relays = await Promise.all(
       [0, 1, 2].map((i) =>
-        run!.spawn('relay', `relay${i}`, {
+        run.spawn('relay', `relay${i}`, {
           // Small batches: more transactions, so more instants between add and mark.
           args: ['--batch-size', '20'],
           envFor: (n) =>
@@ -34,9 +31,9 @@ describe('relay SIGKILL', () => {
   });
 
   test('two relays SIGKILLed at random instants while the outbox fills', async () => {
-    run = await ChaosRun.create('two relays SIGKILLed at random');
+    const run = await chaos.run('two relays SIGKILLed at random');
     const relays = await Promise.all(
-      [0, 1].map((i) => run!.spawn('relay', `relay${i}`, { args: ['--batch-size', '50'] })),
+      [0, 1].map((i) => run.spawn('relay', `relay${i}`, { args: ['--batch-size', '50'] })),
     );
     await Promise.all(relays.map((r) => r.waitHealthy()));
     await run.spawn('worker', 'worker');
@@ -57,7 +54,7 @@ describe('relay SIGKILL', () => {
 
 describe('relay and worker SIGKILLed together', () => {
   test('a relay and a worker killed at the same instant, several times, under load with sagas', async () => {
-    run = await ChaosRun.create('relay + worker SIGKILLed together');
+    const run = await chaos.run('relay + worker SIGKILLed together');
     const relay = await run.spawn('relay', 'relay', { args: ['--batch-size', '20'] });
     const worker = await run.spawn('worker', 'worker');
     await Promise.all([relay.waitHealthy(), worker.waitHealthy()]);

@@ -1,19 +1,12 @@
-import { afterEach, describe, expect, test } from 'vitest';
-import { PrivateRedis } from './support/faults.js';
-import { assertClean, ChaosRun } from './support/run.js';
+import { describe, expect, test } from 'vitest';
+import { assertClean } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
-let run: ChaosRun | undefined;
-let redis: PrivateRedis | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  await redis?.stop();
-  run = undefined;
-  redis = undefined;
-});
+const chaos = chaosScope();
 
 describe('BookTrip sagas under faults', () => {
   test('worker killed after step commits, during compensations and at random: every saga terminal, effects once, compensations in reverse', async () => {
-    run = await ChaosRun.create('sagas: worker crashes in steps and compensations');
+    const run = await chaos.run('sagas: worker crashes in steps and compensations');
     // Crash points armed until two incarnations died during a compensation (inside its
     // transaction, before the commit) and two right after a step committed; random SIGKILLs too.
     const worker = await run.spawn('worker', 'worker', {
@@ -42,10 +35,10 @@ describe('BookTrip sagas under faults', () => {
   });
 
   test('relays killed between add and mark while sagas run: step jobs delivered twice change nothing', async () => {
-    run = await ChaosRun.create('sagas: relay crashes after add before mark');
+    const run = await chaos.run('sagas: relay crashes after add before mark');
     const relays = await Promise.all(
       [0, 1].map((i) =>
-        run!.spawn('relay', `relay${i}`, {
+        run.spawn('relay', `relay${i}`, {
           args: ['--batch-size', '10'],
           envFor: (n) =>
             n < 3 ? { DW_CRASH_POINTS: 'relay:after-add-before-mark', DW_CRASH_PROBABILITY: '0.1' } : {},
@@ -63,11 +56,10 @@ describe('BookTrip sagas under faults', () => {
   });
 
   test('Redis restarts empty while sagas run: recovered without a person', async () => {
-    redis = await PrivateRedis.start();
-    run = await ChaosRun.create('sagas: Redis restart losing its data', { redisUrl: redis.url });
-    const worker = await run.spawn('worker', 'worker');
-    const relay = await run.spawn('relay', 'relay');
-    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const redis = await chaos.privateRedis();
+    const { run, worker, relay } = await chaos.startPair('sagas: Redis restart losing its data', {
+      redisUrl: redis.url,
+    });
     const load = run.startLoad(300, { trips: 150 });
     for (let i = 0; i < 2; i++) {
       await run.progress(run.random.int(50, 150));

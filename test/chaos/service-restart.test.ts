@@ -1,25 +1,22 @@
-import { afterEach, describe, expect, test } from 'vitest';
-import { waitFor } from '../support/services.js';
+import { describe, expect, test } from 'vitest';
+import { waitUntil } from '../../shared/wait.js';
 import { services } from './support/faults.js';
 import type { Supervisor } from './support/processes.js';
-import { assertClean, ChaosRun } from './support/run.js';
+import { assertClean } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
 /**
  * Real restarts of the shared PostgreSQL, RabbitMQ and Redis during load. They disturb anything
  * else using the services, so this suite runs alone (`npm run test:chaos`, after the normal suite).
  */
-let run: ChaosRun | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  run = undefined;
-});
+const chaos = chaosScope();
 
 type Dependency = 'postgres' | 'rabbitmq' | 'redis';
 
 /** While the service is down, /healthz of each process says so (the readiness signal). */
 async function expectReportedDown(processes: Supervisor[], dependency: Dependency): Promise<void> {
   for (const p of processes) {
-    await waitFor(
+    await waitUntil(
       async () => {
         const deps = (await p.current?.health())?.dependencies;
         // A worker without sagas has no Redis connection to report.
@@ -36,11 +33,8 @@ async function scenario(
   dependency: Dependency,
   restart: (whileDown: () => Promise<void>) => Promise<void>,
 ): Promise<void> {
-  run = await ChaosRun.create(name);
-  const worker = await run.spawn('worker', 'worker');
-  const relay = await run.spawn('relay', 'relay');
+  const { run, worker, relay } = await chaos.startPair(name);
   const processes = [worker, relay];
-  await Promise.all(processes.map((p) => p.waitHealthy()));
   const load = run.startLoad(800, { trips: 60 });
   for (let i = 0; i < 2; i++) {
     await run.progress(run.random.int(100, 400));

@@ -1,18 +1,12 @@
-import { afterEach, describe, expect, test } from 'vitest';
-import { assertClean, ChaosRun } from './support/run.js';
+import { describe, expect, test } from 'vitest';
+import { assertClean } from './support/run.js';
+import { chaosScope } from './support/scope.js';
 
-let run: ChaosRun | undefined;
-afterEach(async () => {
-  await run?.teardown();
-  run = undefined;
-});
+const chaos = chaosScope();
 
 describe('worker SIGKILL', () => {
   test('killed at random instants many times while a load is in flight: nothing lost, nothing twice', async () => {
-    run = await ChaosRun.create('worker SIGKILL at random instants');
-    const worker = await run.spawn('worker', 'worker');
-    const relay = await run.spawn('relay', 'relay');
-    await Promise.all([worker.waitHealthy(), relay.waitHealthy()]);
+    const { run, worker } = await chaos.startPair('worker SIGKILL at random instants');
     const load = run.startLoad(1000);
     const kills = 6;
     for (let i = 0; i < kills; i++) {
@@ -30,7 +24,7 @@ describe('worker SIGKILL', () => {
   });
 
   test('crash after commit, before ack (DW_CRASH_POINTS), restarted each time', async () => {
-    run = await ChaosRun.create('worker crash after commit before ack');
+    const run = await chaos.run('worker crash after commit before ack');
     const crashes = 4;
     // Crash points armed for the first incarnations only, so the run ends.
     const worker = await run.spawn('worker', 'worker', {
@@ -50,7 +44,7 @@ describe('worker SIGKILL', () => {
   });
 
   test('crash after storing a dead letter, before ack: one dead letter per invalid message, nothing else', async () => {
-    run = await ChaosRun.create('worker crash after dead letter before ack');
+    const run = await chaos.run('worker crash after dead letter before ack');
     const crashes = 3;
     const worker = await run.spawn('worker', 'worker', {
       envFor: (n) =>

@@ -9,10 +9,11 @@ import type { Migration } from '../../shared/db/migrate.js';
 import { silentLogger } from '../../shared/logger.js';
 import { insertOutboxMessages } from '../../shared/outbox.js';
 import { startHealthServer } from '../../shared/process-lifecycle.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { freePort } from '../chaos/support/processes.js';
 import { publishRaw } from '../support/amqp.js';
-import { count, createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
+import { count, createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
 
 const tables: Migration = {
   name: 'amqp_channel_faults_tables',
@@ -113,7 +114,7 @@ describe('relay publishes to exchanges as mandatory', () => {
     const row = () => env.knex('dw_outbox').where({ message_id: messageId }).first();
     const relay = await Relay.start({ config: env.config, pollIntervalMs: 100 });
     try {
-      const failed = await waitFor(
+      const failed = await waitUntil(
         async () => ((await row())?.attempts > 0 ? row() : undefined),
         'the relay to record the return',
       );
@@ -124,14 +125,14 @@ describe('relay publishes to exchanges as mandatory', () => {
 
       await channel.assertQueue(queue, { durable: true });
       await channel.bindQueue(queue, env.config.exchange, routingKey);
-      await waitFor(
+      await waitUntil(
         async () => (await row())?.delivered_at,
         'the row to be delivered once a queue is bound',
         {
           timeoutMs: 30_000,
         },
       );
-      const got = await waitFor(
+      const got = await waitUntil(
         async () => (await channel.get(queue, { noAck: true })) || undefined,
         'the message',
       );
@@ -152,7 +153,7 @@ describe('worker consumer', () => {
     const queue = worker.options.queue;
     try {
       const before = await publishSeen('before', 10);
-      await waitFor(async () => (await count(env.knex, 'seen')) === before.length, 'the first messages');
+      await waitUntil(async () => (await count(env.knex, 'seen')) === before.length, 'the first messages');
       expect((await healthz(port)).status).toBe(200);
 
       // The broker cancels the consumer (queue deleted); the queue comes back at once with other
@@ -161,7 +162,7 @@ describe('worker consumer', () => {
       const channel = await adminChannel();
       void channel.deleteQueue(queue);
       await channel.assertQueue(queue, { durable: true, arguments: { 'x-max-length': 1_000_000 } });
-      const degraded = await waitFor(async () => {
+      const degraded = await waitUntil(async () => {
         const h = await healthz(port);
         return h.status === 503 && h.body.problems?.some((p) => /PRECONDITION|406/.test(p)) ? h : undefined;
       }, '/healthz to report the worker not consuming, with the 406');
@@ -170,9 +171,9 @@ describe('worker consumer', () => {
 
       await channel.deleteQueue(queue);
       await channel.close();
-      await waitFor(async () => (await healthz(port)).status === 200, '/healthz 200 once consuming again');
+      await waitUntil(async () => (await healthz(port)).status === 200, '/healthz 200 once consuming again');
       const after = await publishSeen('after', 10);
-      await waitFor(
+      await waitUntil(
         async () => (await count(env.knex, 'seen')) === before.length + after.length,
         'the messages published after the recovery',
       );
@@ -195,7 +196,7 @@ describe('worker consumer', () => {
     try {
       void channel.deleteQueue(queue);
       await channel.assertQueue(queue, { durable: true, arguments: { 'x-max-length': 1_000_000 } });
-      await waitFor(
+      await waitUntil(
         async () => worker.problems().some((p) => /406|PRECONDITION/.test(p)),
         'the refused channel',
       );

@@ -6,9 +6,10 @@ import { z } from 'zod';
 import { Relay } from '../../relay/relay.js';
 import { defineApp, defineHandler } from '../../shared/app.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { count, createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
+import { count, createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
 
 const SendTo = z.object({ queue: z.string() });
 const app = defineApp({
@@ -50,8 +51,8 @@ describe('a BullMQ queue name BullMQ refuses', () => {
     const relay = await Relay.start({ config: env.config, batchSize: 500, concurrency: 1 });
     const q = new Queue(good, { connection: redis, prefix: env.config.bullmqPrefix });
     try {
-      await waitFor(async () => (await q.count()) === 3, 'the good rows to be delivered');
-      const bad = await waitFor(async () => {
+      await waitUntil(async () => (await q.count()) === 3, 'the good rows to be delivered');
+      const bad = await waitUntil(async () => {
         const found = await env
           .knex('dw_outbox')
           .whereIn('destination', ['', 'a:b'])
@@ -90,7 +91,7 @@ describe('a BullMQ queue name BullMQ refuses', () => {
         [ids.empty, /non-empty string/],
         [ids.colon, /cannot contain ":"/],
       ] as const) {
-        const entry = await waitFor(
+        const entry = await waitUntil(
           () => env.knex('dw_dead_letters').where({ message_id: id }).first(),
           'the dead letter',
         );

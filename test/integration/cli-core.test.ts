@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
-import { cliEnv, runCli } from '../support/cli.js';
-import { count, createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
+import { waitUntil } from '../../shared/wait.js';
+import { cliEnv, runCli, startDw } from '../support/cli.js';
+import { count, createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
 
 let env: TestEnv;
 
@@ -113,22 +114,19 @@ describe('dw worker', () => {
   });
 
   it('handles messages and stops cleanly on SIGTERM with exit 0', async () => {
-    const { spawn } = await import('node:child_process');
-    const { dwBin } = await import('../support/cli.js');
-    const child = spawn(process.execPath, [dwBin, 'worker'], { env: cliEnv(env.config), stdio: 'ignore' });
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const { child, exited } = startDw(['worker'], cliEnv(env.config));
     try {
       await runCli(
         ['publish', 'JoinMeeting', '--data', '{"userId":"sig","meetingId":"term"}'],
         cliEnv(env.config),
       );
-      await waitFor(
+      await waitUntil(
         async () => (await count(env.knex, 'meeting_participants', { user_id: 'sig' })) === 1,
         'the message',
       );
     } finally {
       child.kill('SIGTERM');
     }
-    expect(await exited).toBe(0);
+    expect(await exited).toEqual({ code: 0, signal: null });
   });
 });

@@ -1,10 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { app } from '../../examples/app/index.js';
 import { storeDeadLetter } from '../../shared/dead-letters.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
 import { type CliResult as DwResult, cliEnv as dwEnv, runCli as runDw } from '../support/cli.js';
-import { count, createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { count, createTestEnv, type TestEnv } from '../support/services.js';
 
 let env: TestEnv;
 let worker: Worker;
@@ -44,7 +45,7 @@ describe('dw dlq', () => {
       { routingKey: 'JoinMeeting', body: { userId: 'u1' }, properties: { messageId: 'm-payload' } },
       { routingKey: 'SendInvoice', body: { invoiceId: 'inv-9' }, properties: { messageId: 'm-invoice' } },
     ]);
-    await waitFor(async () => (await count(env.knex, 'dw_dead_letters')) === 3, 'three dead letters', {
+    await waitUntil(async () => (await count(env.knex, 'dw_dead_letters')) === 3, 'three dead letters', {
       timeoutMs: 45_000,
     });
   });
@@ -106,7 +107,7 @@ describe('dw dlq', () => {
     expect(replay).toMatchObject({ code: 0, stdout: 'replayed 1\n' });
     expect(await entryOf('m-invoice')).toBeUndefined();
     expect(await count(env.knex, 'dw_delivery_counts', { message_id: 'm-invoice' })).toBe(0);
-    await waitFor(() => count(env.knex, 'invoices_sent', { invoice_id: 'inv-9' }), 'the invoice');
+    await waitUntil(() => count(env.knex, 'invoices_sent', { invoice_id: 'inv-9' }), 'the invoice');
     expect(await env.knex('dw_inbox').where({ message_id: 'm-invoice' }).first()).toBeDefined();
 
     // The same message stored again as a dead letter (say, a second copy failed): the inbox holds
@@ -148,7 +149,7 @@ describe('dw dlq', () => {
   it('replays all matching entries; a still-invalid message comes back as a fresh entry', async () => {
     const replay = await dw('dlq', 'replay', '--all', '--reason', 'invalid-payload');
     expect(replay.stdout).toBe('replayed 1\n');
-    const fresh = await waitFor(async () => {
+    const fresh = await waitUntil(async () => {
       const row = await entryOf('m-payload');
       return row && row.first_failed_at.getTime() > Date.now() - 86_400_000 ? row : undefined;
     }, 'the replayed message to fail again');

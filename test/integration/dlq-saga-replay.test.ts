@@ -1,28 +1,17 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exampleMigrations } from '../../examples/app/migrations.js';
 import { replayDeadLetter } from '../../ops/dead-letter-replay.js';
-import { Relay } from '../../relay/relay.js';
-import { Worker } from '../../worker/worker.js';
 import { sagaFinished, sagaTestApp, startSagas } from '../support/saga-app.js';
-import { createTestEnv, type TestEnv } from '../support/services.js';
+import { type SagaFixture, startSagaFixture } from '../support/saga-fixture.js';
 
-let env: TestEnv;
-let worker: Worker;
-let relay: Relay;
+let fx: SagaFixture;
 
 beforeAll(async () => {
-  env = await createTestEnv(exampleMigrations);
-  worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
-  relay = await Relay.start({ config: env.config });
+  fx = await startSagaFixture(sagaTestApp);
 });
 
-afterAll(async () => {
-  await relay?.stop();
-  await worker?.stop();
-  await env?.teardown();
-});
+afterAll(() => fx?.stop());
 
-const finished = (id: string) => sagaFinished(env.knex, id);
+const finished = (id: string) => sagaFinished(fx.env.knex, id);
 
 const noChannel = () => Promise.reject(new Error('a saga replay publishes nothing to RabbitMQ'));
 // As `dw dlq replay` does: the app's saga definitions plan the compensations the replay resumes.
@@ -34,32 +23,34 @@ const options = {
 
 describe('replaying saga dead letters', () => {
   it('step-failed is a record only; compensation-failed resumes the saga and leaves the list', async () => {
-    const [id] = await startSagas(env.config.exchange, [
+    const [id] = await startSagas(fx.env.config.exchange, [
       { saga: 'sequential', state: { fail: { s3: -1 }, failCompensation: { s1: -1 } } },
     ]);
     expect((await finished(id!)).status).toBe('failed');
-    const [stepFailed, compensationFailed] = await env
+    const [stepFailed, compensationFailed] = await fx.env
       .knex('dw_dead_letters')
       .where({ saga_id: id })
       .orderBy('id');
     expect(stepFailed.reason).toBe('step-failed');
     expect(compensationFailed.reason).toBe('compensation-failed');
 
-    expect(await replayDeadLetter(env.knex, noChannel, stepFailed.id, options)).toMatchObject({
+    expect(await replayDeadLetter(fx.env.knex, noChannel, stepFailed.id, options)).toMatchObject({
       outcome: 'not-replayable',
     });
     expect(
-      await replayDeadLetter(env.knex, noChannel, compensationFailed.id, { ...options, dryRun: true }),
+      await replayDeadLetter(fx.env.knex, noChannel, compensationFailed.id, { ...options, dryRun: true }),
     ).toMatchObject({ outcome: 'would-replay' });
 
-    await env
+    await fx.env
       .knex('dw_sagas')
       .where({ id })
       .update({ state: JSON.stringify({ fail: { s3: -1 } }) });
-    expect(await replayDeadLetter(env.knex, noChannel, compensationFailed.id, options)).toMatchObject({
+    expect(await replayDeadLetter(fx.env.knex, noChannel, compensationFailed.id, options)).toMatchObject({
       outcome: 'replayed',
     });
     expect((await finished(id!)).status).toBe('compensated');
-    expect(await env.knex('dw_dead_letters').where({ saga_id: id }).pluck('reason')).toEqual(['step-failed']);
+    expect(await fx.env.knex('dw_dead_letters').where({ saga_id: id }).pluck('reason')).toEqual([
+      'step-failed',
+    ]);
   });
 });

@@ -7,10 +7,11 @@ import { silentLogger } from '../../shared/logger.js';
 import { insertOutboxMessages } from '../../shared/outbox.js';
 import { defineSaga } from '../../shared/saga/definition.js';
 import { startSaga } from '../../shared/saga/start.js';
+import { waitUntil } from '../../shared/wait.js';
 import { SagaStepRunner } from '../../worker/saga/step-runner.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
+import { count, createTestEnv, type TestEnv, urls } from '../support/services.js';
 
 // Regressions of issue 9, item 1: input PostgreSQL cannot store (NUL, lone surrogates, deep
 // nesting) used to loop forever between the failed insert and the failed dead-letter insert.
@@ -50,7 +51,7 @@ afterAll(async () => {
 });
 
 const deadLetter = (id: string) =>
-  waitFor(() => env.knex('dw_dead_letters').where({ message_id: id }).first(), `the dead letter ${id}`, {
+  waitUntil(() => env.knex('dw_dead_letters').where({ message_id: id }).first(), `the dead letter ${id}`, {
     timeoutMs: 15_000,
   });
 const send = (messageId: string, body: string, properties: amqp.Options.Publish = {}, type = 'Any') =>
@@ -124,7 +125,7 @@ describe('input PostgreSQL cannot store (worker in process)', () => {
 
   it('goes on: a normal message is handled, and nothing is left in the queue after a stop', async () => {
     await send('normal', '{"userId":"u1"}');
-    await waitFor(
+    await waitUntil(
       async () => (await count(env.knex, 'hostile_effects', { message_id: 'normal' })) === 1,
       'normal',
     );

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runHousekeepingOnce, startHousekeeping } from '../../shared/housekeeping.js';
 import { silentLogger } from '../../shared/logger.js';
-import { count, createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { waitUntil } from '../../shared/wait.js';
+import { count, createTestEnv, type TestEnv } from '../support/services.js';
 
 let env: TestEnv;
 
@@ -87,7 +88,7 @@ describe('housekeeping', () => {
       log: silentLogger,
     });
     try {
-      await waitFor(
+      await waitUntil(
         async () => (await count(env.knex, 'dw_inbox', { message_id: 'y' })) === 0,
         'the loop to prune',
       );

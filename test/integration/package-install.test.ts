@@ -9,7 +9,9 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deleteAmqpTopology, deleteRedisKeys, randomName, urls, waitFor } from '../support/services.js';
+import { deleteRedisKeys } from '../../bench/env.js';
+import { waitUntil } from '../../shared/wait.js';
+import { deleteAmqpTopology, randomName, urls } from '../support/services.js';
 
 /*
  * A new user's first steps: `npm pack`, install the tarball into an empty project, write an app
@@ -196,7 +198,7 @@ afterAll(async () => {
     await client.end();
   }
   await deleteAmqpTopology(exchange);
-  await deleteRedisKeys(`${prefix}:*`);
+  await deleteRedisKeys(urls.redis, `${prefix}:*`);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -254,7 +256,7 @@ describe('the packed package', () => {
     try {
       await db.connect();
       await redis.connect();
-      const note = await waitFor(
+      const note = await waitUntil(
         async () =>
           (
             await db.query<{ text: string; job_id: string }>(
@@ -267,7 +269,7 @@ describe('the packed package', () => {
       );
       expect(note.text).toBe('hello');
       // The relay added the handler's outbox row as a BullMQ job whose id is the outbox message id.
-      const job = await waitFor(
+      const job = await waitUntil(
         async () => {
           const fields = await redis.hgetall(`${prefix}:notes_out:${note.job_id}`);
           return fields.name ? fields : undefined;

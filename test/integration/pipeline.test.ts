@@ -5,10 +5,11 @@ import { Relay } from '../../relay/relay.js';
 import { defineApp, defineHandler } from '../../shared/app.js';
 import type { Migration } from '../../shared/db/migrate.js';
 import { NonRetryableError } from '../../shared/errors.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
 import { closeAmqpConnections } from '../support/faults.js';
-import { count, createTestEnv, randomName, type TestEnv, waitFor } from '../support/services.js';
+import { count, createTestEnv, randomName, type TestEnv } from '../support/services.js';
 
 const tables: Migration = {
   name: 'pipeline_test_tables',
@@ -125,7 +126,7 @@ describe('the transactional pipeline', () => {
       },
     };
     await publishRaw(env.config.exchange, [message]);
-    await waitFor(async () => (await notes('twice')) === 1, 'the first delivery');
+    await waitUntil(async () => (await notes('twice')) === 1, 'the first delivery');
     await publishRaw(env.config.exchange, [message]);
     // A later message on the same queue proves the duplicate was consumed before we count.
     await publishRaw(env.config.exchange, [
@@ -135,8 +136,11 @@ describe('the transactional pipeline', () => {
         properties: { messageId: randomUUID(), type: 'AddNote' },
       },
     ]);
-    await waitFor(async () => (await notes('marker')) === 1, 'the marker message');
-    await waitFor(async () => (await count(env.knex, 'dw_inbox', { message_id: id })) === 1, 'the inbox row');
+    await waitUntil(async () => (await notes('marker')) === 1, 'the marker message');
+    await waitUntil(
+      async () => (await count(env.knex, 'dw_inbox', { message_id: id })) === 1,
+      'the inbox row',
+    );
 
     expect(await notes('twice')).toBe(1);
     expect(await notes('twice/second')).toBe(1);
@@ -155,7 +159,7 @@ describe('the transactional pipeline', () => {
     await publishRaw(env.config.exchange, [
       { routingKey: 'AddNote', body: { text: 'bare' }, properties: { messageId: 'bare-1' } },
     ]);
-    await waitFor(async () => (await notes('bare')) === 1, 'the bare message');
+    await waitUntil(async () => (await notes('bare')) === 1, 'the bare message');
     const [row] = await env.knex('notes').where({ text: 'bare' });
     expect(row).toMatchObject({ message_id: 'bare-1', correlation_id: 'bare-1' });
   });
@@ -169,7 +173,7 @@ describe('the transactional pipeline', () => {
         properties: { messageId: id, type: 'AddNote' },
       },
     ]);
-    await waitFor(
+    await waitUntil(
       async () => (await count(env.knex, 'dw_dead_letters', { message_id: id })) === 1,
       'the dead letter',
     );
@@ -189,7 +193,7 @@ describe('the transactional pipeline', () => {
         properties: { messageId: randomUUID(), type: 'AddNote' },
       },
     ]);
-    await waitFor(() => hookEvents.some((e) => e.startsWith('commit:hooked:visible=')), 'the commit hook');
+    await waitUntil(() => hookEvents.some((e) => e.startsWith('commit:hooked:visible=')), 'the commit hook');
     // Both handlers' rows were visible to another connection when the hook ran.
     expect(hookEvents).toContain('commit:hooked:visible=2');
     expect(await notes('hooked')).toBe(1);
@@ -210,19 +214,19 @@ describe('dispatch runs local handlers under a savepoint', () => {
 
   it('commits the child with the parent, in one transaction, with the parent as causation', async () => {
     const id = await publishParent('ok', 'ok');
-    await waitFor(async () => (await notes('ok:parent-after')) === 1, 'the parent to finish');
+    await waitUntil(async () => (await notes('ok:parent-after')) === 1, 'the parent to finish');
     expect(await notes('ok:parent')).toBe(1);
     expect(await notes('ok:child')).toBe(1);
     const [child] = await env.knex('notes').where({ text: 'ok:child' });
     expect(child.causation_id).toBe(id);
     expect(child.message_id).not.toBe(id);
     expect(await outboxTypes('ok')).toEqual(['ParentDone', 'ChildDone']);
-    await waitFor(() => hookEvents.includes('commit:ok:child'), 'the child commit hook');
+    await waitUntil(() => hookEvents.includes('commit:ok:child'), 'the child commit hook');
   });
 
   it('rolls a failing child back to its savepoint when the parent catches the error', async () => {
     await publishParent('caught', 'fail-caught');
-    await waitFor(async () => (await notes('caught:parent-after')) === 1, 'the parent to finish');
+    await waitUntil(async () => (await notes('caught:parent-after')) === 1, 'the parent to finish');
     expect(await notes('caught:parent')).toBe(1);
     expect(await notes('caught:child')).toBe(0);
     expect(await outboxTypes('caught')).toEqual(['ParentDone']);
@@ -232,7 +236,7 @@ describe('dispatch runs local handlers under a savepoint', () => {
 
   it('rolls everything back when the child error propagates', async () => {
     const id = await publishParent('uncaught', 'fail-uncaught');
-    await waitFor(
+    await waitUntil(
       async () => (await count(env.knex, 'dw_dead_letters', { message_id: id })) === 1,
       'the dead letter',
     );
@@ -244,7 +248,7 @@ describe('dispatch runs local handlers under a savepoint', () => {
 
   it('nests dispatches as savepoints inside savepoints', async () => {
     await publishParent('nested', 'nested');
-    await waitFor(async () => (await notes('nested:parent-after')) === 1, 'the parent to finish');
+    await waitUntil(async () => (await notes('nested:parent-after')) === 1, 'the parent to finish');
     expect(await notes('nested:child')).toBe(1);
     expect(await notes('nested:grandchild')).toBe(1);
   });
@@ -271,7 +275,7 @@ describe('recovery', () => {
         properties: { messageId: `reconnect-after-${i}`, type: 'AddNote' },
       })),
     );
-    await waitFor(
+    await waitUntil(
       async () =>
         (
           await env
@@ -308,7 +312,7 @@ describe('database outage', () => {
           properties: { messageId: `outage-${i}`, type: 'AddNote' },
         })),
       );
-      await waitFor(
+      await waitUntil(
         async () =>
           (await env.knex('notes').where('text', 'like', 'outage-%').count<{ c: number }[]>('* as c'))[0]?.c,
         'the first messages to be handled',
@@ -318,7 +322,7 @@ describe('database outage', () => {
         'select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()',
       );
       await publishing;
-      await waitFor(
+      await waitUntil(
         async () =>
           (
             await env
@@ -328,7 +332,7 @@ describe('database outage', () => {
           )[0]?.c === total,
         'every message to be handled after the outage',
       );
-      await waitFor(
+      await waitUntil(
         async () =>
           (await env.knex('dw_outbox').whereNull('delivered_at').count<{ c: number }[]>('* as c'))[0]?.c ===
           0,
@@ -354,7 +358,7 @@ describe('the relay', () => {
   it('delivers what the pipeline wrote into BullMQ, one job per outbox row', async () => {
     const relay = await Relay.start({ config: env.config, pollIntervalMs: 200 });
     try {
-      await waitFor(
+      await waitUntil(
         async () =>
           (await env.knex('dw_outbox').whereNull('delivered_at').count<{ c: number }[]>('* as c'))[0]?.c ===
           0,

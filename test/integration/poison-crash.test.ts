@@ -2,10 +2,10 @@ import { fileURLToPath } from 'node:url';
 import amqp, { type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { waitUntil } from '../../shared/wait.js';
 import { publishRaw } from '../support/amqp.js';
-import { cliEnv as dwEnv } from '../support/cli.js';
-import { startDw } from '../support/dw.js';
-import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
+import { cliEnv as dwEnv, startDw } from '../support/cli.js';
+import { count, createTestEnv, type TestEnv, urls } from '../support/services.js';
 
 const crashLoopApp = fileURLToPath(new URL('../support/apps/crash-loop-app.mjs', import.meta.url));
 
@@ -43,21 +43,21 @@ describe('crashes around the dead letters (worker as a real process)', () => {
       ['worker'],
       dwEnv(env.config, { DW_CRASH_POINTS: 'worker:after-dead-letter-before-ack' }),
     );
-    await waitFor(async () => (await queueState(queue)).consumers === 1, 'the worker to consume');
+    await waitUntil(async () => (await queueState(queue)).consumers === 1, 'the worker to consume');
     await publishRaw(env.config.exchange, [
       { routingKey: 'SendInvoice', body: { invoiceId: [] }, properties: { messageId: 'bad-invoice' } },
     ]);
     expect(await crashing.exited).toMatchObject({ signal: 'SIGKILL' });
     expect(await count(env.knex, 'dw_dead_letters', { message_id: 'bad-invoice' })).toBe(1);
     // Not acked: the broker still holds it.
-    await waitFor(async () => (await queueState(queue)).messages === 1, 'the message back in the queue');
+    await waitUntil(async () => (await queueState(queue)).messages === 1, 'the message back in the queue');
 
     // Restart until a clean stop leaves the queue empty: a delivery that arrives just as SIGTERM
     // does is requeued unstarted (correctly), so one round may not be enough.
     for (let round = 0; ; round++) {
       expect(round).toBeLessThan(5);
       const worker = startDw(['worker'], dwEnv(env.config));
-      await waitFor(async () => {
+      await waitUntil(async () => {
         const state = await queueState(queue);
         return state.consumers === 1 && state.messages === 0;
       }, 'the redelivery');
@@ -80,7 +80,7 @@ describe('crashes around the dead letters (worker as a real process)', () => {
       starts++;
       if (!published) {
         // Later starts die as soon as they consume, too fast to observe: only the first is awaited.
-        await waitFor(async () => (await queueState(queue)).consumers === 1, 'the worker to consume');
+        await waitUntil(async () => (await queueState(queue)).consumers === 1, 'the worker to consume');
         await publishRaw(env.config.exchange, [
           { routingKey: 'Crash', body: {}, properties: { messageId: 'killer' } },
         ]);
@@ -90,7 +90,7 @@ describe('crashes around the dead letters (worker as a real process)', () => {
       void worker.exited.then(() => {
         died = true;
       });
-      const outcome = await waitFor(async () => {
+      const outcome = await waitUntil(async () => {
         if (await env.knex('dw_dead_letters').where({ message_id: 'killer' }).first()) return 'dead-lettered';
         return died ? 'died' : undefined;
       }, 'the worker to die or the message to be dead-lettered');

@@ -2,9 +2,10 @@ import amqp from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { defineApp, defineHandler } from '../../shared/app.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
+import { count, createTestEnv, type TestEnv, urls } from '../support/services.js';
 
 const app = defineApp({
   name: 'test',
@@ -75,8 +76,8 @@ describe('poison input from an independent AMQP client', () => {
       },
       good(3),
     ]);
-    await waitFor(async () => (await count(env.knex, 'dw_dead_letters')) === 5, 'five dead letters');
-    await waitFor(async () => (await count(env.knex, 'good_messages')) === 3, 'the good messages');
+    await waitUntil(async () => (await count(env.knex, 'dw_dead_letters')) === 5, 'five dead letters');
+    await waitUntil(async () => (await count(env.knex, 'good_messages')) === 3, 'the good messages');
 
     const badJson = await deadLetter('bad-json');
     expect(badJson).toMatchObject({ reason: 'invalid-json', attempts: 1, payload: null });
@@ -113,9 +114,9 @@ describe('poison input from an independent AMQP client', () => {
     } finally {
       await connection.close();
     }
-    const entry = await waitFor(() => deadLetter('untyped'), 'the dead letter');
+    const entry = await waitUntil(() => deadLetter('untyped'), 'the dead letter');
     expect(entry.reason).toBe('unknown-type');
     await publishRaw(env.config.exchange, [good(4)]);
-    await waitFor(async () => (await count(env.knex, 'good_messages')) === 4, 'the next good message');
+    await waitUntil(async () => (await count(env.knex, 'good_messages')) === 4, 'the next good message');
   });
 });

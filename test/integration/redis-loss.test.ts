@@ -2,11 +2,13 @@ import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deleteRedisKeys } from '../../bench/env.js';
 import { redisStatus } from '../../ops/status.js';
 import { Relay } from '../../relay/relay.js';
 import { setFaultHook } from '../../shared/crash-points.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
-import { createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
+import { waitUntil } from '../../shared/wait.js';
+import { createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
 
 // Losses are confined to this file's BullMQ prefix on the shared Redis: its keys are deleted (a
 // FLUSHDB for this installation) or put back as they were earlier (an older snapshot).
@@ -37,6 +39,8 @@ const rows = (queue: string, n: number): OutboxMessage[] =>
   }));
 
 const prefixKeys = () => redis.keys(`${env.config.bullmqPrefix}:*`);
+/** A FLUSHDB of this installation only. */
+const deletePrefixKeys = () => deleteRedisKeys(urls.redis, `${env.config.bullmqPrefix}:*`);
 
 async function snapshot(): Promise<Array<[string, Buffer]>> {
   const keys = await prefixKeys();
@@ -54,12 +58,12 @@ async function restore(saved: Array<[string, Buffer]>): Promise<void> {
 
 async function deliver(queue: Queue, messages: OutboxMessage[], total: number): Promise<void> {
   await insertOutboxMessages(env.knex, messages);
-  await waitFor(async () => (await queue.count()) === total, `${total} jobs in ${queue.name}`);
+  await waitUntil(async () => (await queue.count()) === total, `${total} jobs in ${queue.name}`);
 }
 
 /** Every message has its job, once. */
 async function expectAllJobs(queue: Queue, messages: OutboxMessage[]): Promise<void> {
-  await waitFor(async () => (await queue.count()) === messages.length, 'the lost jobs to be back', {
+  await waitUntil(async () => (await queue.count()) === messages.length, 'the lost jobs to be back', {
     timeoutMs: 20_000,
   });
   const ids = new Set((await queue.getJobs(['waiting'])).map((j) => j.id));
@@ -97,8 +101,7 @@ describe('relay and partial Redis loss', () => {
     try {
       const first = rows(queue.name, 50);
       await deliver(queue, first, 50);
-      const keys = await prefixKeys();
-      await redis.del(...keys);
+      await deletePrefixKeys();
       const next = rows(queue.name, 30);
       await insertOutboxMessages(env.knex, next);
       await expectAllJobs(queue, [...first, ...next]);
@@ -122,7 +125,7 @@ describe('relay and partial Redis loss', () => {
     try {
       const messages = rows(queue.name, 30);
       await deliver(queue, messages, 30);
-      await redis.del(...(await prefixKeys()));
+      await deletePrefixKeys();
       await expectAllJobs(queue, messages);
       const losses = await env.knex('dw_redis_losses').select();
       expect(losses.map((l) => l.rows_redelivered).reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(30);
@@ -145,8 +148,8 @@ describe('relay and partial Redis loss', () => {
       });
       const messages = rows(queue.name, 20);
       await insertOutboxMessages(env.knex, messages);
-      await waitFor(async () => flushed, 'a batch to reach the seam');
-      await waitFor(
+      await waitUntil(async () => flushed, 'a batch to reach the seam');
+      await waitUntil(
         async () =>
           (
             await env

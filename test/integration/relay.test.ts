@@ -7,7 +7,8 @@ import { Relay } from '../../relay/relay.js';
 import { ResilientAmqpConnection } from '../../shared/amqp.js';
 import { createKnex } from '../../shared/db/knex.js';
 import { claimOutboxBatch, insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
-import { createTestEnv, randomName, type TestEnv, urls, waitFor } from '../support/services.js';
+import { waitUntil } from '../../shared/wait.js';
+import { createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
 
 let env: TestEnv;
 let redis: Redis;
@@ -46,7 +47,7 @@ async function queueEvents(queue: string): Promise<Array<{ event: string; jobId:
 }
 
 async function waitDrained(): Promise<void> {
-  await waitFor(async () => (await pending()) === 0, 'the outbox to drain');
+  await waitUntil(async () => (await pending()) === 0, 'the outbox to drain');
 }
 
 describe('relay', () => {
@@ -115,7 +116,7 @@ describe('relay', () => {
       await new Promise((r) => setTimeout(r, 200));
       const row = job(queue, 1);
       await env.knex.transaction((trx) => insertOutboxMessages(trx, [row]));
-      await waitFor(async () => (await q.getJob(row.messageId)) !== undefined, 'the job to appear', {
+      await waitUntil(async () => (await q.getJob(row.messageId)) !== undefined, 'the job to appear', {
         timeoutMs: 20_000,
       });
     } finally {
@@ -140,21 +141,21 @@ describe('relay', () => {
         ).rows[0].n,
       );
     try {
-      await waitFor(async () => (await listeners()) === 1, 'the LISTEN connection');
+      await waitUntil(async () => (await listeners()) === 1, 'the LISTEN connection');
       // Refuse new connections, drop the listening one, and let several reconnection attempts fail.
       await admin.raw('alter database ?? allow_connections false', [database]);
       await env.knex.raw(
         "select pg_terminate_backend(pid) from pg_stat_activity where datname = ? and application_name = 'dw-relay-listen'",
         [database],
       );
-      await waitFor(async () => (await listeners()) === 0, 'the LISTEN connection to go');
+      await waitUntil(async () => (await listeners()) === 0, 'the LISTEN connection to go');
       await new Promise((r) => setTimeout(r, 2000));
       await admin.raw('alter database ?? allow_connections true', [database]);
-      await waitFor(async () => (await listeners()) === 1, 'the LISTEN connection to come back');
+      await waitUntil(async () => (await listeners()) === 1, 'the LISTEN connection to come back');
       // Back for good: a row committed now wakes the relay long before its 60 s poll.
       const row = job(queue, 1);
       await insertOutboxMessages(env.knex, [row]);
-      await waitFor(async () => (await pending()) === 0, 'the row to be delivered', { timeoutMs: 20_000 });
+      await waitUntil(async () => (await pending()) === 0, 'the row to be delivered', { timeoutMs: 20_000 });
       expect(await listeners()).toBe(1);
     } finally {
       await admin.raw('alter database ?? allow_connections true', [database]);
@@ -216,8 +217,8 @@ describe('relay', () => {
     await insertOutboxMessages(env.knex, [good[0]!, bad, toExchange, good[1]!, numeric]);
     const relay = await Relay.start({ config: env.config, pollIntervalMs: 100 });
     try {
-      await waitFor(async () => (await pending()) === 1, 'all rows but the bad one to be delivered');
-      const failed = await waitFor(
+      await waitUntil(async () => (await pending()) === 1, 'all rows but the bad one to be delivered');
+      const failed = await waitUntil(
         async () =>
           env.knex('dw_outbox').where({ message_id: bad.messageId }).where('attempts', '>', 0).first(),
         'the bad row to record its failure',

@@ -5,9 +5,10 @@ import { exampleMigrations } from '../../examples/app/migrations.js';
 import { sendInvoiceHandlers } from '../../examples/app/send-invoice.js';
 import { defineApp, defineHandler } from '../../shared/app.js';
 import { NonRetryableError } from '../../shared/errors.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
+import { count, createTestEnv, type TestEnv, urls } from '../support/services.js';
 
 // Attempts each message id was handled with, as the handler saw them (ctx.envelope.attempt).
 const seen = new Map<string, number[]>();
@@ -68,7 +69,7 @@ const deadLetter = (id: string) => env.knex('dw_dead_letters').where({ message_i
 describe('retries', () => {
   it('retries at once, then after delays, then dead-letters with the attempt count and the last error', async () => {
     await publish('always-fails', 'Flaky', { key: 'always-fails', failTimes: 99 });
-    const entry = await waitFor(() => deadLetter('always-fails'), 'the dead letter');
+    const entry = await waitUntil(() => deadLetter('always-fails'), 'the dead letter');
     expect(entry).toMatchObject({ reason: 'handler-failed', attempts: 4, type: 'Flaky', source: 'amqp' });
     expect(entry.error.message).toBe('always-fails: attempt 4 fails');
     expect(entry.error.stack).toContain('always-fails: attempt 4 fails');
@@ -81,7 +82,7 @@ describe('retries', () => {
 
   it("a handler's own ECONNREFUSED (its HTTP API is down) follows the retry policy, not the database-outage hold", async () => {
     await publish('api-down', 'Flaky', { key: 'api-down', failTimes: 99, network: true });
-    const entry = await waitFor(() => deadLetter('api-down'), 'the dead letter');
+    const entry = await waitUntil(() => deadLetter('api-down'), 'the dead letter');
     expect(entry).toMatchObject({ reason: 'handler-failed', attempts: 4, type: 'Flaky' });
     expect(entry.error.message).toBe('fetch failed');
     expect(seen.get('api-down')).toEqual([1, 2, 3, 4]);
@@ -89,7 +90,7 @@ describe('retries', () => {
 
   it('a transient failure succeeds on a delayed retry, once, and leaves no dead letter', async () => {
     await publish('transient', 'Flaky', { key: 'transient', failTimes: 2 });
-    await waitFor(() => count(env.knex, 'invoices_sent', { invoice_id: 'transient' }), 'the success');
+    await waitUntil(() => count(env.knex, 'invoices_sent', { invoice_id: 'transient' }), 'the success');
     expect(seen.get('transient')).toEqual([1, 2, 3]);
     expect(await count(env.knex, 'invoices_sent', { invoice_id: 'transient' })).toBe(1);
     expect(await deadLetter('transient')).toBeUndefined();
@@ -98,7 +99,7 @@ describe('retries', () => {
   it('loses nothing when a retry queue disappears under a running worker', async () => {
     // One delayed retry makes the worker declare the 50 ms tier queue...
     await publish('warm-up', 'Flaky', { key: 'warm-up', failTimes: 2 });
-    await waitFor(() => count(env.knex, 'invoices_sent', { invoice_id: 'warm-up' }), 'the warm-up');
+    await waitUntil(() => count(env.knex, 'invoices_sent', { invoice_id: 'warm-up' }), 'the warm-up');
     // ...which is then deleted, as an operator might. A delayed retry must not vanish.
     const connection = await amqp.connect(urls.amqp);
     try {
@@ -108,13 +109,13 @@ describe('retries', () => {
       await connection.close();
     }
     await publish('queue-gone', 'Flaky', { key: 'queue-gone', failTimes: 99 });
-    const entry = await waitFor(() => deadLetter('queue-gone'), 'the dead letter');
+    const entry = await waitUntil(() => deadLetter('queue-gone'), 'the dead letter');
     expect(entry).toMatchObject({ reason: 'handler-failed', attempts: 4 });
   });
 
   it('a non-retryable error goes straight to the dead letters', async () => {
     await publish('permanent', 'Flaky', { key: 'permanent', failTimes: 0, permanent: true });
-    const entry = await waitFor(() => deadLetter('permanent'), 'the dead letter');
+    const entry = await waitUntil(() => deadLetter('permanent'), 'the dead letter');
     expect(entry).toMatchObject({ reason: 'handler-failed', attempts: 1 });
     expect(entry.error.message).toBe('permanent: cannot ever work');
     expect(seen.get('permanent')).toEqual([1]);
@@ -124,7 +125,7 @@ describe('retries', () => {
     await env.knex('invoice_outage').insert({});
     try {
       await publish('invoice-1', 'SendInvoice', { invoiceId: 'inv-1' });
-      const entry = await waitFor(() => deadLetter('invoice-1'), 'the dead letter', { timeoutMs: 45_000 });
+      const entry = await waitUntil(() => deadLetter('invoice-1'), 'the dead letter', { timeoutMs: 45_000 });
       expect(entry).toMatchObject({ reason: 'handler-failed', attempts: 5, type: 'SendInvoice' });
       expect(entry.error.message).toContain('the invoicing service is down');
       expect(await count(env.knex, 'invoices_sent', { invoice_id: 'inv-1' })).toBe(0);
@@ -135,7 +136,7 @@ describe('retries', () => {
 
   it('SendInvoice with failTimes succeeds on the attempt after them', async () => {
     await publish('invoice-2', 'SendInvoice', { invoiceId: 'inv-2', failTimes: 2 });
-    await waitFor(() => count(env.knex, 'invoices_sent', { invoice_id: 'inv-2' }), 'the invoice');
+    await waitUntil(() => count(env.knex, 'invoices_sent', { invoice_id: 'inv-2' }), 'the invoice');
     expect(await count(env.knex, 'invoices_sent', { invoice_id: 'inv-2' })).toBe(1);
     expect(await deadLetter('invoice-2')).toBeUndefined();
   });

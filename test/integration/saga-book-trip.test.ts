@@ -1,36 +1,26 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { app } from '../../examples/app/index.js';
-import { exampleMigrations } from '../../examples/app/migrations.js';
-import { Relay } from '../../relay/relay.js';
-import { Worker } from '../../worker/worker.js';
+import { waitUntil } from '../../shared/wait.js';
 import { publishRaw } from '../support/amqp.js';
-import { createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { type SagaFixture, startSagaFixture } from '../support/saga-fixture.js';
 
-let env: TestEnv;
-let worker: Worker;
-let relay: Relay;
+let fx: SagaFixture;
 
 beforeAll(async () => {
-  env = await createTestEnv(exampleMigrations);
-  worker = await Worker.start({ app, config: env.config, sagaSweepIntervalMs: 0 });
-  relay = await Relay.start({ config: env.config });
+  fx = await startSagaFixture(app);
 });
 
-afterAll(async () => {
-  await relay?.stop();
-  await worker?.stop();
-  await env?.teardown();
-});
+afterAll(() => fx?.stop());
 
 async function ledger(tripId: string): Promise<string[]> {
-  const rows = await env.knex('trip_ledger').where({ trip_id: tripId }).orderBy('id');
+  const rows = await fx.env.knex('trip_ledger').where({ trip_id: tripId }).orderBy('id');
   return rows.map((r: { step: string; action: string }) => `${r.action}:${r.step}`);
 }
 
 async function finalStatus(tripId: string): Promise<string> {
-  return waitFor(async () => {
-    const row = await env.knex('dw_sagas').where({ id: tripId }).first('status');
+  return waitUntil(async () => {
+    const row = await fx.env.knex('dw_sagas').where({ id: tripId }).first('status');
     return row && !['running', 'compensating'].includes(row.status) ? (row.status as string) : undefined;
   }, `trip ${tripId} to finish`);
 }
@@ -50,7 +40,7 @@ describe('BookTrip published by an independent AMQP client', () => {
       firstStepFails: { tripId: randomUUID(), customerId: 'c-4', amount: 40, failAt: 'debit-customer' },
     };
     await publishRaw(
-      env.config.exchange,
+      fx.env.config.exchange,
       Object.values(trips).map((body) => ({
         routingKey: 'BookTrip',
         body,
@@ -75,17 +65,17 @@ describe('BookTrip published by an independent AMQP client', () => {
     expect(await ledger(trips.firstStepFails.tripId)).toEqual([]);
 
     // The step log: book-hotel failed for good after 3 attempts; book-flight needed 2.
-    const hotel = await env
+    const hotel = await fx.env
       .knex('dw_saga_steps')
       .where({ saga_id: trips.hotelAlwaysFails.tripId, step: 'book-hotel' })
       .first();
     expect(hotel).toMatchObject({ phase: 'execute', status: 'failed', attempts: 3 });
-    const flight = await env
+    const flight = await fx.env
       .knex('dw_saga_steps')
       .where({ saga_id: trips.flightFailsOnce.tripId, step: 'book-flight' })
       .first();
     expect(flight).toMatchObject({ status: 'completed', attempts: 2 });
-    const dead = await env.knex('dw_dead_letters').where({ saga_id: trips.hotelAlwaysFails.tripId });
+    const dead = await fx.env.knex('dw_dead_letters').where({ saga_id: trips.hotelAlwaysFails.tripId });
     expect(dead).toHaveLength(1);
     expect(dead[0]).toMatchObject({
       reason: 'step-failed',
@@ -95,7 +85,7 @@ describe('BookTrip published by an independent AMQP client', () => {
       step: 'book-hotel',
       phase: 'execute',
     });
-    const happyState = await env.knex('dw_sagas').where({ id: trips.happy.tripId }).first();
+    const happyState = await fx.env.knex('dw_sagas').where({ id: trips.happy.tripId }).first();
     expect(happyState.state).toMatchObject({ tripId: trips.happy.tripId, flightRef: expect.any(String) });
   });
 });

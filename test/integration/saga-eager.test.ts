@@ -3,9 +3,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { app } from '../../examples/app/index.js';
 import { exampleMigrations } from '../../examples/app/migrations.js';
 import { Relay } from '../../relay/relay.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { createTestEnv, type TestEnv } from '../support/services.js';
 
 let env: TestEnv;
 
@@ -30,9 +31,9 @@ describe('eager saga steps', () => {
     const tripId = randomUUID();
     try {
       await publishTrip({ tripId, customerId: 'c', amount: 10 });
-      await waitFor(async () => (await sagaStatus(tripId)) === 'completed', 'the trip to complete');
+      await waitUntil(async () => (await sagaStatus(tripId)) === 'completed', 'the trip to complete');
       // The eager steps' rows are marked delivered (in batches, right after they ran).
-      await waitFor(
+      await waitUntil(
         async () =>
           (await env.knex('dw_outbox').whereRaw("payload->>'sagaId' = ?", [tripId]).whereNull('delivered_at'))
             .length === 0,
@@ -60,7 +61,7 @@ describe('eager saga steps', () => {
     const tripId = randomUUID();
     try {
       await publishTrip({ tripId, customerId: 'c', amount: 10 });
-      const firstStep = await waitFor(
+      const firstStep = await waitUntil(
         async () => env.knex('dw_outbox').whereRaw("payload->>'sagaId' = ?", [tripId]).first(),
         'the first step job in the outbox',
       );
@@ -69,7 +70,7 @@ describe('eager saga steps', () => {
       expect(await sagaStatus(tripId)).toBe('running');
       const relay = await Relay.start({ config: env.config });
       try {
-        await waitFor(
+        await waitUntil(
           async () => (await sagaStatus(tripId)) === 'completed',
           'the trip to complete via the relay',
         );
@@ -113,7 +114,7 @@ describe('eager saga steps', () => {
     const worker = await Worker.start({ app, config: env.config, sagaSweepIntervalMs: 0 });
     const relay = await Relay.start({ config: env.config, pollIntervalMs: 100 });
     try {
-      await waitFor(
+      await waitUntil(
         async () => (await sagaStatus(tripId)) === 'completed',
         'the trip to complete after the lease',
       );

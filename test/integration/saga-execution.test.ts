@@ -1,10 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exampleMigrations } from '../../examples/app/migrations.js';
-import { Relay } from '../../relay/relay.js';
 import { sagaQueue, sagaStepType } from '../../shared/saga/jobs.js';
-import { Worker } from '../../worker/worker.js';
+import { waitUntil } from '../../shared/wait.js';
 import { publishRaw } from '../support/amqp.js';
 import {
   calls,
@@ -16,31 +14,24 @@ import {
   startSagas,
   type TestState,
 } from '../support/saga-app.js';
-import { count, createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
+import { type SagaFixture, startSagaFixture } from '../support/saga-fixture.js';
+import { count, urls } from '../support/services.js';
 
-let env: TestEnv;
-let worker: Worker;
-let relay: Relay;
+let fx: SagaFixture;
 
 beforeAll(async () => {
-  env = await createTestEnv(exampleMigrations);
-  worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
-  relay = await Relay.start({ config: env.config });
+  fx = await startSagaFixture(sagaTestApp);
 });
 
-afterAll(async () => {
-  await relay?.stop();
-  await worker?.stop();
-  await env?.teardown();
-});
+afterAll(() => fx?.stop());
 
-const ledger = (id: string) => signedLedger(env.knex, id);
+const ledger = (id: string) => signedLedger(fx.env.knex, id);
 
-const finished = (id: string) => sagaFinished(env.knex, id);
+const finished = (id: string) => sagaFinished(fx.env.knex, id);
 
 describe('saga execution', () => {
   it('runs the steps in order and merges their results into the state', async () => {
-    const [id] = await startSagas(env.config.exchange, [{ saga: 'sequential', state: { given: 1 } }]);
+    const [id] = await startSagas(fx.env.config.exchange, [{ saga: 'sequential', state: { given: 1 } }]);
     const saga = await finished(id!);
     expect(saga.status).toBe('completed');
     expect(saga.state).toEqual({ given: 1, s1: true, s2: true, s3: true, s4: true });
@@ -50,7 +41,7 @@ describe('saga execution', () => {
   it('for each step index, a failure there compensates exactly the steps before it, in reverse', async () => {
     const steps = ['s1', 's2', 's3', 's4'];
     const ids = await startSagas(
-      env.config.exchange,
+      fx.env.config.exchange,
       steps.map((s) => ({ saga: 'sequential', state: { fail: { [s]: -1 } } })),
     );
     for (const [i, id] of ids.entries()) {
@@ -68,17 +59,17 @@ describe('saga execution', () => {
   });
 
   it('retries a failing step, then goes on; a non-retryable error skips the retries', async () => {
-    const [retried, fatal] = await startSagas(env.config.exchange, [
+    const [retried, fatal] = await startSagas(fx.env.config.exchange, [
       { saga: 'sequential', state: { fail: { s2: 2 } } },
       { saga: 'sequential', state: { fatal: 's3' } },
     ]);
     expect((await finished(retried!)).status).toBe('completed');
     expect(await ledger(retried!)).toEqual(['+s1', '+s2', '+s3', '+s4']);
-    const s2 = await env.knex('dw_saga_steps').where({ saga_id: retried, step: 's2' }).first();
+    const s2 = await fx.env.knex('dw_saga_steps').where({ saga_id: retried, step: 's2' }).first();
     expect(s2).toMatchObject({ status: 'completed', attempts: 3 });
     // Every attempt saw the same idempotency key; only the committed attempt's event was sent.
     expect([...(keys.get(`${retried}/execute/s2`) ?? [])]).toEqual([`${retried}:execute:s2`]);
-    const events = await env
+    const events = await fx.env
       .knex('dw_outbox')
       .where({ destination: 'saga_test_events', type: 's2.execute' })
       .whereRaw("payload->>'sagaId' = ?", [retried!]);
@@ -90,11 +81,11 @@ describe('saga execution', () => {
   });
 
   it('skips steps without a compensation (bare functions) and honours per-step retry', async () => {
-    const [id] = await startSagas(env.config.exchange, [{ saga: 'mixed', state: { fail: { last: -1 } } }]);
+    const [id] = await startSagas(fx.env.config.exchange, [{ saga: 'mixed', state: { fail: { last: -1 } } }]);
     expect((await finished(id!)).status).toBe('compensated');
     expect(await ledger(id!)).toEqual(['+pair', '+bare', '+options', '-options', '-pair']);
 
-    const [twice] = await startSagas(env.config.exchange, [
+    const [twice] = await startSagas(fx.env.config.exchange, [
       { saga: 'mixed', state: { fail: { options: -1 } } },
     ]);
     expect((await finished(twice!)).status).toBe('compensated');
@@ -103,7 +94,7 @@ describe('saga execution', () => {
   });
 
   it('runs a parallel group concurrently, merges results, and compensates it as a group', async () => {
-    const [ok, failed] = await startSagas(env.config.exchange, [
+    const [ok, failed] = await startSagas(fx.env.config.exchange, [
       { saga: 'fan-out' },
       { saga: 'fan-out', state: { fail: { e: -1 } } },
     ]);
@@ -125,7 +116,7 @@ describe('saga execution', () => {
   });
 
   it('a failure inside a parallel group compensates its completed siblings, then the earlier steps', async () => {
-    const [id] = await startSagas(env.config.exchange, [{ saga: 'fan-out', state: { fatal: 'c' } }]);
+    const [id] = await startSagas(fx.env.config.exchange, [{ saga: 'fan-out', state: { fatal: 'c' } }]);
     expect((await finished(id!)).status).toBe('compensated');
     const rows = await ledger(id!);
     expect(rows.filter((r) => r.startsWith('+c'))).toEqual([]);
@@ -151,7 +142,7 @@ describe('saga execution', () => {
     hooks.set('fan-out/b/execute', meet);
     hooks.set('fan-out/c/execute', meet);
     try {
-      const [id] = await startSagas(env.config.exchange, [{ saga: 'fan-out' }]);
+      const [id] = await startSagas(fx.env.config.exchange, [{ saga: 'fan-out' }]);
       const saga = await finished(id!);
       expect(saga.status).toBe('completed');
       expect(saga.state).toMatchObject({ a: 1, b: 1, c: 1, d: 1, e: 1 });
@@ -165,44 +156,49 @@ describe('saga execution', () => {
 
   it('starting the same saga id twice is a no-op', async () => {
     const id = randomUUID();
-    await startSagas(env.config.exchange, [{ saga: 'sequential', id, state: { first: true } }]);
+    await startSagas(fx.env.config.exchange, [{ saga: 'sequential', id, state: { first: true } }]);
     expect((await finished(id)).status).toBe('completed');
     // A second start (another message, same saga id) after the first one finished...
-    const handled = await count(env.knex, 'dw_inbox');
-    await startSagas(env.config.exchange, [{ saga: 'sequential', id, state: { fail: { s1: -1 } } }]);
-    await waitFor(
-      async () => (await count(env.knex, 'dw_inbox')) > handled,
+    const handled = await count(fx.env.knex, 'dw_inbox');
+    await startSagas(fx.env.config.exchange, [{ saga: 'sequential', id, state: { fail: { s1: -1 } } }]);
+    await waitUntil(
+      async () => (await count(fx.env.knex, 'dw_inbox')) > handled,
       'the second start to be handled',
     );
     // ...changed nothing: same state, same single run.
-    const saga = await env.knex('dw_sagas').where({ id }).first();
+    const saga = await fx.env.knex('dw_sagas').where({ id }).first();
     expect(saga).toMatchObject({ status: 'completed', state: expect.objectContaining({ first: true }) });
     expect(await ledger(id)).toEqual(['+s1', '+s2', '+s3', '+s4']);
-    expect(await count(env.knex, 'dw_saga_steps', { saga_id: id })).toBe(4);
+    expect(await count(fx.env.knex, 'dw_saga_steps', { saga_id: id })).toBe(4);
   });
 
   it('refuses to start a saga the app does not register', async () => {
-    await publishRaw(env.config.exchange, [
+    await publishRaw(fx.env.config.exchange, [
       {
         routingKey: 'StartStraySaga',
         body: {},
         properties: { messageId: randomUUID(), type: 'StartStraySaga' },
       },
     ]);
-    const dead = await waitFor(
-      () => env.knex('dw_dead_letters').where({ type: 'StartStraySaga' }).first(),
+    const dead = await waitUntil(
+      () => fx.env.knex('dw_dead_letters').where({ type: 'StartStraySaga' }).first(),
       'the stray start to be dead-lettered',
     );
     expect(dead).toMatchObject({ reason: 'handler-failed', attempts: 1 });
     expect(dead.error.message).toContain('saga stray is not registered in app test');
-    expect(await count(env.knex, 'dw_sagas', { name: 'stray' })).toBe(0);
+    expect(await count(fx.env.knex, 'dw_sagas', { name: 'stray' })).toBe(0);
   });
 
   it('a duplicated BullMQ job runs nothing twice', async () => {
-    const [id] = await startSagas(env.config.exchange, [{ saga: 'sequential', state: { fail: { s4: -1 } } }]);
+    const [id] = await startSagas(fx.env.config.exchange, [
+      { saga: 'sequential', state: { fail: { s4: -1 } } },
+    ]);
     expect((await finished(id!)).status).toBe('compensated');
     const before = await ledger(id!);
-    const queue = new Queue(sagaQueue, { connection: { url: urls.redis }, prefix: env.config.bullmqPrefix });
+    const queue = new Queue(sagaQueue, {
+      connection: { url: urls.redis },
+      prefix: fx.env.config.bullmqPrefix,
+    });
     try {
       const jobs = ['s1', 's2', 's3', 's4'].flatMap((step) =>
         (['execute', 'compensate'] as const).map((phase) => ({
@@ -217,7 +213,7 @@ describe('saga execution', () => {
         })),
       );
       const added = await queue.addBulk(jobs);
-      await waitFor(
+      await waitUntil(
         async () => (await Promise.all(added.map((j) => j.getState()))).every((s) => s === 'completed'),
         'the duplicated jobs to be processed',
       );
@@ -233,7 +229,7 @@ describe('saga execution', () => {
       saga: i % 2 ? 'fan-out' : 'sequential',
       state: (i % 4 === 0 ? { fail: { s3: -1 } } : i % 4 === 1 ? { fail: { e: 1 } } : {}) as TestState,
     }));
-    const ids = await startSagas(env.config.exchange, starts);
+    const ids = await startSagas(fx.env.config.exchange, starts);
     for (const [i, id] of ids.entries()) {
       const saga = await finished(id);
       const rows = await ledger(id);
@@ -248,6 +244,6 @@ describe('saga execution', () => {
         expect(rows.sort()).toEqual(['+a', '+b', '+c', '+d', '+e']);
       }
     }
-    expect(await count(env.knex, 'dw_sagas', { status: 'running' })).toBe(0);
+    expect(await count(fx.env.knex, 'dw_sagas', { status: 'running' })).toBe(0);
   });
 });

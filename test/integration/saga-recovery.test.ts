@@ -1,50 +1,44 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exampleMigrations } from '../../examples/app/migrations.js';
+import { deleteRedisKeys } from '../../bench/env.js';
 import { retryCompensation } from '../../ops/saga-recovery.js';
-import { Relay } from '../../relay/relay.js';
 import { silentLogger } from '../../shared/logger.js';
 import { deadlineJobId, sagaQueue } from '../../shared/saga/jobs.js';
+import { waitUntil } from '../../shared/wait.js';
 import { sweepOnce } from '../../worker/saga/sweep.js';
-import { Worker } from '../../worker/worker.js';
 import { calls, hooks, sagaFinished, sagaTestApp, signedLedger, startSagas } from '../support/saga-app.js';
-import { count, createTestEnv, deleteRedisKeys, type TestEnv, urls, waitFor } from '../support/services.js';
+import { type SagaFixture, startSagaFixture } from '../support/saga-fixture.js';
+import { count, urls } from '../support/services.js';
 
-let env: TestEnv;
-let worker: Worker | undefined;
-let relay: Relay;
+let fx: SagaFixture;
 let queue: Queue;
 
 beforeAll(async () => {
-  env = await createTestEnv(exampleMigrations);
-  worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
-  relay = await Relay.start({ config: env.config });
-  queue = new Queue(sagaQueue, { connection: { url: urls.redis }, prefix: env.config.bullmqPrefix });
+  fx = await startSagaFixture(sagaTestApp);
+  queue = new Queue(sagaQueue, { connection: { url: urls.redis }, prefix: fx.env.config.bullmqPrefix });
 });
 
 afterAll(async () => {
   await queue?.close();
-  await relay?.stop();
-  await worker?.stop();
-  await env?.teardown();
+  await fx?.stop();
 });
 
-const ledger = (id: string) => signedLedger(env.knex, id);
+const ledger = (id: string) => signedLedger(fx.env.knex, id);
 
-const finished = (id: string) => sagaFinished(env.knex, id);
+const finished = (id: string) => sagaFinished(fx.env.knex, id);
 
 const outboxDrained = () =>
-  waitFor(
-    async () => (await count(env.knex, 'dw_outbox', { delivered_at: null })) === 0,
+  waitUntil(
+    async () => (await count(fx.env.knex, 'dw_outbox', { delivered_at: null })) === 0,
     'the outbox to drain',
   );
 
 describe('saga timeouts, deadlines, failed compensations and the recovery sweep', () => {
   it('counts a step past its timeoutMs as a failed attempt', async () => {
-    const [id] = await startSagas(env.config.exchange, [{ saga: 'timed' }]);
+    const [id] = await startSagas(fx.env.config.exchange, [{ saga: 'timed' }]);
     expect((await finished(id!)).status).toBe('completed');
     expect(await ledger(id!)).toEqual(['+quick', '+slow']);
-    const slow = await env.knex('dw_saga_steps').where({ saga_id: id, step: 'slow' }).first();
+    const slow = await fx.env.knex('dw_saga_steps').where({ saga_id: id, step: 'slow' }).first();
     expect(slow).toMatchObject({ status: 'completed', attempts: 2 });
     expect(calls.get(`${id}/execute/slow`)).toBe(2);
   });
@@ -58,7 +52,7 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
       if (ctx.state.hold) await gate;
     });
     try {
-      const [late, quick] = await startSagas(env.config.exchange, [
+      const [late, quick] = await startSagas(fx.env.config.exchange, [
         { saga: 'deadlined', state: { hold: true } },
         { saga: 'deadlined' },
       ]);
@@ -68,14 +62,14 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
       expect(saga.last_error).toMatchObject({ name: 'SagaDeadlineError' });
       expect((await finished(quick!)).status).toBe('completed');
       // The quick saga's timer fires later and must change nothing.
-      await waitFor(
+      await waitUntil(
         async () => (await queue.getJobState(deadlineJobId(quick!, 0))) === 'completed',
         'the deadline timer of the completed saga to fire',
       );
-      expect((await env.knex('dw_sagas').where({ id: quick }).first()).status).toBe('completed');
+      expect((await fx.env.knex('dw_sagas').where({ id: quick }).first()).status).toBe('completed');
       expect(await ledger(quick!)).toEqual(['+first', '+wait']);
       // The held step's late finish lost the optimistic check: its effect never committed.
-      await waitFor(() => calls.get(`${late}/execute/wait`), 'the held step to go on');
+      await waitUntil(() => calls.get(`${late}/execute/wait`), 'the held step to go on');
       expect(await ledger(late!)).toEqual(['+first', '-first']);
     } finally {
       release();
@@ -84,13 +78,13 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
   });
 
   it('leaves a saga failed with a dead letter when a compensation keeps failing; a replay resumes it', async () => {
-    const [id] = await startSagas(env.config.exchange, [
+    const [id] = await startSagas(fx.env.config.exchange, [
       { saga: 'sequential', state: { fail: { s3: -1 }, failCompensation: { s1: -1 } } },
     ]);
     const saga = await finished(id!);
     expect(saga.status).toBe('failed');
     expect(await ledger(id!)).toEqual(['+s1', '+s2', '-s2']);
-    const dead = await env.knex('dw_dead_letters').where({ saga_id: id }).orderBy('id');
+    const dead = await fx.env.knex('dw_dead_letters').where({ saga_id: id }).orderBy('id');
     expect(dead.map((d) => [d.reason, d.message_id, d.attempts])).toEqual([
       ['step-failed', `${id}:execute:s3`, 3],
       ['compensation-failed', `${id}:compensate:s1`, 3],
@@ -98,46 +92,40 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
     expect(dead[1]).toMatchObject({ source: 'saga', queue: sagaQueue, step: 's1', phase: 'compensate' });
 
     // A person fixes the cause (here: the saga's own failure switch), then replays the dead letter.
-    await env
+    await fx.env
       .knex('dw_sagas')
       .where({ id })
       .update({ state: JSON.stringify({ fail: { s3: -1 } }) });
-    expect(await retryCompensation(env.knex, { sagaId: id!, step: 's1' })).toBe('resumed');
-    expect(await retryCompensation(env.knex, { sagaId: id!, step: 's1' })).toBe('not-failed');
+    expect(await retryCompensation(fx.env.knex, { sagaId: id!, step: 's1' })).toBe('resumed');
+    expect(await retryCompensation(fx.env.knex, { sagaId: id!, step: 's1' })).toBe('not-failed');
     expect((await finished(id!)).status).toBe('compensated');
     expect(await ledger(id!)).toEqual(['+s1', '+s2', '-s2', '-s1']);
   });
 
   it('the sweep resumes a saga whose jobs Redis lost, without running any step twice', async () => {
-    const [id] = await startSagas(env.config.exchange, [{ saga: 'stalling', state: { fail: { p2: 1 } } }]);
+    const [id] = await startSagas(fx.env.config.exchange, [{ saga: 'stalling', state: { fail: { p2: 1 } } }]);
     // p1 done, p2 failed once and waits a minute for its retry, as a delayed BullMQ job.
-    await waitFor(
+    await waitUntil(
       async () =>
-        (await env.knex('dw_saga_steps').where({ saga_id: id, step: 'p2' }).first())?.attempts === 1,
+        (await fx.env.knex('dw_saga_steps').where({ saga_id: id, step: 'p2' }).first())?.attempts === 1,
       'p2 to fail once',
     );
     await outboxDrained();
     const sweep = () =>
-      sweepOnce({ app: sagaTestApp, knex: env.knex, queue, staleAfterMs: 0, log: silentLogger });
+      sweepOnce({ app: sagaTestApp, knex: fx.env.knex, queue, staleAfterMs: 0, log: silentLogger });
     expect(await sweep()).toBe(0); // the delayed retry is alive: nothing to do
 
-    await worker!.stop();
-    worker = undefined;
-    await deleteRedisKeys(`${env.config.bullmqPrefix}:${sagaQueue}:*`); // Redis lost its data
+    await fx.stopWorker();
+    await deleteRedisKeys(urls.redis, `${fx.env.config.bullmqPrefix}:${sagaQueue}:*`); // Redis lost its data
     expect(await sweep()).toBe(1);
     expect(await sweep()).toBe(0); // the new job is pending in the outbox now
 
-    worker = await Worker.start({
-      app: sagaTestApp,
-      config: env.config,
-      sagaSweepIntervalMs: 100,
-      sagaStaleAfterMs: 100,
-    });
+    await fx.startWorker({ sagaSweepIntervalMs: 100, sagaStaleAfterMs: 100 });
     const saga = await finished(id!);
     expect(saga).toMatchObject({ status: 'completed', generation: 1 });
     expect(await ledger(id!)).toEqual(['+p1', '+p2', '+p3']);
     expect(calls.get(`${id}/execute/p1`)).toBe(1);
-    expect(await env.knex('dw_saga_steps').where({ saga_id: id, step: 'p2' }).first()).toMatchObject({
+    expect(await fx.env.knex('dw_saga_steps').where({ saga_id: id, step: 'p2' }).first()).toMatchObject({
       status: 'completed',
       attempts: 2,
     });
@@ -152,14 +140,13 @@ describe('saga timeouts, deadlines, failed compensations and the recovery sweep'
       if (ctx.state.hold) await gate;
     });
     try {
-      const [id] = await startSagas(env.config.exchange, [{ saga: 'sequential', state: { hold: true } }]);
-      await waitFor(() => calls.get(`${id}/execute/s2`), 's2 to be running');
-      const stopping = worker!.stop(20_000);
-      worker = undefined;
+      const [id] = await startSagas(fx.env.config.exchange, [{ saga: 'sequential', state: { hold: true } }]);
+      await waitUntil(() => calls.get(`${id}/execute/s2`), 's2 to be running');
+      const stopping = fx.stopWorker(20_000);
       release();
       expect(await stopping).toBe(true);
       expect(await ledger(id!)).toEqual(['+s1', '+s2']);
-      worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
+      await fx.startWorker();
       expect((await finished(id!)).status).toBe('completed');
       expect(await ledger(id!)).toEqual(['+s1', '+s2', '+s3', '+s4']);
       expect(calls.get(`${id}/execute/s2`)).toBe(1);

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { PrivateRedis } from '../chaos/support/faults.js';
 import { sagaTestApp } from '../support/saga-app.js';
-import { createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { createTestEnv, type TestEnv } from '../support/services.js';
 
 // A graceful stop must end within its grace time even when the worker's Redis stopped answering
 // in the middle of a saga sweep. The Redis is a private server, frozen with SIGSTOP.
@@ -47,7 +48,7 @@ describe('graceful stop with Redis not answering', () => {
         correlation_id: 'stuck-1',
       });
       // The sweep holds its advisory lock while it waits on Redis.
-      await waitFor(async () => {
+      await waitUntil(async () => {
         const { rows } = await env.knex.raw(
           "select 1 from pg_locks where locktype = 'advisory' and objid = ? and granted",
           [sweepLockKey],

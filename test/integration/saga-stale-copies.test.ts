@@ -10,10 +10,11 @@ import { insertOutboxMessages } from '../../shared/outbox.js';
 import { defineSaga, type StepContext } from '../../shared/saga/definition.js';
 import { type SagaPhase, type SagaStepJob, sagaQueue } from '../../shared/saga/jobs.js';
 import { startSaga } from '../../shared/saga/start.js';
+import { waitUntil } from '../../shared/wait.js';
 import { EagerSteps } from '../../worker/saga/eager.js';
 import { SagaStepRunner } from '../../worker/saga/step-runner.js';
 import { Worker } from '../../worker/worker.js';
-import { createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { createTestEnv, type TestEnv } from '../support/services.js';
 
 // Stale copies of saga jobs (delivered twice, relayed after an eager run, an early retry copy)
 // must not run a step's code again. Effects are counted in this process, outside any
@@ -227,8 +228,8 @@ describe('stale saga job copies', () => {
     const id = 'backoff-2';
     try {
       await start(backoff, id);
-      await waitFor(async () => (await stepRow(id, 'r'))?.attempts === 1, 'the first attempt to fail');
-      const delayed = await waitFor(
+      await waitUntil(async () => (await stepRow(id, 'r'))?.attempts === 1, 'the first attempt to fail');
+      const delayed = await waitUntil(
         () =>
           env
             .knex('dw_outbox')
@@ -246,7 +247,7 @@ describe('stale saga job copies', () => {
           { jobId: `copy-${id}-${n}` },
         );
       }
-      await waitFor(async () => (await sagaStatus(id)) === 'completed', 'the saga to complete');
+      await waitUntil(async () => (await sagaStatus(id)) === 'completed', 'the saga to complete');
     } finally {
       await queue.close();
       await relay.stop(5000);
@@ -279,7 +280,7 @@ describe('stale saga job copies', () => {
     const first = runner.runStep(refund);
     await g.reached;
     const second = runner.runStep(refund);
-    await waitFor(
+    await waitUntil(
       async () => (await waitingOn('advisory')) === 1,
       'the second copy to wait on the step lock',
     );
@@ -291,7 +292,7 @@ describe('stale saga job copies', () => {
       g.release();
       // Either the second copy ran the refund again (the lock went with the rollback), or the
       // first copy records its failure still holding the step lock, the second still waiting.
-      await waitFor(
+      await waitUntil(
         async () =>
           effectCount(id, 'compensate', 'pay') > 1 ||
           ((await waitingOn('transactionid', 'tuple')) === 1 && (await waitingOn('advisory')) === 1),
@@ -307,7 +308,7 @@ describe('stale saga job copies', () => {
     // The retry the failure scheduled makes attempt 2, and the saga ends compensated.
     const retry = await outboxJob(id, 'compensate', 'pay');
     expect(retry).toMatchObject({ attempt: 2 });
-    await waitFor(() => (retry.notBefore ?? 0) <= Date.now(), 'the retry to be due');
+    await waitUntil(() => (retry.notBefore ?? 0) <= Date.now(), 'the retry to be due');
     expect(await runner.runStep(retry)).toBe('completed');
     expect(await sagaStatus(id)).toBe('compensated');
     expect(effects.filter((e) => e.key === `${id}/compensate/pay`).map((e) => e.attempt)).toEqual([1, 2]);

@@ -4,8 +4,8 @@ import { z } from 'zod';
 import { defineApp, defineHandler } from '../../shared/app.js';
 import { NonRetryableError } from '../../shared/errors.js';
 import { defineSaga, type SagaDefinition, type StepContext } from '../../shared/saga/definition.js';
+import { waitUntil } from '../../shared/wait.js';
 import { publishRaw } from './amqp.js';
-import { waitFor } from './services.js';
 
 /**
  * Sagas for the saga integration tests. Each step that commits writes a trip_ledger row
@@ -153,7 +153,7 @@ export async function signedLedger(knex: Knex, sagaId: string): Promise<string[]
 
 /** Waits until the saga is neither running nor compensating; returns its row. */
 export function sagaFinished(knex: Knex, sagaId: string) {
-  return waitFor(async () => {
+  return waitUntil(async () => {
     const row = await knex('dw_sagas').where({ id: sagaId }).first();
     return row && !['running', 'compensating'].includes(row.status) ? row : undefined;
   }, `saga ${sagaId} to finish`);

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import amqp from 'amqplib';
-import { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import pg from 'pg';
+import { deleteRedisKeys } from '../../bench/env.js';
 import type { Config } from '../../shared/config.js';
 import { createKnex } from '../../shared/db/knex.js';
 import { ensureDatabase, type Migration, migrate } from '../../shared/db/migrate.js';
@@ -53,7 +53,7 @@ export async function createTestEnv(migrations: readonly Migration[] = []): Prom
       await knex.destroy();
       await dropDatabase(database);
       await deleteAmqpTopology(config.exchange);
-      await deleteRedisKeys(`${config.bullmqPrefix}:*`);
+      await deleteRedisKeys(urls.redis, `${config.bullmqPrefix}:*`);
     },
   };
 }
@@ -90,37 +90,6 @@ export async function deleteAmqpTopology(exchange: string, queues: readonly stri
     await channel.close().catch(() => {});
   } finally {
     await connection.close();
-  }
-}
-
-export async function deleteRedisKeys(pattern: string): Promise<void> {
-  const redis = new Redis(urls.redis);
-  try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await redis.del(...keys);
-    } while (cursor !== '0');
-  } finally {
-    redis.disconnect();
-  }
-}
-
-/** Polls `check` until it returns a truthy value (returned) or `timeoutMs` passes (throws with `what`). */
-export async function waitFor<T>(
-  check: () => Promise<T> | T,
-  what: string,
-  { timeoutMs = 30_000, intervalMs = 50 } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  for (;;) {
-    last = await check();
-    if (last) return last as NonNullable<T>;
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
 

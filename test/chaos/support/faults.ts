@@ -7,7 +7,8 @@ import amqp from 'amqplib';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { declareTopology, type Topology } from '../../../shared/topology.js';
-import { urls, waitFor } from '../../support/services.js';
+import { waitUntil } from '../../../shared/wait.js';
+import { urls } from '../../support/services.js';
 import { freePort } from './processes.js';
 
 const run = promisify(execFile);
@@ -181,7 +182,7 @@ export class PrivateRedis {
       { stdio: 'ignore' },
     );
     this.process = child;
-    await waitFor(() => this.ping(), `private redis on port ${this.port} to answer`, { timeoutMs: 15_000 });
+    await waitUntil(() => this.ping(), `private redis on port ${this.port} to answer`, { timeoutMs: 15_000 });
   }
 
   ping(): Promise<boolean> {
@@ -243,7 +244,7 @@ export const services = {
       await whileDown();
     } finally {
       await ctl('start');
-      await waitFor(() => postgresAnswers(), 'PostgreSQL to answer again', {
+      await waitUntil(() => postgresAnswers(), 'PostgreSQL to answer again', {
         timeoutMs: 60_000,
         intervalMs: 200,
       });
@@ -273,7 +274,7 @@ export const services = {
         '--logfile',
         '/var/log/redis/ci.log',
       ]);
-      await waitFor(() => redisAnswers(urls.redis), 'Redis to answer again', {
+      await waitUntil(() => redisAnswers(urls.redis), 'Redis to answer again', {
         timeoutMs: 30_000,
         intervalMs: 200,
       });

@@ -1,17 +1,12 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
-import { waitFor } from '../../support/services.js';
-
-const cli = fileURLToPath(new URL('../../../bin/dw.js', import.meta.url));
+import { waitUntil } from '../../../shared/wait.js';
+import { type Exit, spawnDw } from '../../support/cli.js';
 
 export type Kind = 'worker' | 'relay';
 
-export interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
+export type { Exit };
 
 /** A free TCP port for a child's `/healthz` (the kernel picks it; we release it just before use). */
 export async function freePort(): Promise<number> {
@@ -48,15 +43,16 @@ export class DwProcess {
     env: NodeJS.ProcessEnv,
     args: string[] = [],
   ) {
-    this.child = spawn(process.execPath, [cli, kind, ...args], {
-      env: { ...process.env, ...env, DW_HEALTH_PORT: String(healthPort) },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    this.exited = new Promise((resolve) => {
-      this.child.once('exit', (code, signal) => {
-        this.exit = { code, signal };
-        resolve(this.exit);
-      });
+    const { child, exited } = spawnDw(
+      [kind, ...args],
+      { ...process.env, ...env, DW_HEALTH_PORT: String(healthPort) },
+      ['ignore', 'pipe', 'pipe'],
+    );
+    this.child = child;
+    this.exited = exited;
+    // Set in the exit event itself, so that `running` is false before anyone awaiting `exited` runs.
+    child.once('exit', (code, signal) => {
+      this.exit = { code, signal };
     });
     for (const stream of [this.child.stdout, this.child.stderr]) {
       let partial = '';
@@ -134,7 +130,7 @@ export class DwProcess {
 
   /** Waits until `/healthz` says every dependency is reachable; fails early if the process died. */
   async waitHealthy(timeoutMs = 30_000): Promise<void> {
-    await waitFor(
+    await waitUntil(
       async () => {
         if (this.exit)
           throw new Error(
@@ -209,7 +205,7 @@ export class Supervisor {
     const proc = this.current;
     if (!proc) throw new Error(`${this.options.name} is not running`);
     await proc.kill();
-    await waitFor(() => this.current !== proc && this.current, `${this.options.name} to be restarted`);
+    await waitUntil(() => this.current !== proc && this.current, `${this.options.name} to be restarted`);
   }
 
   /**
@@ -237,7 +233,7 @@ export class Supervisor {
   }
 
   async waitHealthy(timeoutMs = 30_000): Promise<void> {
-    await waitFor(
+    await waitUntil(
       async () => {
         const proc = this.current;
         return proc?.running && (await proc.health())?.ok;

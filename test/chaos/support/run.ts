@@ -3,7 +3,8 @@ import { Redis } from 'ioredis';
 import { app } from '../../../examples/app/index.js';
 import { exampleMigrations } from '../../../examples/app/migrations.js';
 import { appTopology, declareTopology } from '../../../shared/topology.js';
-import { count, createTestEnv, randomName, type TestEnv, urls, waitFor } from '../../support/services.js';
+import { waitUntil } from '../../../shared/wait.js';
+import { count, createTestEnv, randomName, type TestEnv, urls } from '../../support/services.js';
 import { closeLoadConnection, joinMeetings, type Load, publishLoad } from './load.js';
 import { type Kind, Supervisor, type SupervisorOptions } from './processes.js';
 import { type Random, seededRandom } from './random.js';
@@ -162,7 +163,7 @@ export class ChaosRun {
   /** Waits until `n` more messages than now have been handled. */
   async progress(n: number, what = `${n} more messages handled`): Promise<void> {
     const target = (await this.handled()) + n;
-    await waitFor(
+    await waitUntil(
       async () => tolerant(async () => (await this.handled()) >= target || (await this.allHandled())),
       what,
       {
@@ -183,7 +184,7 @@ export class ChaosRun {
   async holdHandlers(): Promise<() => Promise<void>> {
     const trx = await this.env.knex.transaction();
     await trx.raw('lock table meeting_participants in exclusive mode');
-    await waitFor(async () => {
+    await waitUntil(async () => {
       // Sessions of our database waiting on a lock: the handlers we hold.
       const { rows } = await this.env.knex.raw(
         "select count(*)::int as n from pg_stat_activity where datname = ? and wait_event_type = 'Lock'",
@@ -209,7 +210,7 @@ export class ChaosRun {
     if (!load) throw new Error('no load was started');
     await load.done;
     const expectedJobs = this.joins.size * JOIN_MEETING_QUEUES.length;
-    await waitFor(
+    await waitUntil(
       () =>
         tolerant(
           async () =>
@@ -245,7 +246,10 @@ export class ChaosRun {
     if (!load) throw new Error('no load was started');
     const { knex, config } = this.env;
     // After a Postgres restart the test's own pool may hold dead connections: let it renew them.
-    await waitFor(() => tolerant(async () => Boolean(await knex.raw('select 1'))), 'the test database pool');
+    await waitUntil(
+      () => tolerant(async () => Boolean(await knex.raw('select 1'))),
+      'the test database pool',
+    );
     const expected = new Set(this.joins.values());
     let lost = 0;
     let duplicated = 0;
