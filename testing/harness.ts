@@ -377,27 +377,25 @@ class Harness implements TestHarness {
 
   /**
    * Relays the outbox and runs due work, one piece at a time, until none is due and nothing runs.
-   * With `allowParked`, a task waiting on a virtual timer (a step inside its timeout) is left
-   * running, and the next piece starts beside it: only moving the time ends such a task.
+   * A task inside a step timeout (it set a virtual timer) does not hold the next piece back: it
+   * may be waiting for its timeout, which only moving the time ends. At the end, with
+   * `allowParked` such tasks are left running; without, they are waited for.
    */
   private async settle(allowParked: boolean): Promise<void> {
     for (;;) {
-      const busy = [...this.tasks].some((task) => !task.done && (task.timers === 0 || !allowParked));
-      if (busy) {
+      if ([...this.tasks].some((task) => task.timers === 0)) {
         await this.change.promise;
         continue;
       }
       await this.relayOutbox();
       const entry = this.nextEntry(this.clock.now());
-      if (!entry) {
-        if (!allowParked && this.tasks.size > 0) {
-          await this.waitForParked();
-          continue;
-        }
-        return;
+      if (entry) {
+        this.entries.splice(this.entries.indexOf(entry), 1);
+        this.start(entry.work);
+        continue;
       }
-      this.entries.splice(this.entries.indexOf(entry), 1);
-      this.start(entry.work);
+      if (allowParked || this.tasks.size === 0) return;
+      await this.waitForParked();
     }
   }
 

@@ -305,3 +305,55 @@ describe('time under control', () => {
     }
   });
 });
+
+describe('harness mechanics', () => {
+  const Ping = z.object({ n: z.number() });
+  const quickSaga = defineSaga<{ n: number }>('quick')
+    .step('one', { run: async (ctx) => ({ n: ctx.state.n + 1 }), timeoutMs: 5000 })
+    .parallel([
+      { name: 'two-a', run: async (ctx) => void (await ctx.trx.raw('select 1')), timeoutMs: 5000 },
+      { name: 'two-b', run: () => {}, timeoutMs: 5000 },
+    ]);
+  const pingApp = defineApp({
+    name: 'ping',
+    handlers: [
+      defineHandler('Ping', Ping, (m, ctx) => {
+        ctx.publish('Pong', { n: m.n + 1 });
+      }),
+      defineHandler('Pong', Ping, async (m, ctx) => {
+        ctx.send('pongs', 'PongSeen', m);
+        await ctx.startSaga(quickSaga, m, { id: `quick-${m.n}` });
+      }),
+    ],
+    sagas: [quickSaga],
+  });
+
+  it('events on its own exchange come back to the app; idle() waits for steps that have a timeout', async () => {
+    const p = await createTestHarness(pingApp, { knex: env.knex, migrate: false });
+    try {
+      const id = p.publish('Ping', { n: 41 });
+      await p.idle();
+      const [pong] = p.published('Pong');
+      expect(pong).toMatchObject({ exchange: 'dw.messages', routingKey: 'Pong', payload: { n: 42 } });
+      expect(pong?.headers).toMatchObject({ correlationId: id, causationId: id });
+      expect(p.sent('pongs')).toMatchObject([
+        { type: 'PongSeen', payload: { n: 42 }, headers: { correlationId: id } },
+      ]);
+      const saga = await p.saga('quick-42');
+      expect(saga).toMatchObject({ status: 'completed', state: { n: 43 } });
+      expect(saga?.steps?.map((s) => s.name).sort()).toEqual(['one', 'two-a', 'two-b']);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('refuses faults for steps the app does not have', async () => {
+    expect(() => h.failStep('book-trip', 'book-train', 1)).toThrow(
+      /no step "book-train" in saga "book-trip"/,
+    );
+    expect(() => h.crashAfterCommit('book-train')).toThrow(
+      /no saga of app example has a step named "book-train"/,
+    );
+    await expect(h.advanceTime(-1)).rejects.toThrow(RangeError);
+  });
+});
