@@ -206,6 +206,7 @@ class Harness implements TestHarness {
   private readonly faults = new Map<string, { left: number; error: unknown }>();
   private readonly crashes: Array<{ step: string; saga?: string; phase: SagaPhase }> = [];
   private errors: unknown[] = [];
+  private closed = false;
   private seq = 0;
   private turn: Promise<unknown> = Promise.resolve();
   private change = deferred();
@@ -253,6 +254,7 @@ class Harness implements TestHarness {
   }
 
   publish(type: string, payload: unknown, options: PublishOptions = {}): string {
+    this.assertOpen('publish');
     const message: OutgoingMessage = {
       type,
       payload,
@@ -348,6 +350,7 @@ class Harness implements TestHarness {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.abort.abort();
     this.clock.fireAll();
     await this.turn.catch(() => {});
@@ -358,8 +361,13 @@ class Harness implements TestHarness {
     }
   }
 
+  private assertOpen(what: string): void {
+    if (this.closed) throw new Error(`${what}: the test harness is closed; create another one`);
+  }
+
   /** Serialises idle() and advanceTime() calls. */
   private inTurn(fn: () => Promise<void>): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('the test harness is closed; create another one'));
     const run = this.turn.then(fn).then(() => {
       const [first] = this.errors;
       this.errors = [];
