@@ -72,22 +72,22 @@ export interface PublishOptions {
 }
 
 /** A BullMQ job the app's handlers or steps sent to a queue of their own (not a saga job). */
-export interface SentJob {
+export interface SentJob<Payload = unknown> {
   queue: string;
   messageId: string;
   type: string;
-  payload: unknown;
+  payload: Payload;
   headers: Record<string, string>;
   options: OutboxJobOptions;
 }
 
 /** An event the app published through the outbox to RabbitMQ. */
-export interface PublishedEvent {
+export interface PublishedEvent<Payload = unknown> {
   exchange: string;
   routingKey: string;
   messageId: string;
   type: string;
-  payload: unknown;
+  payload: Payload;
   headers: Record<string, string>;
 }
 
@@ -127,10 +127,10 @@ export interface TestHarness {
    * timeouts of steps still running. Ends like idle().
    */
   advanceTime(ms: number): Promise<void>;
-  /** Jobs sent to `queue` (all queues when omitted), oldest first. */
-  sent(queue?: string): SentJob[];
+  /** Jobs sent to `queue` (all queues when omitted), oldest first; `Payload` is what the test expects. */
+  sent<Payload = unknown>(queue?: string): SentJob<Payload>[];
   /** Events published with this type (all when omitted), oldest first. */
-  published(type?: string): PublishedEvent[];
+  published<Payload = unknown>(type?: string): PublishedEvent<Payload>[];
   /** The saga as `dw sagas show <id> --json` prints it; undefined when there is none. */
   saga(id: string): Promise<SagaView | undefined>;
   /** The dead letters as `dw dlq list --json` prints them (newest first). */
@@ -305,12 +305,14 @@ class Harness implements TestHarness {
     });
   }
 
-  sent(queue?: string): SentJob[] {
-    return this.sentJobs.filter((job) => queue === undefined || job.queue === queue);
+  sent<Payload = unknown>(queue?: string): SentJob<Payload>[] {
+    return this.sentJobs.filter((job) => queue === undefined || job.queue === queue) as SentJob<Payload>[];
   }
 
-  published(type?: string): PublishedEvent[] {
-    return this.events.filter((event) => type === undefined || event.type === type);
+  published<Payload = unknown>(type?: string): PublishedEvent<Payload>[] {
+    return this.events.filter(
+      (event) => type === undefined || event.type === type,
+    ) as PublishedEvent<Payload>[];
   }
 
   async saga(id: string): Promise<SagaView | undefined> {

@@ -60,7 +60,7 @@ describe('JoinMeeting', () => {
       [{ user_id: '7' }],
     );
     const forMeeting = (queue: string) =>
-      h.sent(queue).filter((j) => (j.payload as { meetingId: string }).meetingId === meetingId);
+      h.sent<{ meetingId: string }>(queue).filter((j) => j.payload.meetingId === meetingId);
     const notifications = forMeeting('user_notification_events');
     expect(notifications).toHaveLength(1);
     expect(notifications[0]).toMatchObject({
