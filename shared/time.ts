@@ -34,3 +34,20 @@ export async function settledWithin(promise: Promise<unknown>, ms: number): Prom
     clearTimeout(timer);
   }
 }
+
+/**
+ * Where the saga step runner reads the time and sets its step timeouts: the system's, or a test
+ * harness's virtual clock (durable-worker/testing), so that backoffs and timeouts can be skipped.
+ */
+export interface Clock {
+  /** Epoch ms. */
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};

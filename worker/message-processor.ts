@@ -30,6 +30,9 @@ import type { RetryQueues } from './retry-queues.js';
 import type { EagerSteps } from './saga/eager.js';
 import { UnitOfWork } from './unit-of-work.js';
 
+/** What schedules a delayed retry: the copy comes back to the work queue after `delayMs`. */
+export type RetryScheduler = Pick<RetryQueues, 'schedule'>;
+
 /** What the consumer does with the delivery: everything but `requeue` is acked. */
 export type Outcome = 'handled' | 'duplicate' | 'retry-scheduled' | 'dead-lettered' | 'requeue';
 
@@ -39,7 +42,8 @@ export interface ProcessorDeps {
   /** Inbox consumer name and the work queue (dead letters are replayed there). */
   queue: string;
   exchange: string;
-  retryQueues: RetryQueues;
+  /** Where delayed retries go: RabbitMQ's retry queues, or a test harness's virtual-time scheduler. */
+  retryQueues: RetryScheduler;
   maxMessageBytes: number;
   maxDeliveries: number;
   /** Runs the first steps of sagas the handlers started, right after the commit (see EagerSteps). */

@@ -73,6 +73,24 @@ export default defineApp({
 });
 `;
 
+/** A user's test with the kit: the app's handler runs in-process, no RabbitMQ or Redis. */
+const HARNESS = `import { createKnex } from 'durable-worker';
+import { createTestHarness } from 'durable-worker/testing';
+import app from './app.js';
+
+const knex = createKnex(process.env.DATABASE_URL);
+try {
+  const h = await createTestHarness(app, { knex });
+  const id = h.publish('NoteTaken', { text: 'from the harness' });
+  await h.idle();
+  const note = await knex('notes').where({ message_id: id }).first();
+  process.stdout.write(JSON.stringify({ text: note?.text, sent: h.sent('notes_out').map((j) => j.type) }));
+  await h.close();
+} finally {
+  await knex.destroy();
+}
+`;
+
 /** The user's project lockfile: the tarball, zod, and this repository's locked runtime packages. */
 async function projectLock(tarball: string): Promise<{
   name: string;
@@ -185,6 +203,7 @@ beforeAll(async () => {
   await writeFile(join(project, 'package-lock.json'), JSON.stringify(lock));
   await run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], { cwd: project });
   await writeFile(join(project, 'app.js'), APP);
+  await writeFile(join(project, 'harness.js'), HARNESS);
 }, 90_000);
 
 afterAll(async () => {
@@ -206,7 +225,15 @@ describe('the packed package', () => {
   it('holds the build, the bin and the README, and no tests, bench or TypeScript sources', () => {
     const paths = pack.files.map((f) => f.path);
     expect(paths).toEqual(
-      expect.arrayContaining(['dist/index.js', 'dist/index.d.ts', 'bin/dw.js', 'README.md', 'package.json']),
+      expect.arrayContaining([
+        'dist/index.js',
+        'dist/index.d.ts',
+        'dist/testing/index.js',
+        'dist/testing/index.d.ts',
+        'bin/dw.js',
+        'README.md',
+        'package.json',
+      ]),
     );
     expect(paths.filter((p) => /^(test|bench|dist\/bench|dist\/test)\//.test(p))).toEqual([]);
     expect(paths.filter((p) => p.endsWith('.ts') && !p.endsWith('.d.ts'))).toEqual([]);
@@ -288,4 +315,16 @@ describe('the packed package', () => {
     expect(await worker.exited).toBe(0);
     expect(await relay.exited).toBe(0);
   }, 90_000);
+
+  it('resolves durable-worker/testing (with its types) and runs the harness in the project', async () => {
+    const installed = join(project, 'node_modules', 'durable-worker');
+    const manifest = JSON.parse(await readFile(join(installed, 'package.json'), 'utf8')) as {
+      exports: Record<string, { types: string; default: string }>;
+    };
+    const types = await readFile(join(installed, manifest.exports['./testing']!.types), 'utf8');
+    expect(types).toContain('createTestHarness');
+    // Runs after the test above, which migrated the database; the harness migrates it again (a no-op).
+    const { stdout } = await run(process.execPath, ['harness.js'], { cwd: project, env: dwEnv() });
+    expect(JSON.parse(stdout)).toEqual({ text: 'from the harness', sent: ['NoteStored'] });
+  }, 60_000);
 });

@@ -4,19 +4,21 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 /**
- * The layers import downward only: `cli/` on top; `ops/` (operator features) below it; `worker/`
+ * The layers import downward only: `cli/` and `testing/` (the test kit) on top, beside each other;
+ * `ops/` (operator features) below them; `worker/`
  * and `relay/` beside each other, never importing each other; `shared/` at the bottom.
  */
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const layers = ['cli', 'ops', 'worker', 'relay', 'shared'] as const;
+const layers = ['cli', 'testing', 'ops', 'worker', 'relay', 'shared'] as const;
 type Layer = (typeof layers)[number];
 
 const forbidden: Record<Layer, readonly Layer[]> = {
-  cli: [],
-  ops: ['cli', 'worker', 'relay'],
-  worker: ['cli', 'ops', 'relay'],
-  relay: ['cli', 'ops', 'worker'],
-  shared: ['cli', 'ops', 'worker', 'relay'],
+  cli: ['testing'],
+  testing: ['cli'],
+  ops: ['cli', 'testing', 'worker', 'relay'],
+  worker: ['cli', 'testing', 'ops', 'relay'],
+  relay: ['cli', 'testing', 'ops', 'worker'],
+  shared: ['cli', 'testing', 'ops', 'worker', 'relay'],
 };
 
 function sourceFiles(dir: string): string[] {

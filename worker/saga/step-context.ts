@@ -5,6 +5,7 @@ import type { Logger } from '../../shared/logger.js';
 import { type OutboxMessage, resolveDestination } from '../../shared/outbox.js';
 import type { StepContext } from '../../shared/saga/definition.js';
 import type { SagaPhase } from '../../shared/saga/jobs.js';
+import { type Clock, systemClock } from '../../shared/time.js';
 
 /** What user code gets in a step or compensation; `send` appends to `outbox` (written with the step). */
 export function stepContext(input: {
@@ -53,13 +54,14 @@ export async function withTimeout<T>(
   step: { name: string; timeoutMs?: number },
   abort: AbortController,
   cancel: () => Promise<unknown>,
+  clock: Clock = systemClock,
 ): Promise<T> {
   const { timeoutMs } = step;
   if (!timeoutMs) return run();
-  let timer: NodeJS.Timeout | undefined;
+  let timer: unknown;
   let cancelled: Promise<unknown> = Promise.resolve();
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
+    timer = clock.setTimeout(() => {
       const error = new StepTimeoutError(step.name, timeoutMs);
       abort.abort(error);
       cancelled = cancel().catch(() => {});
@@ -74,7 +76,7 @@ export async function withTimeout<T>(
     // The user code may fail first (its query cancelled, its fetch aborted): still a timeout.
     result = undefined as T;
   } finally {
-    clearTimeout(timer);
+    clock.clearTimeout(timer);
   }
   if (abort.signal.aborted) {
     // Also when the code finished just too late: the cancel must land before the framework's own

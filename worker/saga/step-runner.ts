@@ -25,6 +25,7 @@ import {
   type SagaForStep,
   transitionSaga,
 } from '../../shared/saga/store.js';
+import { type Clock, systemClock } from '../../shared/time.js';
 import type { EagerSteps } from './eager.js';
 import { afterFailedAttempt } from './failures.js';
 import { stepContext, withTimeout } from './step-context.js';
@@ -38,6 +39,11 @@ export interface StepRunnerDeps {
   signal: AbortSignal;
   /** Runs the next steps in this process right after a step commits; without it the relay does. */
   eager?: EagerSteps;
+  /**
+   * Time of retry due checks and step timeouts; a test harness passes a virtual one.
+   * @defaultValue the system clock
+   */
+  clock?: Clock;
 }
 
 /** What an attempt learned that outlives its transaction. */
@@ -278,7 +284,7 @@ export class SagaStepRunner {
       return 'stale';
     }
     // A retry handed out before its backoff ran out (a copy without the delay): it waits.
-    if (job.notBefore !== undefined && job.notBefore > Date.now()) return 'early';
+    if (job.notBefore !== undefined && job.notBefore > (this.deps.clock ?? systemClock).now()) return 'early';
     // The code runs under a savepoint of the transaction holding the step lock. When it fails, the
     // savepoint is rolled back and the failure recorded (retry, compensation or dead letter) in
     // this same transaction: the lock is released only once the attempt is on record, so a copy
@@ -352,6 +358,7 @@ export class SagaStepRunner {
         abort,
         // Cancels the attempt's query, if one runs: the rollback would otherwise wait for it.
         () => this.deps.knex.raw('select pg_cancel_backend(?)', [row.backend_pid]),
+        this.deps.clock,
       );
     } catch (error) {
       // The database going away (or a serialization conflict) is not the step's fault: the whole
