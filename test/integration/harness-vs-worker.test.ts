@@ -5,10 +5,11 @@ import { exampleMigrations } from '../../examples/app/migrations.js';
 import { type SagaView, sagaView } from '../../ops/saga-view.js';
 import { Relay } from '../../relay/relay.js';
 import { getSaga, listStepRows } from '../../shared/saga/store.js';
+import { waitUntil } from '../../shared/wait.js';
 import { createTestHarness, type TestHarness } from '../../testing/index.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { createTestEnv, type TestEnv } from '../support/services.js';
 
 /*
  * The harness claims to mean what production means: the same scenario, run by the harness and by
@@ -69,7 +70,7 @@ describe('the harness and a real worker', () => {
         properties: { messageId, type: 'BookTrip', contentType: 'application/json' },
       },
     ]);
-    await waitFor(async () => {
+    await waitUntil(async () => {
       const row = await workerEnv.knex('dw_sagas').where({ id: trip.tripId }).first('status');
       return row?.status === 'completed';
     }, 'the trip to complete under the real worker');
