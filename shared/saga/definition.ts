@@ -251,7 +251,7 @@ export function diffLayouts(before: StageLayout, after: StageLayout): string[] {
   const index = (layout: StageLayout) => {
     const map = new Map<string, { stage: number; compensate: boolean; group: string }>();
     for (const [stage, steps] of sagaLayout(layout).entries()) {
-      const group = steps.map((s) => s.name).join('\u0000');
+      const group = JSON.stringify(steps.map((s) => s.name));
       for (const s of steps) map.set(s.name, { stage, compensate: s.compensate, group });
     }
     return map;
