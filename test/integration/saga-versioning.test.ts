@@ -259,6 +259,23 @@ describe('saga versioning', () => {
     });
     expect(versions.find((v) => v.version === 1)?.lastUnservedAt).not.toBeNull();
     expect(versions.find((v) => v.version === 2)).toMatchObject({ inApp: true, newest: true, inFlight: 0 });
+    // The same through the CLI, for an operator running the v2-only release.
+    const appModule = './test/support/apps/trip-v2-app.mjs';
+    const status = JSON.parse((await run(['status', '--json', '--app', appModule])).stdout);
+    expect(status.sagaVersions).toContainEqual(
+      expect.objectContaining({
+        name: 'trip',
+        version: 1,
+        inFlight: 1,
+        inApp: false,
+        fingerprint: v1.fingerprint,
+      }),
+    );
+    const text = (await run(['status', '--app', appModule])).stdout;
+    expect(text).toMatch(
+      /^ {2}trip v1 +1 in flight {2}not in this app: its workers leave these instances untouched/m,
+    );
+    expect(text).toMatch(/^ {2}trip v2 +0 in flight {2}newest/m);
 
     // The job went back to BullMQ, delayed: a worker with v1 gets it when it is due.
     const both = await startWorker([v1, v2]);
