@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { Queue } from 'bullmq';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -7,13 +8,17 @@ import { sagaVersionStatus } from '../../ops/status.js';
 import { Relay } from '../../relay/relay.js';
 import { defineApp, defineHandler } from '../../shared/app.js';
 import { SagaDefinitionChangedError } from '../../shared/errors.js';
-import type { Logger } from '../../shared/logger.js';
+import { type Logger, silentLogger } from '../../shared/logger.js';
 import { defineSaga, type SagaDefinition, type StepContext } from '../../shared/saga/definition.js';
+import { sagaQueue } from '../../shared/saga/jobs.js';
+import { insertSaga, recordStepCompleted } from '../../shared/saga/store.js';
+import { SagaStepRunner } from '../../worker/saga/step-runner.js';
+import { sweepOnce } from '../../worker/saga/sweep.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
 import { cliEnv, runCli } from '../support/cli.js';
 import { sagaFinished, signedLedger } from '../support/saga-app.js';
-import { createTestEnv, type TestEnv, waitFor } from '../support/services.js';
+import { createTestEnv, type TestEnv, urls, waitFor } from '../support/services.js';
 
 /**
  * Saga evolution: `trip` v1 runs a, b, c, d; v2 inserts m after a and drops c. Instances started
@@ -283,6 +288,47 @@ describe('saga versioning', () => {
     expect(await ledger(id)).toEqual(['+a', '+b', '+c', '+d']);
     const after = await sagaVersionStatus(env.knex, tripApp([v1, v2]));
     expect(after.find((v) => v.version === 1)).toMatchObject({ inFlight: 0, inApp: true, newest: false });
+    await stopWorker(both);
+  });
+
+  it('a job and a sweep of an instance started before versions existed go by its recorded version 1', async () => {
+    // As the worker left it before the upgrade: no version on the row's insert, a step job without one.
+    const id = `legacy-${randomUUID()}`;
+    await env.knex.transaction(async (trx) => {
+      await insertSaga(trx, { id, name: 'trip', state: {}, correlationId: id });
+      await recordStepCompleted(trx, { sagaId: id, step: 'a', stage: 0, phase: 'execute', attempts: 1 });
+    });
+    await env.knex('trip_ledger').insert({ trip_id: id, step: 'a', action: 'execute' });
+    const legacyJob = { kind: 'step', sagaId: id, saga: 'trip', phase: 'execute', step: 'b' } as const;
+
+    const abort = new AbortController();
+    const v2Runner = new SagaStepRunner({
+      app: tripApp([v2]),
+      knex: env.knex,
+      log: silentLogger,
+      signal: abort.signal,
+    });
+    expect(await v2Runner.runStep(legacyJob)).toBe('unknown-version');
+    expect(await ledger(id)).toEqual(['+a']);
+
+    const queue = new Queue(sagaQueue, { connection: { url: urls.redis }, prefix: env.config.bullmqPrefix });
+    queue.on('error', () => {});
+    try {
+      const sweep = (sagas: SagaDefinition<TripState>[]) =>
+        sweepOnce({ app: tripApp(sagas), knex: env.knex, queue, staleAfterMs: 0, log: silentLogger });
+      const jobsOf = async () =>
+        (await env.knex('dw_outbox').whereRaw("payload->>'sagaId' = ?", [id])).map((r) => r.payload);
+      // A v2-only worker's sweep does not resume it (nor count it against its batch).
+      expect(await sweep([v2])).toBe(0);
+      expect(await jobsOf()).toEqual([]);
+      expect(await sweep([v1, v2])).toBe(1);
+      expect(await jobsOf()).toEqual([expect.objectContaining({ step: 'b', version: 1 })]);
+    } finally {
+      await queue.close();
+    }
+    const both = await startWorker([v1, v2]);
+    expect((await sagaFinished(env.knex, id)).status).toBe('completed');
+    expect(await ledger(id)).toEqual(['+a', '+b', '+c', '+d']);
     await stopWorker(both);
   });
 });
