@@ -4,6 +4,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { replayDeadLetter } from '../../ops/dead-letter-replay.js';
 import { sagaVersionStatus } from '../../ops/status.js';
 import { Relay } from '../../relay/relay.js';
 import { defineApp, defineHandler } from '../../shared/app.js';
@@ -26,6 +27,8 @@ import { createTestEnv, type TestEnv, urls, waitFor } from '../support/services.
  */
 interface TripState {
   failAt?: string;
+  /** A step whose compensation fails until the test fixes it (undoFixed). */
+  failUndo?: string;
   [key: string]: unknown;
 }
 type Ctx = StepContext<TripState>;
@@ -54,7 +57,10 @@ const step = (name: string) => async (ctx: Ctx) => {
   await ctx.trx('trip_ledger').insert({ trip_id: ctx.sagaId, step: name, action: 'execute' });
   return { [name]: true };
 };
+/** Sagas whose failing compensation was fixed. */
+const undoFixed = new Set<string>();
 const undo = (name: string) => async (ctx: Ctx) => {
+  if (ctx.state.failUndo === name && !undoFixed.has(ctx.sagaId)) throw new Error(`undo ${name} fails`);
   await ctx.trx('trip_ledger').insert({ trip_id: ctx.sagaId, step: name, action: 'compensate' });
 };
 const retry = { attempts: 1 };
@@ -329,6 +335,36 @@ describe('saga versioning', () => {
     const both = await startWorker([v1, v2]);
     expect((await sagaFinished(env.knex, id)).status).toBe('completed');
     expect(await ledger(id)).toEqual(['+a', '+b', '+c', '+d']);
+    await stopWorker(both);
+  });
+
+  it('dw dlq replay resumes the compensations of a failed v1 instance on v1, a step v2 removed included', async () => {
+    const id = `v1-replay-${randomUUID()}`;
+    // c (only in v1) cannot be undone at first: the saga ends failed with c still done.
+    await inFlightOnV1([{ id, at: 'c', state: { failAt: 'd', failUndo: 'c' } }]);
+    const both = await startWorker([v1, v2]);
+    expect((await sagaFinished(env.knex, id)).status).toBe('failed');
+    expect(await ledger(id)).toEqual(['+a', '+b', '+c']);
+    const entry = await env
+      .knex('dw_dead_letters')
+      .where({ saga_id: id, reason: 'compensation-failed' })
+      .first();
+
+    undoFixed.add(id);
+    const app = tripApp([v1, v2]);
+    const result = await replayDeadLetter(
+      env.knex,
+      () => Promise.reject(new Error('a saga replay publishes nothing to RabbitMQ')),
+      entry.id,
+      {
+        dryRun: false,
+        dedupWindowMs: 86_400_000,
+        sagaDefinition: async (name, version) => app.sagaDefinition(name, version),
+      },
+    );
+    expect(result.outcome).toBe('replayed');
+    expect((await sagaFinished(env.knex, id)).status).toBe('compensated');
+    expect(await ledger(id)).toEqual(['+a', '+b', '+c', '-c', '-b', '-a']);
     await stopWorker(both);
   });
 });
