@@ -44,6 +44,7 @@ export {
   RedisUnstableError,
   RepeatedFailureError,
   SagaDeadlineError,
+  SagaDefinitionChangedError,
   SagaNotFoundError,
   ServiceUnavailableError,
   StepTimeoutError,
@@ -58,9 +59,13 @@ export { assertExchange, publishMessages } from './shared/publisher.js';
 export { assertRedisReachable } from './shared/redis.js';
 export { decideRetry, type RetryPolicy, type RetryPolicyInput } from './shared/retry-policy.js';
 export {
+  defaultSagaVersion,
   defineSaga,
+  diffLayouts,
+  layoutFingerprint,
   SagaDefinition,
   type SagaOptions,
+  type StageLayout,
   type StepContext,
   type StepOptions,
   type StepRetryPolicy,

@@ -269,9 +269,9 @@ export function registerDlq(program: Command): void {
       const channel = lazyChannel(cfg.amqpUrl);
       // Loaded only when a saga entry is replayed: it plans which compensations to resume.
       let app: ReturnType<typeof loadApp> | undefined;
-      const sagaDefinition = async (name: string) => {
+      const sagaDefinition = async (name: string, version: number) => {
         app ??= loadApp(opts.app ?? cfg.app);
-        return (await app).sagas.get(name);
+        return (await app).sagaDefinition(name, version);
       };
       try {
         const results = await withDatabase(cfg, async (knex) => {

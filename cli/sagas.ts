@@ -16,37 +16,47 @@ export function registerSagas(program: Command): void {
     .description('saga instances, newest first')
     .option('--status <status>', `only sagas in this status (${sagaStatuses.join(', ')})`)
     .option('--name <name>', 'only sagas of this definition, e.g. book-trip')
+    .option(
+      '--version <n>',
+      'only sagas started on this definition version (defineSaga(name, { version }))',
+      integer(1, 2_147_483_647),
+    )
     .option('--limit <n>', 'at most this many', integer(1, cliDefaults.maxListLimit), cliDefaults.listLimit)
     .option('--json', 'print a JSON array of sagas (without steps)')
-    .action(async (opts: { status?: string; name?: string; limit: number; json?: boolean }) => {
-      if (opts.status !== undefined && !sagaStatuses.includes(opts.status as SagaStatus)) {
-        throw new UsageError(`--status must be one of ${sagaStatuses.join(', ')}; got ${shown(opts.status)}`);
-      }
-      const rows = await withDatabase(config(), (knex) =>
-        listSagas(knex, {
-          status: opts.status as SagaStatus | undefined,
-          name: opts.name,
-          limit: opts.limit,
-        }),
-      );
-      const views = rows.map((row) => sagaView(row));
-      if (opts.json) return printJson(views);
-      const shownViews = views.map((v) => printableStrings(v));
-      if (views.length === 0) {
-        process.stdout.write('no sagas\n');
-        return;
-      }
-      const idWidth = Math.max(2, ...shownViews.map((v) => v.id.length));
-      const nameWidth = Math.max(4, ...shownViews.map((v) => v.name.length));
-      process.stdout.write(
-        `${'ID'.padEnd(idWidth)}  ${'NAME'.padEnd(nameWidth)}  STATUS        STARTED                   LAST ERROR\n`,
-      );
-      for (const v of shownViews) {
-        process.stdout.write(
-          `${v.id.padEnd(idWidth)}  ${v.name.padEnd(nameWidth)}  ${v.status.padEnd(12)}  ${v.createdAt.padEnd(24)}  ${printable(v.lastError?.message.slice(0, 80) ?? '')}\n`,
+    .action(
+      async (opts: { status?: string; name?: string; version?: number; limit: number; json?: boolean }) => {
+        if (opts.status !== undefined && !sagaStatuses.includes(opts.status as SagaStatus)) {
+          throw new UsageError(
+            `--status must be one of ${sagaStatuses.join(', ')}; got ${shown(opts.status)}`,
+          );
+        }
+        const rows = await withDatabase(config(), (knex) =>
+          listSagas(knex, {
+            status: opts.status as SagaStatus | undefined,
+            name: opts.name,
+            version: opts.version,
+            limit: opts.limit,
+          }),
         );
-      }
-    });
+        const views = rows.map((row) => sagaView(row));
+        if (opts.json) return printJson(views);
+        const shownViews = views.map((v) => printableStrings(v));
+        if (views.length === 0) {
+          process.stdout.write('no sagas\n');
+          return;
+        }
+        const idWidth = Math.max(2, ...shownViews.map((v) => v.id.length));
+        const nameWidth = Math.max(4, ...shownViews.map((v) => v.name.length));
+        process.stdout.write(
+          `${'ID'.padEnd(idWidth)}  ${'NAME'.padEnd(nameWidth)}  STATUS        STARTED                   VERSION  LAST ERROR\n`,
+        );
+        for (const v of shownViews) {
+          process.stdout.write(
+            `${v.id.padEnd(idWidth)}  ${v.name.padEnd(nameWidth)}  ${v.status.padEnd(12)}  ${v.createdAt.padEnd(24)}  ${String(v.version).padEnd(7)}  ${printable(v.lastError?.message.slice(0, 80) ?? '')}\n`,
+          );
+        }
+      },
+    );
 
   sagas
     .command('show')

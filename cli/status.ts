@@ -11,6 +11,7 @@ import {
   redisStatus,
   type Status,
   sagaCountsByStatus,
+  sagaVersionStatus,
 } from '../ops/status.js';
 import { loadApp } from '../shared/app.js';
 import { redactUrl } from '../shared/config.js';
@@ -33,13 +34,17 @@ export function registerStatus(program: Command): void {
       const cfg = config();
       const app = await loadApp(opts.app ?? cfg.app);
       const workQueue = workQueueName(cfg.exchange, app.name);
-      const { outbox, deadLetters, sagas, bullNames, dlqQueues } = await withDatabase(cfg, async (knex) => ({
-        outbox: await outboxStatus(knex),
-        deadLetters: await deadLetterStatus(knex),
-        sagas: await sagaCountsByStatus(knex),
-        bullNames: await bullmqDestinations(knex),
-        dlqQueues: await deadLetterQueues(knex),
-      }));
+      const { outbox, deadLetters, sagas, sagaVersions, bullNames, dlqQueues } = await withDatabase(
+        cfg,
+        async (knex) => ({
+          outbox: await outboxStatus(knex),
+          deadLetters: await deadLetterStatus(knex),
+          sagas: await sagaCountsByStatus(knex),
+          sagaVersions: await sagaVersionStatus(knex, app),
+          bullNames: await bullmqDestinations(knex),
+          dlqQueues: await deadLetterQueues(knex),
+        }),
+      );
       const rabbitNames = [...new Set([...appQueueNames(app, workQueue), ...dlqQueues])];
       let connection: amqp.ChannelModel;
       try {
@@ -58,7 +63,14 @@ export function registerStatus(program: Command): void {
         ...new Set([...bullNames, sagaQueue]),
       ]);
       const redis = await withDatabase(cfg, (knex) => redisStatus(knex, cfg.redisUrl, cfg.bullmqPrefix));
-      const status: Status = { outbox, deadLetters, sagas, queues: { rabbitmq, bullmq }, redis };
+      const status: Status = {
+        outbox,
+        deadLetters,
+        sagas,
+        sagaVersions,
+        queues: { rabbitmq, bullmq },
+        redis,
+      };
       if (opts.json) printJson(status);
       else printStatus(status);
     });
@@ -89,6 +101,7 @@ function printStatus(s: Status): void {
     `outbox:        ${s.outbox.pending} pending, oldest ${age}, ${s.outbox.failing} failing`,
     `dead letters:  ${s.deadLetters.total}${reasons ? ` (${reasons})` : ''}`,
     `sagas:         ${sagas || 'none'}`,
+    ...sagaVersionLines(s),
     ...redisLines(s),
     '',
     'RabbitMQ queues',
@@ -112,6 +125,28 @@ function printStatus(s: Status): void {
     ]),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/** One line per saga version: in-flight count, and whether this app's workers serve it. */
+function sagaVersionLines(s: Status): string[] {
+  const versions = s.sagaVersions ?? [];
+  if (versions.length === 0) return [];
+  const width = Math.max(...versions.map((v) => `${v.name} v${v.version}`.length));
+  return [
+    'saga versions:',
+    ...versions.map((v) => {
+      const what = !v.inApp
+        ? v.inFlight > 0
+          ? `not in this app: its workers leave these instances untouched${v.lastUnservedAt ? ` (last ${v.lastUnservedAt})` : ''}`
+          : 'not in this app; nothing in flight'
+        : v.newest
+          ? 'newest: new instances start on it'
+          : v.inFlight > 0
+            ? 'older version: kept until its instances finish'
+            : 'older version: nothing in flight, can be removed from the app';
+      return `  ${`${v.name} v${v.version}`.padEnd(width)}  ${String(v.inFlight).padStart(5)} in flight  ${what}`;
+    }),
+  ];
 }
 
 function redisLines(s: Status): string[] {

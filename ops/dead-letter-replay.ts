@@ -6,6 +6,7 @@ import { Headers } from '../shared/envelope.js';
 import { inboxHas } from '../shared/inbox.js';
 import type { SagaStepJob } from '../shared/saga/jobs.js';
 import type { PlannableSaga } from '../shared/saga/plan.js';
+import { readDefinitionVersion } from '../shared/saga/store.js';
 import { retryCompensation } from './saga-recovery.js';
 
 export type ReplayOutcome =
@@ -35,10 +36,11 @@ export interface ReplayOptions {
   /** Inbox rows older than this are pruned; older entries are replayed with a warning. */
   dedupWindowMs: number;
   /**
-   * The app's definition of a saga, to plan which compensations a replayed saga entry resumes.
-   * Without it (or when it answers undefined) the entry's own compensation is re-enqueued.
+   * The app's definition of a saga at the definition version the instance started with, to plan
+   * which compensations a replayed saga entry resumes. Without it (or when it answers undefined:
+   * the app lacks that version) the entry's own compensation is re-enqueued.
    */
-  sagaDefinition?: (name: string) => Promise<PlannableSaga | undefined>;
+  sagaDefinition?: (name: string, version: number) => Promise<PlannableSaga | undefined>;
 }
 
 /** Headers the retry machinery and the broker add; a replay starts the attempt count afresh. */
@@ -130,7 +132,9 @@ async function replaySagaEntry(
   }
   if (options.dryRun) return { ...base, outcome: 'would-replay' };
   const name = (row.payload as Partial<SagaStepJob> | null)?.saga;
-  const definition = name ? await options.sagaDefinition?.(name) : undefined;
+  const version = name ? await readDefinitionVersion(trx, row.saga_id) : undefined;
+  const definition =
+    name && version !== undefined ? await options.sagaDefinition?.(name, version) : undefined;
   const answer = await retryCompensation(trx, { sagaId: row.saga_id, step: row.step }, definition);
   if (answer === 'not-failed') {
     return { ...base, outcome: 'not-replayable', detail: `saga ${row.saga_id} is not failed any more` };

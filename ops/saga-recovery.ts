@@ -46,6 +46,7 @@ export async function retryCompensation(
         stepMessage({
           sagaId: saga.id,
           saga: saga.name,
+          version: saga.definition_version,
           phase: 'compensate',
           step,
           generation: saga.generation,

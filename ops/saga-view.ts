@@ -6,6 +6,10 @@ import type { SagaRow, SagaStatus, StepRow, StepStatus } from '../shared/saga/st
 export interface SagaView {
   id: string;
   name: string;
+  /** The definition version the instance started with and runs to the end on. */
+  version: number;
+  /** Hash of that version's stage layout when the instance started; null if it started before versions existed. */
+  fingerprint: string | null;
   status: SagaStatus;
   state: unknown;
   correlationId: string | null;
@@ -13,6 +17,8 @@ export interface SagaView {
   updatedAt: string;
   deadlineAt: string | null;
   lastError: ErrorInfo | null;
+  /** When a worker lacking the instance's version last left it untouched, and what it said; else null. */
+  unserved: { at: string; note: string } | null;
   steps?: StepView[];
 }
 
@@ -30,6 +36,8 @@ export function sagaView(row: SagaRow, steps?: readonly StepRow[]): SagaView {
   return {
     id: row.id,
     name: row.name,
+    version: row.definition_version,
+    fingerprint: row.definition_fingerprint,
     status: row.status,
     state: row.state,
     correlationId: row.correlation_id,
@@ -37,6 +45,7 @@ export function sagaView(row: SagaRow, steps?: readonly StepRow[]): SagaView {
     updatedAt: row.updated_at.toISOString(),
     deadlineAt: row.deadline_at?.toISOString() ?? null,
     lastError: row.last_error,
+    unserved: row.unserved_at ? { at: row.unserved_at.toISOString(), note: row.unserved_note ?? '' } : null,
     ...(steps ? { steps: steps.map(stepView) } : {}),
   };
 }
@@ -61,9 +70,11 @@ export function formatTimeline(saga: SagaView): string {
   const since = (iso: string | null) => (iso ? `+${Date.parse(iso) - start} ms` : '');
   const lines = [
     `saga ${saga.id} (${saga.name}): ${saga.status}`,
+    `  version ${saga.version}${saga.fingerprint ? ` (stages ${saga.fingerprint.slice(0, 12)})` : ''}`,
     `  started ${saga.createdAt}, last change ${saga.updatedAt}${saga.correlationId ? `, correlation ${saga.correlationId}` : ''}`,
   ];
   if (saga.lastError) lines.push(`  last error: ${saga.lastError.message}`);
+  if (saga.unserved) lines.push(`  note: ${saga.unserved.at} ${saga.unserved.note}`);
   const steps = saga.steps ?? [];
   if (steps.length === 0) lines.push('  (no step has run yet)');
   const nameWidth = Math.max(4, ...steps.map((s) => s.name.length));

@@ -50,10 +50,30 @@ export interface RedisStatus extends RedisPersistence {
   lastLoss: { detectedAt: string; seqFrom: number; seqTo: number; rowsRedelivered: number } | null;
 }
 
+/** One saga definition version: recorded by a worker, or held by in-flight instances, or both. */
+export interface SagaVersionStatus {
+  name: string;
+  version: number;
+  /** Hash of the stage layout recorded in dw_saga_definitions; null when no worker recorded it. */
+  fingerprint: string | null;
+  /** When a worker first ran this version; null when no worker recorded it. */
+  firstSeen: string | null;
+  /** Instances running or compensating on this version. */
+  inFlight: number;
+  /** The last time a worker lacking this version left one of its instances untouched; else null. */
+  lastUnservedAt: string | null;
+  /** Whether the app `dw status` loaded (--app / DW_APP) defines this version. */
+  inApp: boolean;
+  /** Whether it is that app's newest version of the saga (what new instances start on). */
+  newest: boolean;
+}
+
 export interface Status {
   outbox: OutboxStatus;
   deadLetters: { total: number; byReason: Record<string, number> };
   sagas: Record<string, number>;
+  /** Per saga definition version (name, then version): in-flight instances and who serves them. */
+  sagaVersions?: SagaVersionStatus[];
   queues: { rabbitmq: RabbitQueueStatus[]; bullmq: BullQueueStatus[] };
   redis?: RedisStatus;
 }
@@ -83,6 +103,45 @@ export async function sagaCountsByStatus(knex: Knex): Promise<Record<string, num
     .groupBy('status')
     .orderBy('status')) as unknown as Array<{ status: string; count: string | number }>;
   return Object.fromEntries(rows.map((r) => [r.status, Number(r.count)]));
+}
+
+/**
+ * Every saga version the database knows (recorded by a worker, or held by in-flight instances)
+ * with its in-flight count, and whether `app` defines it.
+ */
+export async function sagaVersionStatus(knex: Knex, app: App): Promise<SagaVersionStatus[]> {
+  // A full join: a version may be recorded with nothing in flight, or in flight with no record
+  // (instances started before versions existed). The partial index covers the in-flight counts.
+  const { rows } = await knex.raw<{
+    rows: Array<{
+      name: string;
+      version: number;
+      fingerprint: string | null;
+      first_seen: Date | null;
+      in_flight: number;
+      unserved_at: Date | null;
+    }>;
+  }>(
+    `with counts as (
+       select name, definition_version as version, count(*)::int as in_flight, max(unserved_at) as unserved_at
+         from dw_sagas where status in ('running', 'compensating')
+        group by name, definition_version)
+     select coalesce(d.name, c.name) as name, coalesce(d.version, c.version) as version,
+            d.fingerprint, d.first_seen, coalesce(c.in_flight, 0) as in_flight, c.unserved_at
+       from dw_saga_definitions d
+       full join counts c on c.name = d.name and c.version = d.version
+      order by 1, 2`,
+  );
+  return rows.map((r) => ({
+    name: r.name,
+    version: r.version,
+    fingerprint: r.fingerprint,
+    firstSeen: r.first_seen?.toISOString() ?? null,
+    inFlight: r.in_flight,
+    lastUnservedAt: r.unserved_at?.toISOString() ?? null,
+    inApp: app.sagaDefinition(r.name, r.version) !== undefined,
+    newest: app.sagas.get(r.name)?.version === r.version,
+  }));
 }
 
 export async function bullmqDestinations(knex: Knex): Promise<string[]> {

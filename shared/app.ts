@@ -73,6 +73,10 @@ export interface AppInput {
   /** Endpoint name: names the work queue (`<exchange>.<name>`) and the inbox consumer. Default "app". */
   name?: string;
   handlers?: readonly HandlerDefinition<z.ZodType>[];
+  /**
+   * The app's sagas. Several versions of one saga (same name, distinct `version`) may be listed:
+   * instances run to the end on the version they started with; new ones start on the newest.
+   */
   // biome-ignore lint/suspicious/noExplicitAny: sagas of any state type live side by side
   sagas?: readonly SagaDefinition<any>[];
   /** The app's own tables, applied by `dw migrate` after durable-worker's. */
@@ -85,8 +89,15 @@ export interface App {
   name: string;
   /** Handlers per message type, in registration order. */
   handlers: ReadonlyMap<string, readonly HandlerDefinition<z.ZodType>[]>;
+  /** The newest version of each saga, by name: what new instances start on. */
   // biome-ignore lint/suspicious/noExplicitAny: see AppInput
   sagas: ReadonlyMap<string, SagaDefinition<any>>;
+  /** Every registered version of each saga, by name, then version. */
+  // biome-ignore lint/suspicious/noExplicitAny: see AppInput
+  sagaVersions: ReadonlyMap<string, ReadonlyMap<number, SagaDefinition<any>>>;
+  /** The definition instances of `name` started on `version` run on; undefined when the app lacks it. */
+  // biome-ignore lint/suspicious/noExplicitAny: see AppInput
+  sagaDefinition(name: string, version: number): SagaDefinition<any> | undefined;
   migrations: readonly Migration[];
   retryPolicyFor(type: string): RetryPolicy;
 }
@@ -113,11 +124,21 @@ export function defineApp(input: AppInput): App {
     }
   }
   // biome-ignore lint/suspicious/noExplicitAny: see AppInput
-  const sagas = new Map<string, SagaDefinition<any>>();
+  const sagaVersions = new Map<string, Map<number, SagaDefinition<any>>>();
   for (const saga of input.sagas ?? []) {
     validateSaga(saga);
-    if (sagas.has(saga.name)) throw new DefinitionError(`two sagas are named "${saga.name}"`);
-    sagas.set(saga.name, saga);
+    const versions = sagaVersions.get(saga.name) ?? new Map();
+    if (versions.has(saga.version)) {
+      throw new DefinitionError(
+        `saga "${saga.name}" is registered twice with version ${saga.version}; give each definition its own version (defineSaga(name, { version }))`,
+      );
+    }
+    sagaVersions.set(saga.name, versions.set(saga.version, saga));
+  }
+  // biome-ignore lint/suspicious/noExplicitAny: see AppInput
+  const sagas = new Map<string, SagaDefinition<any>>();
+  for (const [sagaName, versions] of sagaVersions) {
+    sagas.set(sagaName, versions.get(Math.max(...versions.keys()))!);
   }
   const migrationNames = new Set<string>();
   for (const m of input.migrations ?? []) {
@@ -128,6 +149,8 @@ export function defineApp(input: AppInput): App {
     name,
     handlers,
     sagas,
+    sagaVersions,
+    sagaDefinition: (sagaName, version) => sagaVersions.get(sagaName)?.get(version),
     migrations: input.migrations ?? [],
     retryPolicyFor: (type) => policies.get(type) ?? appPolicy,
   };

@@ -159,6 +159,26 @@ export class SagaDeadlineError extends DurableWorkerError {
   }
 }
 
+/**
+ * A saga version's stages differ from what the database recorded for that version when a worker
+ * first ran it: in-flight instances were planned on the recorded stages, so the worker refuses to
+ * start instead of re-planning them on the new ones.
+ */
+export class SagaDefinitionChangedError extends DurableWorkerError {
+  override readonly code = 'DW_SAGA_DEFINITION_CHANGED';
+  override readonly retryable = false;
+  constructor(
+    readonly saga: string,
+    readonly version: number,
+    readonly changes: readonly string[],
+    firstSeen: Date,
+  ) {
+    super(
+      `saga ${saga} version ${version} has different stages than the ones recorded for it on ${firstSeen.toISOString()}: ${changes.join('; ')}. Give the changed definition a new version (defineSaga('${saga}', { version: ${version + 1} })) and keep version ${version} in defineApp({ sagas }) while its instances are in flight, or undo the change`,
+    );
+  }
+}
+
 /** The database lacks durable-worker's (or the app's) migrations: a worker, relay or CLI refuses to start. */
 export class NotMigratedError extends DurableWorkerError {
   override readonly code = 'DW_NOT_MIGRATED';

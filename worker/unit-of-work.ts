@@ -104,13 +104,14 @@ export class UnitOfWork {
       },
       startSaga: async (saga, input, options = {}) => {
         // Only the app's own sagas have a step runner; any other would stay `running` for ever.
-        if (this.app.sagas.get(saga.name) !== saga) {
+        if (this.app.sagaDefinition(saga.name, saga.version) !== saga) {
           throw new NonRetryableError(
-            `saga ${saga.name} is not registered in app ${this.app.name}: add it to defineApp({ sagas: [...] })`,
+            `saga ${saga.name}${this.app.sagas.has(saga.name) ? ` version ${saga.version}` : ''} is not registered in app ${this.app.name}: add it to defineApp({ sagas: [...] })`,
           );
         }
         const started = await startSaga(trx, {
-          saga,
+          // New instances start on the newest version, whichever version the handler names.
+          saga: this.app.sagas.get(saga.name)!,
           input,
           id: options.id,
           correlationId: envelope.correlationId,

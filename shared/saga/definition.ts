@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
 import { stepRetryDefaults } from '../defaults.js';
 import { DefinitionError } from '../errors.js';
@@ -89,6 +90,13 @@ export interface StepDefinition<State> {
 }
 
 export interface SagaOptions {
+  /**
+   * Version of the saga's stages. In-flight instances keep running on the version they started
+   * with; change it whenever steps are added, removed, renamed, reordered, regrouped or gain or
+   * lose a compensation, and keep the old version in the app until its instances finished.
+   * @defaultValue 1
+   */
+  version?: number;
   /** Compensate a saga that has not completed this long after it started. Default: no deadline. */
   deadlineMs?: number;
   /** Retry policy of steps that do not set their own. Default: 3 attempts from 100 ms. */
@@ -99,6 +107,8 @@ export interface SagaOptions {
 export class SagaDefinition<State extends object = Record<string, unknown>> {
   readonly stages: StepDefinition<State>[][] = [];
   readonly deadlineMs: number | undefined;
+  /** See SagaOptions.version. */
+  readonly version: number;
   private readonly defaultRetry: StepRetryPolicy;
 
   constructor(
@@ -111,6 +121,13 @@ export class SagaDefinition<State extends object = Record<string, unknown>> {
     if (options.deadlineMs !== undefined && !(options.deadlineMs > 0)) {
       throw new DefinitionError(`saga ${name}: deadlineMs must be a positive number of milliseconds`);
     }
+    const version = options.version ?? defaultSagaVersion;
+    if (!Number.isSafeInteger(version) || version < 1 || version > 2_147_483_647) {
+      throw new DefinitionError(
+        `saga ${name}: version must be a whole number from 1; got ${String(version)}`,
+      );
+    }
+    this.version = version;
     this.deadlineMs = options.deadlineMs;
     this.defaultRetry = resolveStepRetry(options.retry, defaultStepRetry, name);
   }
@@ -137,6 +154,16 @@ export class SagaDefinition<State extends object = Record<string, unknown>> {
 
   getStep(name: string): StepDefinition<State> | undefined {
     return this.steps.find((s) => s.name === name);
+  }
+
+  /** The shape of the stages (no code): what the fingerprint covers. */
+  get layout(): StageLayout {
+    return sagaLayout(this.stages);
+  }
+
+  /** Stable hash of the layout: the same stages give the same fingerprint in any process or release. */
+  get fingerprint(): string {
+    return layoutFingerprint(this.layout);
   }
 
   private toDefinition(name: string, input: StepInput<State>, stage: number): StepDefinition<State> {
@@ -185,6 +212,83 @@ function resolveStepRetry(
     throw new DefinitionError(`${where}: retry.backoffMs and maxBackoffMs must be >= 0, jitter within 0..1`);
   }
   return policy;
+}
+
+/** Version of a saga defined without `version`. */
+export const defaultSagaVersion = 1;
+
+/** One stage as stored in dw_saga_definitions.stages: its steps, each with whether it can be compensated. */
+export type StageLayout = ReadonlyArray<ReadonlyArray<{ name: string; compensate: boolean }>>;
+
+/**
+ * The layout of a saga's stages: step names, which steps form a parallel group, which have a
+ * compensation. Members of a group run at once, so their order inside it is not part of it (sorted).
+ */
+export function sagaLayout(
+  stages: ReadonlyArray<ReadonlyArray<{ name: string; compensate?: unknown }>>,
+): StageLayout {
+  return stages.map((stage) =>
+    stage
+      .map((s) => ({ name: s.name, compensate: typeof s.compensate === 'function' || s.compensate === true }))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+  );
+}
+
+/** sha256 of the canonical JSON of a layout (sagaLayout), in hex. */
+export function layoutFingerprint(layout: StageLayout): string {
+  const canonical = JSON.stringify(
+    sagaLayout(layout).map((stage) => stage.map((s) => [s.name, s.compensate ? 1 : 0])),
+  );
+  return createHash('sha256').update(canonical).digest('hex');
+}
+
+/**
+ * What changed from layout `before` to `after`, one phrase per change (empty: the same layout):
+ * steps added, removed, renamed (one step out and one in at the same stage), moved to another
+ * stage or group, gaining or losing a compensation, and stages regrouped.
+ */
+export function diffLayouts(before: StageLayout, after: StageLayout): string[] {
+  const index = (layout: StageLayout) => {
+    const map = new Map<string, { stage: number; compensate: boolean; group: string }>();
+    for (const [stage, steps] of sagaLayout(layout).entries()) {
+      const group = JSON.stringify(steps.map((s) => s.name));
+      for (const s of steps) map.set(s.name, { stage, compensate: s.compensate, group });
+    }
+    return map;
+  };
+  const old = index(before);
+  const now = index(after);
+  const q = (name: string) => JSON.stringify(name);
+  const removed = [...old.keys()].filter((n) => !now.has(n));
+  const added = [...now.keys()].filter((n) => !old.has(n));
+  const changes: string[] = [];
+  // One step out and one in at the same stage reads as a rename.
+  const renamed = new Set<string>();
+  for (const from of removed) {
+    const stage = old.get(from)!.stage;
+    const outs = removed.filter((n) => old.get(n)!.stage === stage);
+    const ins = added.filter((n) => now.get(n)!.stage === stage);
+    if (outs.length === 1 && ins.length === 1 && before.length === after.length) {
+      changes.push(`step ${q(from)} renamed to ${q(ins[0]!)}`);
+      renamed.add(from).add(ins[0]!);
+    }
+  }
+  for (const n of removed) if (!renamed.has(n)) changes.push(`step ${q(n)} removed`);
+  for (const n of added) if (!renamed.has(n)) changes.push(`step ${q(n)} added`);
+  for (const [n, was] of old) {
+    const is = now.get(n);
+    if (!is) continue;
+    if (was.stage !== is.stage)
+      changes.push(`step ${q(n)} moved from stage ${was.stage + 1} to ${is.stage + 1}`);
+    else if (was.group !== is.group) changes.push(`step ${q(n)} regrouped (its parallel group changed)`);
+    if (was.compensate !== is.compensate)
+      changes.push(`step ${q(n)} ${is.compensate ? 'gained' : 'lost'} its compensation`);
+  }
+  // Every step where it was, yet the stages differ (cannot happen with unique names; kept as a guard).
+  if (changes.length === 0 && layoutFingerprint(before) !== layoutFingerprint(after)) {
+    changes.push('stages regrouped');
+  }
+  return changes;
 }
 
 export function defineSaga<State extends object = Record<string, unknown>>(

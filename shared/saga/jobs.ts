@@ -20,6 +20,11 @@ export interface SagaStepJob {
   kind: 'step';
   sagaId: string;
   saga: string;
+  /**
+   * The definition version the saga started with: the job runs on that version's steps. Jobs
+   * written before versions existed lack it (the runner reads it from the saga row).
+   */
+  version?: number;
   phase: SagaPhase;
   step: string;
   /** The saga's generation when the job was written. */
@@ -35,6 +40,8 @@ export interface SagaDeadlineJob {
   kind: 'deadline';
   sagaId: string;
   saga: string;
+  /** See SagaStepJob.version. */
+  version?: number;
 }
 
 export type SagaJob = SagaStepJob | SagaDeadlineJob;
@@ -67,6 +74,8 @@ export function deadlineJobId(sagaId: string, generation: number): string {
 export interface StepMessageInput {
   sagaId: string;
   saga: string;
+  /** The saga's definition version (dw_sagas.definition_version); absent: the runner reads it from the saga. */
+  version?: number;
   phase: SagaPhase;
   step: string;
   generation: number;
@@ -90,6 +99,7 @@ export function stepMessage(input: StepMessageInput): OutboxMessage {
     kind: 'step',
     sagaId: input.sagaId,
     saga: input.saga,
+    ...(input.version !== undefined ? { version: input.version } : {}),
     phase: input.phase,
     step: input.step,
     generation: input.generation,
@@ -109,12 +119,18 @@ export function stepMessage(input: StepMessageInput): OutboxMessage {
 export function deadlineMessage(input: {
   sagaId: string;
   saga: string;
+  version: number;
   generation: number;
   delayMs: number;
   correlationId?: string | null;
   causationId?: string;
 }): OutboxMessage {
-  const payload: SagaDeadlineJob = { kind: 'deadline', sagaId: input.sagaId, saga: input.saga };
+  const payload: SagaDeadlineJob = {
+    kind: 'deadline',
+    sagaId: input.sagaId,
+    saga: input.saga,
+    version: input.version,
+  };
   return {
     messageId: deadlineJobId(input.sagaId, input.generation),
     destination: { kind: 'bullmq', queue: sagaQueue },

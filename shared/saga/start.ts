@@ -37,11 +37,14 @@ export async function startSaga<State extends object>(
     state: request.input,
     correlationId: request.correlationId,
     deadlineMs: saga.deadlineMs,
+    definitionVersion: saga.version,
+    fingerprint: saga.fingerprint,
   });
   if (!started) return { id, started: false, outbox: [] };
   const common = {
     sagaId: id,
     saga: saga.name,
+    version: saga.version,
     generation: 0,
     correlationId: request.correlationId,
     causationId: request.causationId,

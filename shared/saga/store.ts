@@ -29,6 +29,12 @@ export interface SagaRow {
   deadline_at: Date | null;
   last_error: ErrorInfo | null;
   generation: number;
+  /** The saga definition version the instance started with (not `version`, the concurrency counter). */
+  definition_version: number;
+  definition_fingerprint: string | null;
+  /** When a worker lacking the instance's definition version last left it alone, and what it said. */
+  unserved_at: Date | null;
+  unserved_note: string | null;
 }
 
 export interface StepRow {
@@ -47,12 +53,23 @@ export interface StepRow {
 /** Inserts a new running saga; false when the id exists (starting it again is a no-op). */
 export async function insertSaga(
   trx: Db,
-  saga: { id: string; name: string; state: unknown; correlationId: string; deadlineMs?: number },
+  saga: {
+    id: string;
+    name: string;
+    state: unknown;
+    correlationId: string;
+    deadlineMs?: number;
+    /** @defaultValue 1 */
+    definitionVersion?: number;
+    fingerprint?: string;
+  },
 ): Promise<boolean> {
   const rows = await trx('dw_sagas')
     .insert({
       id: saga.id,
       name: saga.name,
+      definition_version: saga.definitionVersion ?? 1,
+      definition_fingerprint: saga.fingerprint ?? null,
       status: 'running',
       state: JSON.stringify(saga.state ?? {}),
       correlation_id: saga.correlationId,
@@ -111,6 +128,20 @@ export async function readSagaForStep(
     [step, phase, sagaId],
   );
   return rows[0];
+}
+
+/** The definition version a saga started with; undefined when there is no such saga. */
+export async function readDefinitionVersion(db: Db, sagaId: string): Promise<number | undefined> {
+  const row = await db('dw_sagas').where({ id: sagaId }).first('definition_version');
+  return (row as { definition_version: number } | undefined)?.definition_version;
+}
+
+/**
+ * Notes on the saga that a worker lacking its definition version left it alone. Moves neither
+ * `version` nor `updated_at`: the sweep and the steps of a worker that has the version are not disturbed.
+ */
+export async function markUnserved(db: Db, sagaId: string, note: string): Promise<void> {
+  await db('dw_sagas').where({ id: sagaId }).update({ unserved_at: db.fn.now(), unserved_note: note });
 }
 
 export async function getSaga(db: Db, sagaId: string): Promise<SagaRow | undefined> {
@@ -282,9 +313,25 @@ export async function listStepRows(db: Db, sagaId: string): Promise<StepRow[]> {
     ]);
 }
 
-/** Running or compensating sagas untouched for `staleAfterMs`, or past their deadline, oldest first. */
-export async function findStalledSagas(db: Db, staleAfterMs: number, limit: number): Promise<SagaRow[]> {
-  return db('dw_sagas')
+/**
+ * Running or compensating sagas untouched for `staleAfterMs`, or past their deadline, oldest first;
+ * with `served`, only instances of those saga name and definition version pairs.
+ */
+export async function findStalledSagas(
+  db: Db,
+  staleAfterMs: number,
+  limit: number,
+  served?: ReadonlyArray<readonly [string, number]>,
+): Promise<SagaRow[]> {
+  const query = db('dw_sagas');
+  if (served) {
+    // The pairs as two parallel arrays, unnested into rows: any number of them in two bindings.
+    query.whereRaw('(name, definition_version) in (select * from unnest(?::text[], ?::int[]))', [
+      served.map(([name]) => name),
+      served.map(([, version]) => version),
+    ]);
+  }
+  return query
     .whereIn('status', ['running', 'compensating'])
     .andWhere((q) =>
       q
@@ -355,7 +402,7 @@ export async function resetFailedCompensations(trx: Db, sagaId: string): Promise
 
 export async function listSagas(
   db: Db,
-  filter: { status?: SagaStatus; name?: string; limit: number },
+  filter: { status?: SagaStatus; name?: string; version?: number; limit: number },
 ): Promise<SagaRow[]> {
   const query = db('dw_sagas').orderBy([
     { column: 'created_at', order: 'desc' },
@@ -363,5 +410,6 @@ export async function listSagas(
   ]);
   if (filter.status) query.where({ status: filter.status });
   if (filter.name) query.where({ name: filter.name });
+  if (filter.version !== undefined) query.where({ definition_version: filter.version });
   return query.limit(filter.limit);
 }

@@ -12,7 +12,12 @@ const errorClasses = Object.entries(errors as Record<string, unknown>).filter(
 
 // Constructors differ (a message, a list of problems, a step and an attempt…): the first argument
 // list a class accepts gives the instance whose code and retryability are read.
-const argumentLists: unknown[][] = [['sample', 'sample', 1], [['sample'], 'sample', 1], []];
+const argumentLists: unknown[][] = [
+  ['sample', 'sample', 1],
+  [['sample'], 'sample', 1],
+  ['sample', 1, ['sample'], new Date(0)],
+  [],
+];
 
 function sample(name: string, cls: ErrorClass): Error {
   for (const args of argumentLists) {

@@ -72,8 +72,10 @@ export class EagerSteps {
     }
     try {
       const outcome = await this.runStep(message.payload as SagaStepJob);
-      // Not due yet (cannot happen for an undelayed message; the relay would add its delay).
-      if (outcome === 'early') await endLeases(this.knex, [message.messageId]);
+      // Not due yet (cannot happen for an undelayed message; the relay would add its delay), or a
+      // saga version this process lacks: the relay hands it to BullMQ, for a worker that has it.
+      if (outcome === 'early' || outcome === 'unknown-version')
+        await endLeases(this.knex, [message.messageId]);
       else this.release(message.messageId);
     } catch (error) {
       // The relay takes over at once instead of after the lease.

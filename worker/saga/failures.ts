@@ -68,6 +68,7 @@ export async function afterFailedAttempt(
           stepMessage({
             sagaId: row.id,
             saga: saga.name,
+            version: saga.version,
             phase: job.phase,
             step: step.name,
             generation: row.generation,

@@ -5,6 +5,7 @@ import type { Logger } from '../../shared/logger.js';
 import type { OutboxJobData } from '../../shared/outbox.js';
 import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../../shared/redis.js';
 import { type SagaJob, sagaQueue } from '../../shared/saga/jobs.js';
+import { registerSagaDefinitions } from '../../shared/saga/registry.js';
 import { settledWithin } from '../../shared/time.js';
 import { EagerSteps } from './eager.js';
 import { SagaStepRunner } from './step-runner.js';
@@ -41,13 +42,27 @@ export interface SagaRunner {
  */
 const workerSettings = { lockDuration: 10_000, stalledInterval: 5_000, maxStalledCount: 1000 };
 
-/** A saga job's data, with how often it was put back because it came before its due time. */
-type PostponedJobData = OutboxJobData & { postponed?: number };
+/**
+ * A saga job's data, with how often it was put back because it came before its due time or named
+ * a saga version this worker lacks (`unserved`, of those).
+ */
+type PostponedJobData = OutboxJobData & { postponed?: number; unserved?: number };
+
+/**
+ * Delay before a job of a saga version this worker lacks is handed out again: doubling from 1 s up
+ * to a minute, so that a worker that has the version gets it soon and the others do not spin on it.
+ */
+const unservedDelayMs = (times: number) => Math.min(60_000, 1000 * 2 ** Math.min(times, 6));
 
 /** Runs the app's saga steps from BullMQ; undefined when the app defines no sagas. */
 export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner | undefined> {
   if (deps.app.sagas.size === 0) return undefined;
   const { log } = deps;
+  // Refuses a saga version whose stages changed under the same version, before taking any job.
+  await registerSagaDefinitions(
+    deps.knex,
+    [...deps.app.sagaVersions.values()].flatMap((versions) => [...versions.values()]),
+  );
   await assertRedisReachable(deps.redisUrl);
   const connection = createRedis(deps.redisUrl);
   connection.on('error', () => {});
@@ -72,12 +87,27 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     sagaQueue,
     async (job, token) => {
       const data = job.data.payload as SagaJob;
-      if (data.kind === 'deadline') return runner.runDeadline(data);
+      const postponed = (job.data as PostponedJobData).postponed ?? 0;
       // Started before: a stalled job handed out again (BullMQ counts both on the job, for free;
       // its start count also counts the starts that only put the job back until it was due).
-      const postponed = (job.data as PostponedJobData).postponed ?? 0;
       const starts = Math.max(job.attemptsStarted - postponed, job.stalledCounter + 1);
-      const outcome = await runner.runStep(data, { restarted: starts > 1, starts });
+      const outcome =
+        data.kind === 'deadline'
+          ? await runner.runDeadline(data)
+          : await runner.runStep(data, { restarted: starts > 1, starts });
+      if (outcome === 'unknown-version' && token) {
+        // Not acked away: back to BullMQ, delayed, for a worker that has the version (any worker
+        // may take it; this one leaves it alone again). Without that, the sweep resumes the saga.
+        const unserved = (job.data as PostponedJobData).unserved ?? 0;
+        await job.updateData({
+          ...job.data,
+          postponed: postponed + 1,
+          unserved: unserved + 1,
+        } as PostponedJobData);
+        await job.moveToDelayed(Date.now() + unservedDelayMs(unserved), token);
+        throw new DelayedError();
+      }
+      if (data.kind === 'deadline') return outcome;
       if (outcome === 'early' && data.notBefore !== undefined && token) {
         // A retry's copy handed out before its backoff ran out: back to BullMQ until it is due.
         await job.updateData({ ...job.data, postponed: postponed + 1 } as PostponedJobData);
@@ -109,7 +139,14 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   );
 
   const sweep = () =>
-    sweepOnce({ app: deps.app, knex: deps.knex, queue, staleAfterMs: deps.staleAfterMs, log });
+    sweepOnce({
+      app: deps.app,
+      knex: deps.knex,
+      queue,
+      staleAfterMs: deps.staleAfterMs,
+      log,
+      served: runner.versions.served(),
+    });
   let sweeping: Promise<unknown> = Promise.resolve();
   const timer =
     deps.sweepIntervalMs > 0

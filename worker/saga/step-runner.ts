@@ -30,6 +30,7 @@ import type { EagerSteps } from './eager.js';
 import { afterFailedAttempt } from './failures.js';
 import { stepContext, withTimeout } from './step-context.js';
 import { beginCompensation, stageMessages } from './transitions.js';
+import { SagaVersions } from './versions.js';
 
 export interface StepRunnerDeps {
   app: App;
@@ -44,6 +45,8 @@ export interface StepRunnerDeps {
    * @defaultValue the system clock
    */
   clock?: Clock;
+  /** Finds each instance's definition version (shared with the sweep). Default: one of its own. */
+  versions?: SagaVersions;
 }
 
 /** What an attempt learned that outlives its transaction. */
@@ -78,7 +81,9 @@ export type StepOutcome =
   | 'stale'
   | 'early'
   | 'not-applicable'
-  | 'unknown-saga';
+  | 'unknown-saga'
+  /** The saga's instance started on a definition version this app lacks: left untouched. */
+  | 'unknown-version';
 
 /** The user's step function threw (or timed out) in attempt `attempt`; its transaction rolled back. */
 class AttemptFailed extends Error {
@@ -104,8 +109,10 @@ type AnyStep = StepDefinition<any>;
 export class SagaStepRunner {
   /** Holds every step in flight while the database is down, logging the outage once. */
   private readonly outages: OutageWait;
+  readonly versions: SagaVersions;
 
   constructor(private readonly deps: StepRunnerDeps) {
+    this.versions = deps.versions ?? new SagaVersions(deps.app, deps.knex, deps.log);
     this.outages = new OutageWait({
       classify: (error) =>
         error instanceof ConcurrencyConflictError ? 'transient' : classifyFailure(deps.knex, error),
@@ -119,7 +126,14 @@ export class SagaStepRunner {
   }
 
   async runStep(job: SagaStepJob, delivery: StepDelivery = {}): Promise<StepOutcome> {
-    const saga = this.deps.app.sagas.get(job.saga) as AnySaga | undefined;
+    // The version the instance started with, never another: without it, the job is left alone.
+    const found = await this.versions.resolve(job);
+    if (found && 'missing' in found) {
+      await this.versions.unserved(job.saga, job.sagaId, found.missing);
+      sagaStepsTotal.inc({ phase: job.phase, outcome: 'unknown-version' });
+      return 'unknown-version';
+    }
+    const saga = found?.saga;
     const step = saga?.getStep(job.step);
     if (!saga || !step || (job.phase === 'compensate' && !step.compensate)) {
       this.deps.log.error({ job }, 'saga job names a saga or step this app does not define; ignored');
@@ -235,8 +249,15 @@ export class SagaStepRunner {
     this.deps.log.debug({ job }, `stale saga job copy ignored: ${why}`);
   }
 
-  async runDeadline(job: SagaDeadlineJob): Promise<'compensating' | 'not-applicable' | 'unknown-saga'> {
-    const saga = this.deps.app.sagas.get(job.saga) as AnySaga | undefined;
+  async runDeadline(
+    job: SagaDeadlineJob,
+  ): Promise<'compensating' | 'not-applicable' | 'unknown-saga' | 'unknown-version'> {
+    const found = await this.versions.resolve(job);
+    if (found && 'missing' in found) {
+      await this.versions.unserved(job.saga, job.sagaId, found.missing);
+      return 'unknown-version';
+    }
+    const saga = found?.saga;
     if (!saga) return 'unknown-saga';
     const started = await this.withTransactionRetry(() =>
       this.deps.knex.transaction((trx) =>
@@ -391,6 +412,7 @@ export class SagaStepRunner {
     const saga_ = {
       id: row.id,
       name: saga.name,
+      definition_version: saga.version,
       generation: row.generation,
       correlation_id: row.correlation_id,
     };

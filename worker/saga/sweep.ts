@@ -25,6 +25,12 @@ export interface SweepDeps {
   staleAfterMs: number;
   log: Logger;
   /**
+   * The saga name and definition version pairs this worker serves: only their instances are
+   * resumed (and looked at, so that instances of a version it lacks do not fill every batch).
+   * Default: every version the app registers.
+   */
+  served?: ReadonlyArray<readonly [string, number]>;
+  /**
    * Sagas looked at per pass.
    * @defaultValue 200
    */
@@ -54,12 +60,21 @@ export async function sweepOnce(deps: SweepDeps): Promise<number> {
     );
     if (!rows[0]?.locked) return 0;
     let resumed = 0;
+    const served =
+      deps.served ??
+      [...app.sagaVersions].flatMap(([name, versions]) =>
+        [...versions.keys()].map((v) => [name, v] as const),
+      );
     for (const saga of await findStalledSagas(
       knex,
       deps.staleAfterMs,
       deps.batchSize ?? sagaSweepBatchSize,
+      served,
     )) {
-      const definition = app.sagas.get(saga.name) as SagaDefinition<object> | undefined;
+      // The version the instance started with, never another.
+      const definition = app.sagaDefinition(saga.name, saga.definition_version) as
+        | SagaDefinition<object>
+        | undefined;
       if (!definition) continue;
       if (saga.status === 'running' && saga.deadline_at && saga.deadline_at.getTime() < Date.now()) {
         const started = await knex.transaction((trx) =>

@@ -11,7 +11,7 @@ import { listStepRows, type SagaRow, transitionSaga } from '../../shared/saga/st
  * attempt after those `records` hold (attempt 1 without records).
  */
 export function stageMessages(
-  saga: Pick<SagaRow, 'id' | 'name' | 'generation' | 'correlation_id'>,
+  saga: Pick<SagaRow, 'id' | 'name' | 'definition_version' | 'generation' | 'correlation_id'>,
   plan: Extract<Plan, { kind: 'stage' }>,
   generation = saga.generation,
   records: readonly StepRecord[] = [],
@@ -20,6 +20,7 @@ export function stageMessages(
     stepMessage({
       sagaId: saga.id,
       saga: saga.name,
+      version: saga.definition_version,
       phase: plan.phase,
       step,
       generation,
