@@ -613,8 +613,7 @@ class Harness implements TestHarness {
    * for. The handlers keep the original definitions (startSaga checks they are the app's own).
    */
   private withFaults(app: App): App {
-    const sagas = new Map<string, AnySaga>();
-    for (const [name, saga] of app.sagas as ReadonlyMap<string, AnySaga>) {
+    const wrap = (name: string, saga: AnySaga): AnySaga => {
       const wrapped = Object.create(saga) as AnySaga;
       const stages = saga.stages.map((stage) =>
         stage.map(
@@ -626,9 +625,23 @@ class Harness implements TestHarness {
         ),
       );
       Object.defineProperty(wrapped, 'stages', { value: stages });
-      sagas.set(name, wrapped);
+      return wrapped;
+    };
+    // Every version the runner may look up, so an instance of an older version meets its faults too.
+    const sagaVersions = new Map<string, Map<number, AnySaga>>();
+    for (const [name, versions] of app.sagaVersions as ReadonlyMap<string, ReadonlyMap<number, AnySaga>>) {
+      sagaVersions.set(name, new Map([...versions].map(([version, saga]) => [version, wrap(name, saga)])));
     }
-    return { ...app, sagas };
+    const sagas = new Map<string, AnySaga>();
+    for (const [name, saga] of app.sagas as ReadonlyMap<string, AnySaga>) {
+      sagas.set(name, sagaVersions.get(name)?.get(saga.version) ?? wrap(name, saga));
+    }
+    return {
+      ...app,
+      sagas,
+      sagaVersions,
+      sagaDefinition: (name, version) => sagaVersions.get(name)?.get(version),
+    };
   }
 
   private faulty<F extends (...args: never[]) => unknown>(
