@@ -264,6 +264,12 @@ function filterOf(params) {
   return filter;
 }
 
+function localOf(iso) {
+  if (!iso || Number.isNaN(Date.parse(iso))) return '';
+  const d = new Date(iso);
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+}
+
 function isoOf(local) {
   // <input type=datetime-local> gives local time without a zone
   return local ? new Date(local).toISOString() : '';
@@ -307,8 +313,13 @@ async function deadLetters(params) {
     ),
     input('queue', 'queue'),
     input('text', 'text in the error'),
-    el('label', {}, 'failed from', el('input', { name: 'from', type: 'datetime-local' })),
-    el('label', {}, 'to', el('input', { name: 'to', type: 'datetime-local' })),
+    el(
+      'label',
+      {},
+      'failed from',
+      el('input', { name: 'from', type: 'datetime-local', value: localOf(params.from) }),
+    ),
+    el('label', {}, 'to', el('input', { name: 'to', type: 'datetime-local', value: localOf(params.to) })),
     el('button', { type: 'submit', 'data-testid': 'dl-apply' }, 'Filter'),
     el(
       'button',
@@ -677,8 +688,8 @@ async function deadLetterDetail(id) {
     el(
       'pre',
       { 'data-testid': 'error-text' },
-      [d.error?.name, d.error?.message].filter(Boolean).join(': '),
-      d.error?.stack ? `\n\n${d.error.stack}` : '',
+      // the stack starts with name and message already
+      d.error?.stack ?? [d.error?.name, d.error?.message].filter(Boolean).join(': '),
     ),
     el('h3', {}, 'Payload'),
     el('pre', { 'data-testid': 'payload' }, json(d.payload)),
