@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { app } from '../../examples/app/index.js';
@@ -7,6 +8,7 @@ import { storeDeadLetter } from '../../shared/dead-letters.js';
 import { workQueueName } from '../../shared/defaults.js';
 import { UsageError } from '../../shared/errors.js';
 import { Worker } from '../../worker/worker.js';
+import { cliEnv, dwBin, runCli } from '../support/cli.js';
 import { count, createTestEnv, type TestEnv, waitFor } from '../support/services.js';
 
 let env: TestEnv;
@@ -70,6 +72,47 @@ afterAll(async () => {
   await locked?.close();
   await worker?.stop(5000);
   await env?.teardown();
+});
+
+describe('dw dashboard', () => {
+  it('refuses a non-loopback host without DW_DASHBOARD_TOKEN: one line, exit 1', async () => {
+    for (const host of ['0.0.0.0', '::', '192.168.1.10']) {
+      const result = await runCli(['dashboard', '--host', host, '--port', '0'], cliEnv(env.config));
+      expect(result.code, host).toBe(1);
+      expect(result.stdout).toBe('');
+      expect(result.stderr).toMatch(
+        /^dw: refusing to serve the dashboard on .* without DW_DASHBOARD_TOKEN.*\n$/,
+      );
+    }
+    const hostile = await runCli(['dashboard', '--host', 'a b\u001b[31m'], cliEnv(env.config));
+    expect(hostile.code).toBe(1);
+    expect(hostile.stderr.split('\n')).toHaveLength(2);
+    expect(hostile.stderr).not.toContain('\u001b');
+  });
+
+  it('serves over real HTTP with the token on any host, and stops on SIGTERM', async () => {
+    const child = spawn(process.execPath, [dwBin, 'dashboard', '--host', '0.0.0.0', '--port', '0'], {
+      env: cliEnv(env.config, { DW_DASHBOARD_TOKEN: token }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    child.stdout.on('data', (d) => {
+      stdout += d;
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    try {
+      const url = await waitFor(() => /dashboard on (http:\/\/\S+\/)/.exec(stdout)?.[1], 'the dashboard URL');
+      const base = url.replace('0.0.0.0', '127.0.0.1');
+      expect((await fetch(`${base}api/session`)).status).toBe(401);
+      const ok = await fetch(`${base}api/session`, { headers: { authorization: `Bearer ${token}` } });
+      expect(ok.status).toBe(200);
+      expect(ok.headers.get('content-security-policy')).toContain("default-src 'self'");
+      expect(stdout).toContain('(token required)');
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+  });
 });
 
 describe('dashboard security', () => {
