@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { app } from '../../examples/app/index.js';
 import { createDashboard, type Dashboard } from '../../index.js';
@@ -257,6 +258,64 @@ describe('dashboard security', () => {
     expect(quoted.statusCode).toBe(200);
     expect(quoted.json().total).toBe(0);
     expect((await get(open, '/api/dead-letters/999999')).statusCode).toBe(404);
+  });
+});
+
+describe('dashboard under hostile input', () => {
+  it('answers any query string with 200 or 400, never 500 or a stack', async () => {
+    for (const raw of [
+      'type=%ff%fe',
+      'type=%00',
+      'text=%ED%A0%80',
+      'type=a&type=b',
+      'limit=1e3',
+      'from=0000-01-01',
+      'group=%27',
+    ]) {
+      const res = await get(open, `/api/dead-letters?${raw}`);
+      expect([200, 400], raw).toContain(res.statusCode);
+      expect(res.body, raw).not.toMatch(/\n\s+at /);
+    }
+    const key = fc.constantFrom(
+      'type',
+      'reason',
+      'queue',
+      'text',
+      'from',
+      'to',
+      'group',
+      'sagaId',
+      'limit',
+      'offset',
+      'x',
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.tuple(key, fc.string({ unit: 'binary', maxLength: 60 })), { maxLength: 4 }),
+        async (pairs) => {
+          const qs = new URLSearchParams(pairs).toString();
+          for (const path of ['/api/dead-letters', '/api/dead-letters/groups', '/api/sagas']) {
+            const res = await get(open, `${path}?${qs}`);
+            expect([200, 400], `${path}?${qs}`).toContain(res.statusCode);
+            expect(res.body).not.toMatch(/\n\s+at /);
+          }
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('answers any JSON body with 400 (or a dry run, or 409 without one), never 500', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.jsonValue({ maxDepth: 4 }), async (body) => {
+        for (const url of ['/api/dead-letters/replay', '/api/dead-letters/purge']) {
+          const res = await post(open, url, JSON.stringify(body), { 'content-type': 'application/json' });
+          expect([200, 400, 409], `${url} ${JSON.stringify(body).slice(0, 100)}`).toContain(res.statusCode);
+          expect(res.body).not.toMatch(/\n\s+at /);
+        }
+      }),
+      { numRuns: 60 },
+    );
   });
 });
 
