@@ -202,6 +202,40 @@ describe('dashboard in Chromium', () => {
     expect(await page.evaluate(() => (globalThis as { __pwned?: unknown }).__pwned)).toBeUndefined();
   });
 
+  it('with a token, shows only the login form until the right token is given', async () => {
+    const token = randomUUID();
+    const locked = await startDashboard({
+      config: env.config,
+      app,
+      knex: env.knex,
+      host: '127.0.0.1',
+      port: 0,
+      token,
+    });
+    const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+    try {
+      const tab = await context.newPage();
+      await tab.goto(locked.url);
+      expect(new URL(tab.url()).pathname).toBe('/login');
+      expect(await tab.locator('main').count()).toBe(0);
+      await tab.locator('input[name="token"]').fill('wrong');
+      await tab.getByRole('button', { name: 'Log in' }).click();
+      await tab.getByText('Wrong token.').waitFor();
+      expect((await tab.request.get(`${locked.url}api/dead-letters`)).status()).toBe(401);
+      await tab.locator('input[name="token"]').fill(token);
+      await tab.getByRole('button', { name: 'Log in' }).click();
+      await tab.getByRole('heading', { name: /Overview/ }).waitFor();
+      const cookies = await context.cookies();
+      const session = cookies.find((c) => c.name === 'dw_session');
+      expect(session).toMatchObject({ httpOnly: true, sameSite: 'Strict' });
+      expect(session?.value).not.toContain(token);
+      expect(await tab.evaluate('document.cookie')).toBe(''); // HttpOnly: no script sees them
+    } finally {
+      await context.close();
+      await locked.close();
+    }
+  });
+
   it('shows the BullMQ queues through bull-board', async () => {
     await page.goto(`${dashboard.url}queues/`);
     await page.getByText('dw-sagas').first().waitFor({ timeout: 20_000 });
