@@ -36,6 +36,13 @@ export async function deleteProcess(knex: Knex, id: string): Promise<void> {
   await knex.raw('delete from dw_processes where id = ?', [id]);
 }
 
+/** Rows of processes that crashed long ago (a clean stop deletes its own row). */
+export async function pruneProcesses(knex: Knex, unseenForMs: number): Promise<void> {
+  await knex.raw('delete from dw_processes where last_seen_at < now() - make_interval(secs => ?)', [
+    unseenForMs / 1000,
+  ]);
+}
+
 /** Processes seen within `withinMs`, newest start first, with whether they still beat. */
 export async function listProcesses(
   knex: Knex,
@@ -80,7 +87,9 @@ export function startHeartbeat(knex: Knex, kind: ProcessKind): { stop(): Promise
     version: packageVersion(),
     started_at: new Date(),
   };
-  let beating: Promise<void> = upsertProcess(knex, row).catch(() => {});
+  let beating: Promise<void> = pruneProcesses(knex, 7 * 86_400_000)
+    .then(() => upsertProcess(knex, row))
+    .catch(() => {});
   const timer = setInterval(() => {
     beating = beating.then(() => upsertProcess(knex, row).catch(() => {}));
   }, heartbeatIntervalMs);

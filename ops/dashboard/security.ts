@@ -28,14 +28,15 @@ export function newCsrfToken(): string {
 }
 
 export function parseCookies(header: string | undefined): Record<string, string> {
-  const cookies: Record<string, string> = {};
+  // A Map, so that a cookie named __proto__ or constructor is just a name.
+  const cookies = new Map<string, string>();
   for (const part of (header ?? '').split(';')) {
     const eq = part.indexOf('=');
-    if (eq <= 0) continue;
-    const name = part.slice(0, eq).trim();
-    if (!(name in cookies)) cookies[name] = part.slice(eq + 1).trim();
+    const name = part.slice(0, Math.max(eq, 0)).trim();
+    if (eq < 0 || !name || cookies.has(name)) continue;
+    cookies.set(name, part.slice(eq + 1).trim());
   }
-  return cookies;
+  return Object.fromEntries(cookies);
 }
 
 export function cookie(name: string, value: string, path: string, secure: boolean, maxAgeS?: number): string {
