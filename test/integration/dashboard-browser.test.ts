@@ -158,6 +158,10 @@ describe('dashboard in Chromium', () => {
       async () => (await count(env.knex, 'invoices_sent')) === 4,
       'the four replayed invoices handled',
     );
+    // and the group is empty now
+    await page.reload();
+    await expect.poll(() => page.getByTestId('page').textContent()).toBe('page 1 of 1 (0 in all)');
+    expect(await page.getByTestId('dl-row').count()).toBe(0);
     // the audit shows it
     await page.goto(`${dashboard.url}#/audit`);
     await page.getByTestId('audit-row').first().waitFor();
