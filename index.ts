@@ -1,5 +1,6 @@
 /** durable-worker's public API. */
 
+export { createDashboard, type Dashboard, type DashboardOptions } from './ops/dashboard/server.js';
 export type { RelayOptions } from './relay/options.js';
 export { Relay } from './relay/relay.js';
 export {

@@ -1,5 +1,6 @@
 import { Command, CommanderError, type OutputConfiguration } from 'commander';
 import { ConfigError, DurableWorkerError } from '../shared/errors.js';
+import { registerDashboard } from './dashboard.js';
 import { registerDlq } from './dlq.js';
 import { registerMigrate } from './migrate.js';
 import { registerProcesses } from './processes.js';
@@ -29,6 +30,7 @@ export function createProgram(output: Pick<OutputConfiguration, 'writeOut' | 'wr
   registerSagas(program);
   registerDlq(program);
   registerStatus(program);
+  registerDashboard(program);
   return program;
 }
 

@@ -6,6 +6,7 @@ import { crashPoint, faultHook } from '../shared/crash-points.js';
 import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
 import { OutageWait, Stopped } from '../shared/db/outage.js';
+import { startHeartbeat } from '../shared/heartbeat.js';
 import { outboxFailuresTotal, outboxRelayedTotal } from '../shared/metrics.js';
 import { claimOutboxBatch, markOutboxFailed } from '../shared/outbox.js';
 import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
@@ -52,6 +53,9 @@ export class Relay {
     });
   }
 
+  /** The process's row in dw_processes (the dashboard's live relays). */
+  private heartbeat?: { stop(): Promise<void> };
+
   static async start(input: RelayOptions): Promise<Relay> {
     const options = resolveRelayOptions(input);
     const { config, logger: log } = options;
@@ -81,6 +85,7 @@ export class Relay {
       const redisLoss = new RedisLossDetector(redis, config.bullmqPrefix, knex, options.pollIntervalMs, log);
       const relay = new Relay(options, knex, !options.knex, redis, amqp, destinations, listener, redisLoss);
       for (let i = 0; i < options.concurrency; i++) relay.loops.push(relay.loop());
+      relay.heartbeat = startHeartbeat(knex, 'relay');
       log.info({ batchSize: options.batchSize, concurrency: options.concurrency }, 'relay started');
       return relay;
     } catch (error) {
@@ -105,6 +110,7 @@ export class Relay {
       sleep(graceMs).then(() => false),
     ]);
     await this.listener.close();
+    await this.heartbeat?.stop();
     await this.destinations.close();
     await this.amqp.close();
     this.redis.disconnect();

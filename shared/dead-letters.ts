@@ -225,3 +225,176 @@ export function deadLetterToJson(row: DeadLetterRow, options: { stack?: boolean 
     ...(row.phase ? { phase: row.phase } : {}),
   };
 }
+
+/** What the dashboard filters dead letters by; every field optional, all combined with AND. */
+export interface DeadLetterSearch {
+  type?: string;
+  reason?: DeadLetterReason;
+  queue?: string;
+  /** Case-insensitive substring of the error message or stack. */
+  text?: string;
+  /** Last failed at or after / before. */
+  from?: Date;
+  to?: Date;
+  /** A group key as deadLetterGroups returns it. */
+  group?: string;
+  sagaId?: string;
+  ids?: readonly number[];
+}
+
+/**
+ * The error message with what varies between occurrences of one failure replaced (quoted strings,
+ * uuids, hex ids, numbers), so that "order 17 timed out after 3001 ms" and "order 18 timed out
+ * after 2999 ms" fall in one group. Patterns are bound, not inlined: they hold quotes and `?`.
+ */
+const normalisedMessage = `regexp_replace(regexp_replace(regexp_replace(regexp_replace(
+    coalesce(dl.error->>'message', ''), ?, '"…"', 'g'), ?, '<uuid>', 'gi'), ?, '<id>', 'gi'), ?, '<n>', 'g')`;
+const normalisePatterns = [
+  `"[^"]*"|'[^']*'`,
+  '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}',
+  '\\m(0x[0-9a-f]+|[0-9a-f]{8,})\\M',
+  '[0-9]+',
+];
+
+/** `with g as (…)`: the matching entries with their normalised message and group key. */
+function searchCte(search: DeadLetterSearch): { sql: string; bindings: Knex.RawBinding[] } {
+  const where: string[] = [];
+  const bindings: Knex.RawBinding[] = [...normalisePatterns];
+  const add = (clause: string, ...values: Knex.RawBinding[]) => {
+    where.push(clause);
+    bindings.push(...values);
+  };
+  if (search.type !== undefined) add('dl.type = ?', search.type);
+  if (search.reason !== undefined) add('dl.reason = ?', search.reason);
+  if (search.queue !== undefined) add('dl.queue = ?', search.queue);
+  if (search.text !== undefined) {
+    add(
+      `position(lower(?) in lower(coalesce(dl.error->>'message', '') || ' ' || coalesce(dl.error->>'stack', ''))) > 0`,
+      search.text,
+    );
+  }
+  if (search.from !== undefined) add('dl.last_failed_at >= ?', search.from);
+  if (search.to !== undefined) add('dl.last_failed_at < ?', search.to);
+  if (search.sagaId !== undefined) add('dl.saga_id = ?', search.sagaId);
+  if (search.ids !== undefined) add('dl.id = any(?::bigint[])', [...search.ids]);
+  const outer: string[] = [];
+  if (search.group !== undefined) {
+    outer.push('group_key = ?');
+    bindings.push(search.group);
+  }
+  const sql = `with n as (
+      select dl.*, ${normalisedMessage} as normalised
+        from dw_dead_letters dl
+       ${where.length ? `where ${where.join(' and ')}` : ''}
+    ), g as (
+      select n.*, md5(coalesce(n.type, '') || chr(31) || n.reason || chr(31) || n.normalised) as group_key
+        from n
+    ), m as (select * from g ${outer.length ? `where ${outer.join(' and ')}` : ''})`;
+  return { sql, bindings };
+}
+
+export type DeadLetterSearchRow = DeadLetterRow & { group_key: string; normalised: string };
+
+/** One page of the matching entries, newest first, and how many match in all. */
+export async function searchDeadLetters(
+  knex: Knex,
+  search: DeadLetterSearch,
+  page: { limit: number; offset: number },
+): Promise<{ rows: DeadLetterSearchRow[]; total: number }> {
+  const cte = searchCte(search);
+  // The total rides along with each row (count over the whole match), so one statement serves both.
+  const { rows } = await knex.raw<{ rows: Array<DeadLetterSearchRow & { total: number }> }>(
+    `${cte.sql}
+     select m.*, count(*) over ()::int as total from m
+      order by m.last_failed_at desc, m.id desc limit ? offset ?`,
+    [...cte.bindings, page.limit, page.offset],
+  );
+  if (rows.length === 0 && page.offset > 0) {
+    return { rows: [], total: await countDeadLettersMatching(knex, search) };
+  }
+  return { rows: rows.map(({ total: _, ...row }) => row as DeadLetterSearchRow), total: rows[0]?.total ?? 0 };
+}
+
+export async function countDeadLettersMatching(knex: Knex, search: DeadLetterSearch): Promise<number> {
+  const cte = searchCte(search);
+  const { rows } = await knex.raw<{ rows: [{ n: number }] }>(
+    `${cte.sql} select count(*)::int as n from m`,
+    cte.bindings,
+  );
+  return rows[0].n;
+}
+
+/** Ids of the matching entries, oldest first (replay order follows the order of failure). */
+export async function deadLetterIdsMatching(
+  knex: Knex,
+  search: DeadLetterSearch,
+  max: number,
+): Promise<number[]> {
+  const cte = searchCte(search);
+  const { rows } = await knex.raw<{ rows: Array<{ id: string | number }> }>(
+    `${cte.sql} select id from m order by id limit ?`,
+    [...cte.bindings, max],
+  );
+  return rows.map((r) => Number(r.id));
+}
+
+export interface DeadLetterGroup {
+  key: string;
+  type: string | null;
+  reason: DeadLetterReason;
+  /** The normalised error message the group shares. */
+  message: string;
+  /** One real message of the group, the newest. */
+  sample: string;
+  count: number;
+  queues: string[];
+  firstSeen: Date;
+  lastSeen: Date;
+}
+
+/** Groups of the matching entries by type + reason + normalised message, biggest first. */
+export async function deadLetterGroups(
+  knex: Knex,
+  search: DeadLetterSearch,
+  page: { limit: number; offset: number },
+): Promise<{ groups: DeadLetterGroup[]; total: number }> {
+  const cte = searchCte(search);
+  const { rows } = await knex.raw<{
+    rows: Array<{
+      key: string;
+      type: string | null;
+      reason: DeadLetterReason;
+      message: string;
+      sample: string | null;
+      count: number;
+      queues: string[];
+      first_seen: Date;
+      last_seen: Date;
+      total: number;
+    }>;
+  }>(
+    `${cte.sql}
+     select group_key as key, type, reason, normalised as message,
+            (array_agg(error->>'message' order by last_failed_at desc, id desc))[1] as sample,
+            count(*)::int as count, array_agg(distinct queue) as queues,
+            min(first_failed_at) as first_seen, max(last_failed_at) as last_seen,
+            count(*) over ()::int as total
+       from m group by group_key, type, reason, normalised
+      order by count(*) desc, max(last_failed_at) desc, group_key limit ? offset ?`,
+    [...cte.bindings, page.limit, page.offset],
+  );
+  return {
+    total: rows[0]?.total ?? 0,
+    groups: rows.map((r) => ({
+      key: r.key,
+      type: r.type,
+      reason: r.reason,
+      message: r.message,
+      sample: r.sample ?? '',
+      count: r.count,
+      queues: r.queues,
+      firstSeen: r.first_seen,
+      lastSeen: r.last_seen,
+    })),
+  };
+}

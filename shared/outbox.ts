@@ -271,3 +271,26 @@ export async function outboxBacklog(knex: Knex): Promise<OutboxBacklog> {
   const row = rows[0];
   return { pending: row.pending, oldestPendingAgeSeconds: row.oldest, failing: row.failing };
 }
+
+/**
+ * How long delivered rows waited for a relay over the last five minutes (delivered minus
+ * available, so a delayed send does not count as lag); nulls when nothing was delivered.
+ */
+export async function relayLag(
+  knex: Knex,
+): Promise<{ delivered: number; avgMs: number | null; maxMs: number | null }> {
+  const { rows } = await knex.raw<{
+    rows: [{ delivered: number; avg_ms: number | null; max_ms: number | null }];
+  }>(
+    `select count(*)::int as delivered,
+            (avg(extract(epoch from delivered_at - available_at)) * 1000)::float8 as avg_ms,
+            (max(extract(epoch from delivered_at - available_at)) * 1000)::float8 as max_ms
+       from dw_outbox where delivered_at > now() - interval '5 minutes'`,
+  );
+  const row = rows[0];
+  return {
+    delivered: row.delivered,
+    avgMs: row.avg_ms === null ? null : Math.max(0, Math.round(row.avg_ms)),
+    maxMs: row.max_ms === null ? null : Math.max(0, Math.round(row.max_ms)),
+  };
+}

@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
 import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
+import { startHeartbeat } from '../shared/heartbeat.js';
 import { startHousekeeping } from '../shared/housekeeping.js';
 import { settledWithin } from '../shared/time.js';
 import { appTopology } from '../shared/topology.js';
@@ -29,6 +30,9 @@ export class Worker {
     /** Aborted once the grace time is over: outage backoffs stop waiting. */
     private readonly abort: AbortController,
   ) {}
+
+  /** The process's row in dw_processes (the dashboard's live workers). */
+  private heartbeat?: { stop(): Promise<void> };
 
   static async start(input: WorkerOptions): Promise<Worker> {
     const options = resolveWorkerOptions(input);
@@ -98,6 +102,7 @@ export class Worker {
         housekeeping,
         abort,
       );
+      worker.heartbeat = startHeartbeat(knex, 'worker');
       log.info({ app: app.name, queue: options.queue, concurrency: options.concurrency }, 'worker started');
       return worker;
     } catch (error) {
@@ -148,6 +153,7 @@ export class Worker {
       this.abort.abort();
       // Bounded as well: a broker or database that stopped answering must not hold the exit.
       await settledWithin(this.amqp.close(), closeMs);
+      await this.heartbeat?.stop();
       if (this.ownsKnex) await settledWithin(this.knex.destroy(), closeMs);
       log.info({ drained, ms: Date.now() - started }, 'worker stopped');
       return drained;

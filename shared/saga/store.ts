@@ -413,3 +413,48 @@ export async function listSagas(
   if (filter.version !== undefined) query.where({ definition_version: filter.version });
   return query.limit(filter.limit);
 }
+
+export interface SagaSearch {
+  name?: string;
+  status?: SagaStatus;
+  correlationId?: string;
+  /** Started at least / at most this long ago. */
+  minAgeMs?: number;
+  maxAgeMs?: number;
+  /** Only sagas running or compensating that nothing touched for `stuckAfterMs`. */
+  stuckOnly?: boolean;
+}
+
+/** One page of sagas, newest first, each with whether it looks stuck, and the total matching. */
+export async function searchSagas(
+  db: Db,
+  search: SagaSearch,
+  page: { limit: number; offset: number; stuckAfterMs: number },
+): Promise<{ rows: Array<SagaRow & { stuck: boolean }>; total: number }> {
+  const where: string[] = [];
+  const bindings: Knex.RawBinding[] = [page.stuckAfterMs / 1000];
+  const add = (clause: string, value: Knex.RawBinding) => {
+    where.push(clause);
+    bindings.push(value);
+  };
+  if (search.name !== undefined) add('name = ?', search.name);
+  if (search.status !== undefined) add('status = ?', search.status);
+  if (search.correlationId !== undefined) add('correlation_id = ?', search.correlationId);
+  if (search.minAgeMs !== undefined)
+    add('created_at <= now() - make_interval(secs => ?)', search.minAgeMs / 1000);
+  if (search.maxAgeMs !== undefined)
+    add('created_at >= now() - make_interval(secs => ?)', search.maxAgeMs / 1000);
+  // Stuck: still in flight and untouched for longer than the sweep would wait.
+  const stuck = `status in ('running', 'compensating') and updated_at < now() - make_interval(secs => ?)`;
+  if (search.stuckOnly) {
+    where.push(`(${stuck})`);
+    bindings.push(page.stuckAfterMs / 1000);
+  }
+  const { rows } = await db.raw<{ rows: Array<SagaRow & { stuck: boolean; total: number }> }>(
+    `select *, (${stuck}) as stuck, count(*) over ()::int as total from dw_sagas
+      ${where.length ? `where ${where.join(' and ')}` : ''}
+      order by created_at desc, id limit ? offset ?`,
+    [...bindings, page.limit, page.offset],
+  );
+  return { rows: rows.map(({ total: _, ...row }) => row), total: rows[0]?.total ?? 0 };
+}

@@ -20,8 +20,8 @@ describe('dw migrate', () => {
     const config = { ...env.config, databaseUrl: `${urls.postgres}/${database}` };
     const first = await runCli(['migrate'], cliEnv(config));
     expect(first.stderr).toContain(`created database`);
-    // durable-worker's five migrations and the app's one.
-    expect(first.stdout).toContain('applied 6 migration(s)');
+    // durable-worker's six migrations and the app's one.
+    expect(first.stdout).toContain('applied 7 migration(s)');
     expect(first.stdout).toContain(
       `declared exchange ${env.config.exchange} and queue ${env.config.exchange}.example`,
     );

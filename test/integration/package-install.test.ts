@@ -233,6 +233,10 @@ describe('the packed package', () => {
         'bin/dw.js',
         'README.md',
         'package.json',
+        // the dashboard's page, script and styles, read at run time from beside dist/
+        'ops/dashboard/assets/index.html',
+        'ops/dashboard/assets/app.js',
+        'ops/dashboard/assets/style.css',
       ]),
     );
     expect(paths.filter((p) => /^(test|bench|dist\/bench|dist\/test)\//.test(p))).toEqual([]);
@@ -309,6 +313,34 @@ describe('the packed package', () => {
       await db.end();
       redis.disconnect();
     }
+
+    // The installed package's dashboard finds its page and script (they live beside dist/).
+    const dashboard = spawn(
+      join(project, 'node_modules', '.bin', 'dw'),
+      ['dashboard', '--port', '0', '--app', './app.js'],
+      {
+        cwd: project,
+        env: dwEnv(),
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    children.push(dashboard);
+    let out = '';
+    dashboard.stdout?.on('data', (d) => {
+      out += d;
+    });
+    const dashboardExited = new Promise<number | null>((resolve) =>
+      dashboard.once('exit', (code) => resolve(code)),
+    );
+    const url = await waitUntil(() => /dashboard on (\S+)/.exec(out)?.[1], 'the dashboard to listen', {
+      timeoutMs: 30_000,
+    });
+    const page = await fetch(url);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('assets/app.js');
+    expect((await fetch(`${url}assets/app.js`)).status).toBe(200);
+    dashboard.kill('SIGTERM');
+    expect(await dashboardExited).toBe(0);
 
     worker.child.kill('SIGTERM');
     relay.child.kill('SIGTERM');
