@@ -26,7 +26,7 @@ import {
   transitionSaga,
 } from '../../shared/saga/store.js';
 import type { EagerSteps } from './eager.js';
-import { afterFailedAttempt } from './failures.js';
+import { recordFailureOrGiveUp, scheduleRetryOrGiveUp } from './failures.js';
 import { stepContext, withTimeout } from './step-context.js';
 import { beginCompensation, stageMessages } from './transitions.js';
 
@@ -177,8 +177,7 @@ export class SagaStepRunner {
     error: unknown,
     attempt: number,
   ): Promise<StepOutcome> {
-    const outcome = await afterFailedAttempt({ knex, log: this.deps.log }, saga, step, job, error, attempt);
-    return outcome === 'recorded' ? 'retry-scheduled' : outcome;
+    return scheduleRetryOrGiveUp({ knex, log: this.deps.log }, saga, step, job, error, attempt);
   }
 
   /**
@@ -210,17 +209,14 @@ export class SagaStepRunner {
     const attempt = recorded + 1;
     const error = new WorkerDiedError(step.name, job.phase, attempt);
     this.deps.log.warn({ sagaId: job.sagaId, step: step.name, phase: job.phase, attempt }, error.message);
-    // Under the step's lock: afterFailedAttempt's transactions are savepoints of this one.
-    const outcome = await afterFailedAttempt(
+    // Under the step's lock: recordFailureOrGiveUp's transactions are savepoints of this one.
+    const outcome = await recordFailureOrGiveUp(
       { knex: trx, log: this.deps.log },
       saga,
       step,
       job,
       error,
       attempt,
-      {
-        scheduleRetry: false,
-      },
     );
     return outcome === 'failed' ? 'failed' : 'recorded';
   }
