@@ -67,3 +67,53 @@ export function retryDelayMs(
   const backoff = { baseMs: policy.backoffMs, maxMs: policy.maxBackoffMs, jitter: policy.jitter };
   return backoffMs(attempt - 1, backoff, random);
 }
+
+/** A step (or compensation) whose attempt ended: completed, or failed for good. */
+export interface StepEnd {
+  phase: SagaPhase;
+  /** The stage of the step in its saga's definition. */
+  stage: number;
+  outcome: 'completed' | 'failed';
+}
+
+/**
+ * What follows a step's end. `stage`: write the jobs of the plan's pending steps (the next
+ * stage, or the stage still to compensate). `group-pending`: siblings of the step's parallel group
+ * are still to complete, the last of them moves on. `read-records`: the step's siblings decide,
+ * plan again with the step records read after this step's own was written.
+ */
+export type NextStage =
+  | Extract<Plan, { kind: 'stage' }>
+  | { kind: 'group-pending' }
+  | { kind: 'saga-completed' }
+  | { kind: 'saga-compensated' }
+  | { kind: 'begin-compensation' }
+  | { kind: 'saga-failed' }
+  | { kind: 'read-records' };
+
+/**
+ * What a step's end leads to. A completed step alone in its stage decides without `records`: the
+ * next stage's steps run (their first attempts), or the last one completes the saga with its
+ * own record. A completed parallel group member or compensation needs the step records, this
+ * step's included: without them it answers `read-records`. A failure for good begins the
+ * compensation of an executing saga and fails a compensating one.
+ */
+export function planNextStage(saga: PlannableSaga, end: StepEnd, records?: readonly StepRecord[]): NextStage {
+  if (end.outcome === 'failed')
+    return { kind: end.phase === 'execute' ? 'begin-compensation' : 'saga-failed' };
+  const stageSize = saga.stages[end.stage]?.length ?? 1;
+  if (end.phase === 'execute' && stageSize === 1) {
+    if (end.stage === saga.stages.length - 1) return { kind: 'saga-completed' };
+    const next = saga.stages[end.stage + 1] ?? [];
+    return { kind: 'stage', phase: 'execute', stage: end.stage + 1, pending: next.map((s) => s.name) };
+  }
+  if (!records) return { kind: 'read-records' };
+  if (end.phase === 'execute') {
+    const plan = planExecution(saga, records);
+    if (plan.kind === 'done') return { kind: 'saga-completed' };
+    return plan.stage !== end.stage ? plan : { kind: 'group-pending' };
+  }
+  const plan = planCompensation(saga, records);
+  // The step's own stage too, while siblings are pending there: the caller writes their jobs again.
+  return plan.kind === 'done' ? { kind: 'saga-compensated' } : plan;
+}

@@ -10,7 +10,7 @@ import { defineSaga, type StepContext } from '../../shared/saga/definition.js';
 import type { SagaPhase, SagaStepJob } from '../../shared/saga/jobs.js';
 import { startSaga } from '../../shared/saga/start.js';
 import { bumpGeneration } from '../../shared/saga/store.js';
-import { afterFailedAttempt } from '../../worker/saga/failures.js';
+import { scheduleRetryOrGiveUp } from '../../worker/saga/failures.js';
 import { SagaStepRunner } from '../../worker/saga/step-runner.js';
 import { createTestEnv, type TestEnv } from '../support/services.js';
 
@@ -195,7 +195,7 @@ describe('saga failure handling (review regressions)', () => {
     // Job X runs attempt 3 and throws; before its failure commits, duplicate Y runs attempt 3 and succeeds.
     failB = false;
     expect(await run('b')).toBe('completed');
-    const x = await afterFailedAttempt(
+    const x = await scheduleRetryOrGiveUp(
       { knex: env.knex, log: silentLogger },
       late,
       late.getStep('b')!,
@@ -215,7 +215,7 @@ describe('saga failure handling (review regressions)', () => {
     await start(late, 'late-2');
     failB = true;
     const fail = () =>
-      afterFailedAttempt(
+      scheduleRetryOrGiveUp(
         { knex: env.knex, log: silentLogger },
         late,
         late.getStep('b')!,

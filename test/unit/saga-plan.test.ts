@@ -1,9 +1,19 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { defineApp } from '../../shared/app.js';
 import { DefinitionError } from '../../shared/errors.js';
 import { defineSaga } from '../../shared/saga/definition.js';
 import { stepJobId, stepMessage } from '../../shared/saga/jobs.js';
-import { planCompensation, planExecution, retryDelayMs, type StepRecord } from '../../shared/saga/plan.js';
+import {
+  type NextStage,
+  type PlannableSaga,
+  planCompensation,
+  planExecution,
+  planNextStage,
+  retryDelayMs,
+  type StepEnd,
+  type StepRecord,
+} from '../../shared/saga/plan.js';
 
 const noop = () => {};
 const saga = defineSaga('trip')
@@ -65,6 +75,218 @@ describe('planCompensation', () => {
     expect(planCompensation(saga, [{ step: 'a', phase: 'execute', status: 'failed' }])).toEqual({
       kind: 'done',
     });
+  });
+});
+
+const seed = Number(process.env.FC_SEED ?? 20261123);
+
+/** Random stage layouts: 1–5 stages of 1–3 steps, each with or without a compensation. */
+const layouts = fc
+  .array(fc.array(fc.boolean(), { minLength: 1, maxLength: 3 }), { minLength: 1, maxLength: 5 })
+  .map(
+    (stages): PlannableSaga => ({
+      stages: stages.map((steps, stage) =>
+        steps.map((compensable, i) => ({
+          name: `s${stage}.${i}`,
+          compensate: compensable ? noop : undefined,
+        })),
+      ),
+    }),
+  );
+/** Which of the jobs waiting to run goes next, cycled through (the order jobs finish in). */
+const picks = fc.array(fc.nat({ max: 1000 }), { minLength: 1, maxLength: 40 });
+
+const names = (saga: PlannableSaga, stage: number) => (saga.stages[stage] ?? []).map((s) => s.name);
+const stageOf = (saga: PlannableSaga, step: string) =>
+  saga.stages.findIndex((s) => s.some((x) => x.name === step));
+
+/** What the step runner does: plan from the step's place, and again with the records when asked. */
+function afterCompleted(saga: PlannableSaga, end: StepEnd, records: readonly StepRecord[]): NextStage {
+  const planned = planNextStage(saga, end);
+  return planned.kind === 'read-records' ? planNextStage(saga, end, records) : planned;
+}
+
+describe('planNextStage', () => {
+  const end = (
+    phase: 'execute' | 'compensate',
+    stage: number,
+    outcome: 'completed' | 'failed' = 'completed',
+  ) => ({
+    phase,
+    stage,
+    outcome,
+  });
+
+  it('moves a single step on to the next stage, and lets the last one complete the saga, without records', () => {
+    expect(planNextStage(saga, end('execute', 0))).toEqual({
+      kind: 'stage',
+      phase: 'execute',
+      stage: 1,
+      pending: ['b', 'c', 'd'],
+    });
+    expect(planNextStage(saga, end('execute', 2))).toEqual({ kind: 'saga-completed' });
+  });
+
+  it('lets the last member of a parallel group move on, and the others wait', () => {
+    expect(planNextStage(saga, end('execute', 1))).toEqual({ kind: 'read-records' });
+    expect(planNextStage(saga, end('execute', 1), done('execute', 'a', 'c'))).toEqual({
+      kind: 'group-pending',
+    });
+    expect(planNextStage(saga, end('execute', 1), done('execute', 'a', 'b', 'c', 'd'))).toEqual({
+      kind: 'stage',
+      phase: 'execute',
+      stage: 2,
+      pending: ['e'],
+    });
+    const groupLast = defineSaga('g')
+      .step('a', noop)
+      .parallel([
+        { name: 'b', run: noop },
+        { name: 'c', run: noop },
+      ]);
+    expect(planNextStage(groupLast, end('execute', 1), done('execute', 'a', 'b', 'c'))).toEqual({
+      kind: 'saga-completed',
+    });
+  });
+
+  it('plans a compensation from the records: its siblings, the stage before, or the end', () => {
+    const executed = done('execute', 'a', 'b', 'c', 'd');
+    expect(planNextStage(saga, end('compensate', 0))).toEqual({ kind: 'read-records' });
+    expect(planNextStage(saga, end('compensate', 1), [...executed, ...done('compensate', 'd')])).toEqual({
+      kind: 'stage',
+      phase: 'compensate',
+      stage: 1,
+      pending: ['b'],
+    });
+    expect(
+      planNextStage(saga, end('compensate', 1), [...executed, ...done('compensate', 'b', 'd')]),
+    ).toMatchObject({ stage: 0, pending: ['a'] });
+    expect(
+      planNextStage(saga, end('compensate', 0), [...executed, ...done('compensate', 'a', 'b', 'd')]),
+    ).toEqual({
+      kind: 'saga-compensated',
+    });
+  });
+
+  it('begins the compensation when a step fails for good, and fails the saga when a compensation does', () => {
+    fc.assert(
+      fc.property(layouts, fc.nat(), (layout, n) => {
+        const stage = n % layout.stages.length;
+        expect(planNextStage(layout, end('execute', stage, 'failed'))).toEqual({
+          kind: 'begin-compensation',
+        });
+        expect(planNextStage(layout, end('compensate', stage, 'failed'), [])).toEqual({
+          kind: 'saga-failed',
+        });
+      }),
+      { seed },
+    );
+  });
+
+  it('agrees with planExecution when a single step decides without records', () => {
+    fc.assert(
+      fc.property(layouts, (layout) => {
+        for (const [stage, steps] of layout.stages.entries()) {
+          if (steps.length !== 1) continue;
+          const records = done(
+            'execute',
+            ...layout.stages.slice(0, stage + 1).flatMap((s) => s.map((x) => x.name)),
+          );
+          const plan = planExecution(layout, records);
+          expect(planNextStage(layout, end('execute', stage))).toEqual(
+            plan.kind === 'done' ? { kind: 'saga-completed' } : plan,
+          );
+        }
+      }),
+      { seed },
+    );
+  });
+
+  it('runs every step once, stage after stage, and completes the saga once, whatever order the jobs finish in', () => {
+    fc.assert(
+      fc.property(layouts, picks, (layout, order) => {
+        const records: StepRecord[] = [];
+        const queued = [...names(layout, 0)];
+        const ran: string[] = [];
+        let completions = 0;
+        for (let i = 0; queued.length > 0; i++) {
+          const [step] = queued.splice((order[i % order.length] ?? 0) % queued.length, 1) as [string];
+          const stage = stageOf(layout, step);
+          // Every earlier stage had completed when this step's job was written.
+          for (const earlier of layout.stages.slice(0, stage).flat()) expect(ran).toContain(earlier.name);
+          ran.push(step);
+          records.push({ step, phase: 'execute', status: 'completed' });
+          const next = afterCompleted(layout, end('execute', stage), records);
+          expect(next.kind).not.toBe('read-records');
+          if (next.kind === 'saga-completed') completions++;
+          else if (next.kind === 'stage') {
+            expect(next).toMatchObject({ phase: 'execute', stage: stage + 1 });
+            // The next stage is written once: by its predecessor's last step.
+            for (const s of next.pending) expect([...ran, ...queued]).not.toContain(s);
+            queued.push(...next.pending);
+          } else expect(next.kind).toBe('group-pending');
+        }
+        expect([...ran].sort()).toEqual(
+          layout.stages
+            .flat()
+            .map((s) => s.name)
+            .sort(),
+        );
+        expect(completions).toBe(1);
+        expect(afterCompleted(layout, end('execute', layout.stages.length - 1), records)).toEqual({
+          kind: 'saga-completed',
+        });
+      }),
+      { seed },
+    );
+  });
+
+  it('compensates every completed step that can be, once, latest stage first, and ends the compensation once', () => {
+    fc.assert(
+      fc.property(
+        layouts,
+        fc.nat(),
+        fc.array(fc.boolean(), { maxLength: 3 }),
+        picks,
+        (layout, n, part, order) => {
+          // The saga failed in stage `failedAt`: the stages before it completed, some of its steps did.
+          const failedAt = n % layout.stages.length;
+          const executed = [
+            ...layout.stages.slice(0, failedAt).flat(),
+            ...(layout.stages[failedAt] ?? []).filter((_, i) => part[i]),
+          ];
+          const records: StepRecord[] = done('execute', ...executed.map((s) => s.name));
+          const toCompensate = executed.filter((s) => s.compensate).map((s) => s.name);
+          // Compensation begins with planCompensation (beginCompensation), then each one plans the next.
+          const first = planCompensation(layout, records);
+          const queued = first.kind === 'stage' ? [...first.pending] : [];
+          const compensated: string[] = [];
+          let ends = first.kind === 'done' ? 1 : 0;
+          for (let i = 0; queued.length > 0; i++) {
+            const [step] = queued.splice((order[i % order.length] ?? 0) % queued.length, 1) as [string];
+            const stage = stageOf(layout, step);
+            // No later stage still has a completed step left to compensate.
+            const later = layout.stages.slice(stage + 1).flat();
+            for (const s of later) if (toCompensate.includes(s.name)) expect(compensated).toContain(s.name);
+            expect(compensated).not.toContain(step);
+            compensated.push(step);
+            records.push({ step, phase: 'compensate', status: 'completed' });
+            const next = afterCompleted(layout, end('compensate', stage), records);
+            if (next.kind === 'saga-compensated') ends++;
+            else {
+              expect(next).toMatchObject({ kind: 'stage', phase: 'compensate' });
+              if (next.kind !== 'stage') continue;
+              expect(next.stage).toBeLessThanOrEqual(stage);
+              // Siblings' jobs written again keep their ids: the outbox writes them once.
+              queued.push(...next.pending.filter((s) => !queued.includes(s)));
+            }
+          }
+          expect([...compensated].sort()).toEqual([...toCompensate].sort());
+          expect(ends).toBe(1);
+        },
+      ),
+      { seed },
+    );
   });
 });
 

@@ -12,8 +12,14 @@ import {
   sagaStepType,
   stepMessage,
 } from '../../shared/saga/jobs.js';
-import { retryDelayMs } from '../../shared/saga/plan.js';
-import { getSaga, recordStepFailure, touchSaga, transitionSaga } from '../../shared/saga/store.js';
+import { planNextStage, retryDelayMs } from '../../shared/saga/plan.js';
+import {
+  getSaga,
+  recordStepFailure,
+  type SagaRow,
+  touchSaga,
+  transitionSaga,
+} from '../../shared/saga/store.js';
 import { beginCompensation } from './transitions.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: sagas of any state type share the runner
@@ -21,27 +27,77 @@ type AnySaga = SagaDefinition<any>;
 // biome-ignore lint/suspicious/noExplicitAny: see AnySaga
 type AnyStep = StepDefinition<any>;
 
+/** A failed attempt, as both entry points hand it on. */
+type Failure = {
+  deps: { knex: Knex; log: Logger };
+  saga: AnySaga;
+  step: AnyStep;
+  job: SagaStepJob;
+  cause: unknown;
+  attempt: number;
+  /** The cause as recorded. */
+  error: ErrorInfo;
+};
+
 /**
- * After a failed attempt's rollback: schedule the next attempt, or give up on the step, in a
- * transaction of `knex` (a savepoint when it is the attempt's transaction, still holding the step
- * lock). `scheduleRetry: false` only records a non-final failure (the caller runs the next
- * attempt itself). 'duplicate' when the step record had moved past this attempt (a concurrent
- * job recorded it, or completed the step): nothing is scheduled, dead-lettered or compensated.
+ * After a failed attempt's rollback: schedules the next attempt as a delayed job, or gives up on
+ * the step, in a transaction of `knex` (a savepoint when it is the attempt's transaction, still
+ * holding the step lock). 'duplicate' when the step record had moved past this attempt (a
+ * concurrent job recorded it, or completed the step): nothing is scheduled, dead-lettered or
+ * compensated.
  */
-export async function afterFailedAttempt(
+export async function scheduleRetryOrGiveUp(
   deps: { knex: Knex; log: Logger },
   saga: AnySaga,
   step: AnyStep,
   job: SagaStepJob,
   cause: unknown,
   attempt: number,
-  options: { scheduleRetry?: boolean } = {},
-): Promise<'retry-scheduled' | 'recorded' | 'failed' | 'duplicate'> {
-  const { knex, log } = deps;
-  const error = toErrorInfo(cause);
+): Promise<'retry-scheduled' | 'failed' | 'duplicate'> {
+  const failure = { deps, saga, step, job, cause, attempt, error: toErrorInfo(cause) };
+  if (isFinal(failure)) return giveUp(failure);
+  return recordRetry(failure, async (trx, row, delayMs) => {
+    await insertOutboxMessages(trx, [
+      stepMessage({
+        sagaId: row.id,
+        saga: saga.name,
+        version: saga.version,
+        phase: job.phase,
+        step: step.name,
+        generation: row.generation,
+        attempt: attempt + 1,
+        delayMs: Math.max(1, delayMs),
+        correlationId: row.correlation_id,
+      }),
+    ]);
+    return 'retry-scheduled' as const;
+  });
+}
+
+/**
+ * Like scheduleRetryOrGiveUp, but a failure that is not final is only recorded ('recorded'): the
+ * caller runs the next attempt itself (a restarted job, after the attempt that died).
+ */
+export async function recordFailureOrGiveUp(
+  deps: { knex: Knex; log: Logger },
+  saga: AnySaga,
+  step: AnyStep,
+  job: SagaStepJob,
+  cause: unknown,
+  attempt: number,
+): Promise<'recorded' | 'failed' | 'duplicate'> {
+  const failure = { deps, saga, step, job, cause, attempt, error: toErrorInfo(cause) };
+  if (isFinal(failure)) return giveUp(failure);
+  return recordRetry(failure, async () => 'recorded' as const);
+}
+
+function isFinal({ step, cause, attempt }: Failure): boolean {
   // A value PostgreSQL refused (NUL, lone surrogate, too deep) is refused again on every attempt.
-  const final = !isRetryable(cause) || refusedByDatabase(cause) || attempt >= step.retry.attempts;
-  const record = {
+  return !isRetryable(cause) || refusedByDatabase(cause) || attempt >= step.retry.attempts;
+}
+
+function failureRecord({ step, job, attempt, error }: Failure) {
+  return {
     sagaId: job.sagaId,
     step: step.name,
     stage: step.stage,
@@ -49,47 +105,50 @@ export async function afterFailedAttempt(
     attempts: attempt,
     error,
   };
-  if (!final) {
-    const delayMs = retryDelayMs(step.retry, attempt);
-    log.warn(
-      { sagaId: job.sagaId, step: step.name, phase: job.phase, attempt, delayMs, err: cause },
-      'saga step failed; retrying',
-    );
-    return knex
-      .transaction(async (trx) => {
-        const row = await touchSaga(trx, job.sagaId, job.phase === 'execute' ? 'running' : 'compensating');
-        if (!row) return 'duplicate';
-        if (!(await recordStepFailure(trx, { ...record, final: false }))) {
-          // Rolled back: the saga row keeps its version.
-          throw new Superseded();
-        }
-        if (options.scheduleRetry === false) return 'recorded';
-        await insertOutboxMessages(trx, [
-          stepMessage({
-            sagaId: row.id,
-            saga: saga.name,
-            version: saga.version,
-            phase: job.phase,
-            step: step.name,
-            generation: row.generation,
-            attempt: attempt + 1,
-            delayMs: Math.max(1, delayMs),
-            correlationId: row.correlation_id,
-          }),
-        ]);
-        return 'retry-scheduled' as const;
-      })
-      .catch(superseded);
-  }
-  log.error(
+}
+
+/** Records a failure that is not final, then `next` (what runs the next attempt) in the same transaction. */
+async function recordRetry<T>(
+  failure: Failure,
+  next: (
+    trx: Knex.Transaction,
+    row: Pick<SagaRow, 'id' | 'generation' | 'correlation_id'>,
+    delayMs: number,
+  ) => Promise<T>,
+): Promise<T | 'duplicate'> {
+  const { deps, step, job, cause, attempt } = failure;
+  const delayMs = retryDelayMs(step.retry, attempt);
+  deps.log.warn(
+    { sagaId: job.sagaId, step: step.name, phase: job.phase, attempt, delayMs, err: cause },
+    'saga step failed; retrying',
+  );
+  return deps.knex
+    .transaction(async (trx) => {
+      const row = await touchSaga(trx, job.sagaId, job.phase === 'execute' ? 'running' : 'compensating');
+      if (!row) return 'duplicate' as const;
+      if (!(await recordStepFailure(trx, { ...failureRecord(failure), final: false }))) {
+        // Rolled back: the saga row keeps its version.
+        throw new Superseded();
+      }
+      return next(trx, row, delayMs);
+    })
+    .catch(superseded);
+}
+
+/** The step failed for good: its record, a dead letter, and the saga compensating (or failed). */
+async function giveUp(failure: Failure): Promise<'failed' | 'duplicate'> {
+  const { deps, saga, step, job, cause, attempt, error } = failure;
+  const record = failureRecord(failure);
+  deps.log.error(
     { sagaId: job.sagaId, step: step.name, phase: job.phase, attempt, err: cause },
     'saga step failed for good',
   );
-  return knex.transaction(async (trx) => {
+  return deps.knex.transaction(async (trx) => {
     // A late final failure must not undo what a concurrent job of the step did meanwhile.
     if (!(await recordStepFailure(trx, { ...record, final: true }))) return 'duplicate';
     await deadLetter(trx, job, error, attempt);
-    if (job.phase === 'execute') {
+    const next = planNextStage(saga, { phase: job.phase, stage: step.stage, outcome: 'failed' });
+    if (next.kind === 'begin-compensation') {
       await beginCompensation(trx, saga, job.sagaId, withStep(error, step.name, 'execute'));
     } else {
       await transitionSaga(

@@ -14,7 +14,7 @@ import { sagaStepsTotal } from '../../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
 import type { SagaDefinition, StepDefinition } from '../../shared/saga/definition.js';
 import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
-import { planCompensation, planExecution } from '../../shared/saga/plan.js';
+import { type NextStage, planNextStage, type StepEnd } from '../../shared/saga/plan.js';
 import {
   advanceSagaVersion,
   listStepRows,
@@ -27,7 +27,7 @@ import {
 } from '../../shared/saga/store.js';
 import { type Clock, systemClock } from '../../shared/time.js';
 import type { EagerSteps } from './eager.js';
-import { afterFailedAttempt } from './failures.js';
+import { recordFailureOrGiveUp, scheduleRetryOrGiveUp } from './failures.js';
 import { stepContext, withTimeout } from './step-context.js';
 import { beginCompensation, stageMessages } from './transitions.js';
 import { SagaVersions } from './versions.js';
@@ -197,8 +197,7 @@ export class SagaStepRunner {
     error: unknown,
     attempt: number,
   ): Promise<StepOutcome> {
-    const outcome = await afterFailedAttempt({ knex, log: this.deps.log }, saga, step, job, error, attempt);
-    return outcome === 'recorded' ? 'retry-scheduled' : outcome;
+    return scheduleRetryOrGiveUp({ knex, log: this.deps.log }, saga, step, job, error, attempt);
   }
 
   /**
@@ -230,17 +229,14 @@ export class SagaStepRunner {
     const attempt = recorded + 1;
     const error = new WorkerDiedError(step.name, job.phase, attempt);
     this.deps.log.warn({ sagaId: job.sagaId, step: step.name, phase: job.phase, attempt }, error.message);
-    // Under the step's lock: afterFailedAttempt's transactions are savepoints of this one.
-    const outcome = await afterFailedAttempt(
+    // Under the step's lock: recordFailureOrGiveUp's transactions are savepoints of this one.
+    const outcome = await recordFailureOrGiveUp(
       { knex: trx, log: this.deps.log },
       saga,
       step,
       job,
       error,
       attempt,
-      {
-        scheduleRetry: false,
-      },
     );
     return outcome === 'failed' ? 'failed' : 'recorded';
   }
@@ -286,26 +282,9 @@ export class SagaStepRunner {
     progress: AttemptProgress,
     delivery: StepDelivery,
   ): Promise<StepOutcome> {
-    // Copies of this job wait for each other here; the record read next is then settled.
-    await lockStep(trx, job.sagaId, step.name, job.phase);
-    const row = await readSagaForStep(trx, job.sagaId, step.name, job.phase);
-    if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) {
-      return 'not-applicable';
-    }
-    // A duplicated or redelivered job: the record says this already happened (or gave up).
-    if (row.step_status === 'completed' || row.step_status === 'failed') return 'duplicate';
-    if (staleGeneration(job, row)) {
-      this.logStale(job, `the saga moved on to generation ${row.generation}`);
-      return 'stale';
-    }
-    const attempt = (row.step_attempts ?? 0) + 1;
-    // A restarted job runs the attempt after the one it recorded as died; others exactly theirs.
-    if (job.attempt !== undefined && !delivery.restarted && attempt > job.attempt) {
-      this.logStale(job, `attempt ${job.attempt} was made already`);
-      return 'stale';
-    }
-    // A retry handed out before its backoff ran out (a copy without the delay): it waits.
-    if (job.notBefore !== undefined && job.notBefore > (this.deps.clock ?? systemClock).now()) return 'early';
+    const guarded = await this.guard(trx, step, job, delivery);
+    if (typeof guarded === 'string') return guarded;
+    const { row, attempt } = guarded;
     // The code runs under a savepoint of the transaction holding the step lock. When it fails, the
     // savepoint is rolled back and the failure recorded (retry, compensation or dead letter) in
     // this same transaction: the lock is released only once the attempt is on record, so a copy
@@ -347,7 +326,43 @@ export class SagaStepRunner {
     }
   }
 
-  /** The step's code and, when it succeeds, the records and next stage's messages, on the savepoint `trx`. */
+  /**
+   * Whether this job runs an attempt, and which: the step lock taken, the saga row and the step's
+   * record read under it. Otherwise the outcome that says why not.
+   */
+  private async guard(
+    trx: Knex.Transaction,
+    step: AnyStep,
+    job: SagaStepJob,
+    delivery: StepDelivery,
+  ): Promise<{ row: SagaForStep; attempt: number } | StepOutcome> {
+    // Copies of this job wait for each other here; the record read next is then settled.
+    await lockStep(trx, job.sagaId, step.name, job.phase);
+    const row = await readSagaForStep(trx, job.sagaId, step.name, job.phase);
+    if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) {
+      return 'not-applicable';
+    }
+    // A duplicated or redelivered job: the record says this already happened (or gave up).
+    if (row.step_status === 'completed' || row.step_status === 'failed') return 'duplicate';
+    if (staleGeneration(job, row)) {
+      this.logStale(job, `the saga moved on to generation ${row.generation}`);
+      return 'stale';
+    }
+    const attempt = (row.step_attempts ?? 0) + 1;
+    // A restarted job runs the attempt after the one it recorded as died; others exactly theirs.
+    if (job.attempt !== undefined && !delivery.restarted && attempt > job.attempt) {
+      this.logStale(job, `attempt ${job.attempt} was made already`);
+      return 'stale';
+    }
+    // A retry handed out before its backoff ran out (a copy without the delay): it waits.
+    if (job.notBefore !== undefined && job.notBefore > (this.deps.clock ?? systemClock).now()) return 'early';
+    return { row, attempt };
+  }
+
+  /**
+   * On the savepoint `trx`: the step's code, then its record and the next stage's messages (the
+   * code's own messages first), leased for the eager runner when there is one.
+   */
   private async runAttempt(
     trx: Knex.Transaction,
     saga: AnySaga,
@@ -356,8 +371,39 @@ export class SagaStepRunner {
     row: SagaForStep,
     attempt: number,
     progress: AttemptProgress,
-  ): Promise<StepOutcome> {
+  ): Promise<'completed'> {
     const outbox: OutboxMessage[] = [];
+    const result = await this.runWithTimeout(trx, saga, step, job, row, attempt, outbox);
+    progress.attempt = attempt;
+
+    const end = { phase: job.phase, stage: step.stage, outcome: 'completed' } as const;
+    // Planned from the step's place in the saga: a last single step completes it with its record.
+    const planned = planNextStage(saga, end);
+    await this.record(trx, saga, step, job, row, attempt, result, planned.kind === 'saga-completed');
+    outbox.push(...(await this.nextStage(trx, saga, row, end, planned)));
+
+    const written = this.deps.eager ? this.deps.eager.lease(outbox) : outbox;
+    const inserted = await insertOutboxMessages(trx, written);
+    // A row that existed already (a sibling compensation queued before) has its own lease or job:
+    // running it here too would run it twice.
+    progress.written = written.filter((m) => inserted.has(m.messageId));
+    if (job.phase === 'compensate') crashPoint('saga:during-compensation');
+    return 'completed';
+  }
+
+  /**
+   * The step's (or compensation's) code on ctx.trx (the savepoint `trx`), cut short at the step's
+   * timeout; its result. Throws AttemptFailed when the code failed, what it threw otherwise.
+   */
+  private async runWithTimeout(
+    trx: Knex.Transaction,
+    saga: AnySaga,
+    step: AnyStep,
+    job: SagaStepJob,
+    row: SagaForStep,
+    attempt: number,
+    outbox: OutboxMessage[],
+  ): Promise<unknown> {
     const abort = new AbortController();
     const ctx = stepContext({
       trx,
@@ -370,10 +416,9 @@ export class SagaStepRunner {
       log: this.deps.log,
       signal: abort.signal,
     });
-    let result: unknown;
     try {
       const fn = job.phase === 'execute' ? step.run : step.compensate!;
-      result = await withTimeout(
+      return await withTimeout(
         () => Promise.resolve().then(() => fn(ctx)),
         step,
         abort,
@@ -387,11 +432,23 @@ export class SagaStepRunner {
       if ((await classifyFailure(this.deps.knex, error)) !== 'application') throw error;
       throw new AttemptFailed(error, attempt);
     }
-    progress.attempt = attempt;
+  }
 
-    const lastStage = saga.stages.length - 1;
+  /**
+   * The step's completion record with the saga's update (its result merged into the state, the
+   * version moved; `finishes`: the saga completed), in one statement.
+   */
+  private async record(
+    trx: Knex.Transaction,
+    saga: AnySaga,
+    step: AnyStep,
+    job: SagaStepJob,
+    row: SagaForStep,
+    attempt: number,
+    result: unknown,
+    finishes: boolean,
+  ): Promise<void> {
     const stageSize = saga.stages[step.stage]?.length ?? 1;
-    const finishes = job.phase === 'execute' && step.stage === lastStage && stageSize === 1;
     const merged = job.phase === 'execute' && result && typeof result === 'object' ? result : undefined;
     const sagaUpdate =
       stageSize > 1
@@ -408,7 +465,20 @@ export class SagaStepRunner {
       sagaUpdate,
     );
     if (!recorded) throw new ConcurrencyConflictError(row.id, row.version);
+  }
 
+  /**
+   * Carries out what follows the recorded step: the messages of the stage to run next, or the
+   * saga's end. A group member or a compensation, `planned` as `read-records`, plans again with
+   * the step records.
+   */
+  private async nextStage(
+    trx: Knex.Transaction,
+    saga: AnySaga,
+    row: SagaForStep,
+    end: StepEnd,
+    planned: NextStage,
+  ): Promise<OutboxMessage[]> {
     const saga_ = {
       id: row.id,
       name: saga.name,
@@ -416,41 +486,22 @@ export class SagaStepRunner {
       generation: row.generation,
       correlation_id: row.correlation_id,
     };
-    if (job.phase === 'execute' && !finishes) {
-      if (stageSize === 1) {
-        const next = saga.stages[step.stage + 1] ?? [];
-        const plan = {
-          kind: 'stage',
-          phase: 'execute',
-          stage: step.stage + 1,
-          pending: next.map((s) => s.name),
-        } as const;
-        outbox.push(...stageMessages(saga_, plan));
-      } else {
-        // A parallel group: the saga row is locked by the update above, so this new statement
-        // sees every sibling that committed before; the sibling that commits last sees them all
-        // and is the one that moves on.
-        const records = await listStepRows(trx, row.id);
-        const plan = planExecution(saga, records);
-        if (plan.kind === 'done') await transitionSaga(trx, row.id, 'running', 'completed');
-        else if (plan.stage !== step.stage)
-          outbox.push(...stageMessages(saga_, plan, row.generation, records));
-      }
-    } else if (job.phase === 'compensate') {
-      const records = await listStepRows(trx, row.id);
-      const plan = planCompensation(saga, records);
-      if (plan.kind === 'done') await transitionSaga(trx, row.id, 'compensating', 'compensated');
-      // Same stage: siblings still pending. Their jobs normally exist (same ids: not written, not
-      // run here); after a reopened compensation they may not, so writing them keeps the group moving.
-      else outbox.push(...stageMessages(saga_, plan, row.generation, records));
-    }
-    const written = this.deps.eager ? this.deps.eager.lease(outbox) : outbox;
-    const inserted = await insertOutboxMessages(trx, written);
-    // A row that existed already (a sibling compensation queued before) has its own lease or job:
-    // running it here too would run it twice.
-    progress.written = written.filter((m) => inserted.has(m.messageId));
-    if (job.phase === 'compensate') crashPoint('saga:during-compensation');
-    return 'completed';
+    if (planned.kind === 'stage') return stageMessages(saga_, planned);
+    // Otherwise a last single step: its record's update completed the saga.
+    if (planned.kind !== 'read-records') return [];
+    // A parallel group: the saga row is locked by the record's update, so this new statement
+    // sees every sibling that committed before; the sibling that commits last sees them all
+    // and is the one that moves on.
+    const records = await listStepRows(trx, row.id);
+    const next = planNextStage(saga, end, records);
+    if (next.kind === 'saga-completed') await transitionSaga(trx, row.id, 'running', 'completed');
+    else if (next.kind === 'saga-compensated')
+      await transitionSaga(trx, row.id, 'compensating', 'compensated');
+    // A compensation's own stage too: siblings still pending. Their jobs normally exist (same ids:
+    // not written, not run here); after a reopened compensation they may not, so writing them
+    // keeps the group moving.
+    else if (next.kind === 'stage') return stageMessages(saga_, next, row.generation, records);
+    return [];
   }
 
   /**
