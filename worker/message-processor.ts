@@ -26,6 +26,7 @@ import { handlerSeconds, messagesTotal } from '../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
 import { decideRetry, type RetryDecision } from '../shared/retry-policy.js';
 import { sleep } from '../shared/time.js';
+import { spanEvent } from '../shared/tracing.js';
 import type { RetryQueues } from './retry-queues.js';
 import type { EagerSteps } from './saga/eager.js';
 import { UnitOfWork } from './unit-of-work.js';
@@ -131,6 +132,10 @@ export class MessageProcessor {
           properties: { correlationId: incoming.correlationId, timestamp: incoming.timestamp.toISOString() },
         });
         log.error(context, 'processing failed unexpectedly again and again: dead-lettered');
+        spanEvent('dw.dead_letter', () => ({
+          'dw.dead_letter.reason': 'handler-failed',
+          'exception.message': describeCause(error),
+        }));
         return 'dead-lettered';
       } catch (storeError) {
         log.error({ ...context, storeError: describeCause(storeError) }, 'could not dead-letter either');
@@ -202,6 +207,7 @@ export class MessageProcessor {
       if (decision.kind === 'immediate') {
         // Retries are expected and the final failure is logged as an error: keep these quieter.
         log.info({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
+        spanEvent('dw.retry', () => retryEvent('immediate', envelope.attempt, error));
         envelope.attempt = decision.nextAttempt;
         continue;
       }
@@ -281,6 +287,10 @@ export class MessageProcessor {
       { err: failed.error, attempt: failed.attempt, delayMs: decision.delayMs },
       'handler failed; retrying after a delay',
     );
+    spanEvent('dw.retry', () => ({
+      ...retryEvent('delayed', failed.attempt, failed.error),
+      'dw.retry.delay_ms': decision.delayMs,
+    }));
     try {
       await this.deps.retryQueues.schedule(decision.tierMs, decision.delayMs, incoming.body, {
         messageId: incoming.id,
@@ -439,6 +449,10 @@ export class MessageProcessor {
 
   private async deadLetter(incoming: IncomingMessage, dead: DeadLetter, log: Logger): Promise<Outcome> {
     const { knex, queue } = this.deps;
+    spanEvent('dw.dead_letter', () => ({
+      'dw.dead_letter.reason': dead.reason,
+      'exception.message': dead.error.message,
+    }));
     const firstFailedAt = incoming.headers[Headers.firstFailedAt];
     const result = await this.whileDatabaseDown(async () => {
       await storeDeadLetter(knex, {
@@ -470,6 +484,10 @@ export class MessageProcessor {
     const result = await this.outages.run(fn, log);
     return result instanceof Stopped ? 'requeue' : result;
   }
+}
+
+function retryEvent(kind: 'immediate' | 'delayed', attempt: number, error: unknown) {
+  return { 'dw.retry.kind': kind, 'dw.retry.attempt': attempt, 'exception.message': describeCause(error) };
 }
 
 function stringOrUndefined(value: unknown): string | undefined {

@@ -8,6 +8,7 @@ import { type SagaJob, sagaQueue } from '../../shared/saga/jobs.js';
 import { settledWithin } from '../../shared/time.js';
 import { EagerSteps } from './eager.js';
 import { SagaStepRunner } from './step-runner.js';
+import { inStepSpan } from './step-span.js';
 import { sweepOnce } from './sweep.js';
 
 export interface SagaRunnerDeps {
@@ -55,8 +56,10 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   const abort = new AbortController();
   const eager =
     deps.eagerLeaseMs > 0
-      ? new EagerSteps(deps.knex, { leaseMs: deps.eagerLeaseMs, concurrency: deps.concurrency, log }, (job) =>
-          runner.runStep(job),
+      ? new EagerSteps(
+          deps.knex,
+          { leaseMs: deps.eagerLeaseMs, concurrency: deps.concurrency, log },
+          (job, headers) => inStepSpan(job, headers, true, () => runner.runStep(job)),
         )
       : undefined;
   const runner: SagaStepRunner = new SagaStepRunner({
@@ -77,7 +80,9 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
       // its start count also counts the starts that only put the job back until it was due).
       const postponed = (job.data as PostponedJobData).postponed ?? 0;
       const starts = Math.max(job.attemptsStarted - postponed, job.stalledCounter + 1);
-      const outcome = await runner.runStep(data, { restarted: starts > 1, starts });
+      const outcome = await inStepSpan(data, job.data.headers, false, () =>
+        runner.runStep(data, { restarted: starts > 1, starts }),
+      );
       if (outcome === 'early' && data.notBefore !== undefined && token) {
         // A retry's copy handed out before its backoff ran out: back to BullMQ until it is due.
         await job.updateData({ ...job.data, postponed: postponed + 1 } as PostponedJobData);
