@@ -131,13 +131,14 @@ export function spanEvent(name: string, attributes: () => Attributes): void {
   trace.getActiveSpan()?.addEvent(name, attributes());
 }
 
-const noFields: Record<string, string> = Object.freeze({}) as Record<string, string>;
-
-/** trace_id and span_id of the active span, for log lines; empty when no span is active. */
+/**
+ * trace_id and span_id of the active span, for log lines (pino's mixin); empty when no span is
+ * active. Always a new object: pino merges the line's own fields into it.
+ */
 export function logTraceFields(): Record<string, string> {
-  if (!tracingOn()) return noFields;
+  if (!tracingOn()) return {};
   const span = trace.getActiveSpan();
-  if (!span) return noFields;
+  if (!span) return {};
   const { traceId, spanId } = span.spanContext();
   return { trace_id: traceId, span_id: spanId };
 }

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import type { InMemorySpanExporter, ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import amqp from 'amqplib';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
 import { Relay } from '../../relay/relay.js';
@@ -239,13 +240,19 @@ describe('tracing', () => {
   });
 
   it('log lines carry trace_id and span_id while a span is active', () => {
-    expect(logTraceFields()).toEqual({});
+    const lines: string[] = [];
+    // createLogger's mixin, writing to memory.
+    const log = pino({ mixin: logTraceFields }, { write: (line: string) => lines.push(line) });
+    log.info({ n: 1 }, 'outside');
     tracer.startActiveSpan('probe', (span) => {
-      expect(logTraceFields()).toEqual({
-        trace_id: span.spanContext().traceId,
-        span_id: span.spanContext().spanId,
-      });
+      log.info({ n: 2 }, 'inside');
+      log.info('inside again');
+      const { traceId, spanId } = span.spanContext();
+      expect(JSON.parse(lines[1]!)).toMatchObject({ n: 2, trace_id: traceId, span_id: spanId });
+      expect(JSON.parse(lines[2]!)).toMatchObject({ trace_id: traceId, span_id: spanId });
       span.end();
     });
+    expect(JSON.parse(lines[0]!)).not.toHaveProperty('trace_id');
+    expect(lines).toHaveLength(3);
   });
 });
