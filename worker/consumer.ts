@@ -62,6 +62,11 @@ export class Consumer {
     this.limit = pLimit(options.concurrency);
   }
 
+  /** Deliveries this consumer holds and has not settled yet (its unacked messages). */
+  get unsettled(): number {
+    return this.inFlight.size;
+  }
+
   get consuming(): boolean {
     return this.current?.consumerTag !== undefined && !this.stopping;
   }

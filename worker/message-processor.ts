@@ -22,7 +22,13 @@ import {
   startDelivery,
 } from '../shared/inbox.js';
 import type { Logger } from '../shared/logger.js';
-import { handlerSeconds, messagesTotal } from '../shared/metrics.js';
+import {
+  handlerSeconds,
+  messageCriticalSeconds,
+  messageProcessingSeconds,
+  messagesTotal,
+  retriesTotal,
+} from '../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
 import { decideRetry, type RetryDecision } from '../shared/retry-policy.js';
 import { sleep } from '../shared/time.js';
@@ -103,7 +109,14 @@ export class MessageProcessor {
     }
     if (delivery.recorded) await this.finishRecordedDelivery(incoming.id, outcome);
     messagesTotal.inc({ outcome });
-    if (outcome === 'handled') handlerSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    if (outcome === 'handled') {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      handlerSeconds.observe(seconds);
+      // Handled: the type is one of the app's, so the label stays bounded.
+      const type = incoming.type ?? '';
+      messageProcessingSeconds.observe({ type }, seconds);
+      messageCriticalSeconds.observe({ type }, Math.max(0, Date.now() - incoming.timestamp.getTime()) / 1000);
+    }
     return outcome;
   }
 
@@ -208,6 +221,7 @@ export class MessageProcessor {
         // Retries are expected and the final failure is logged as an error: keep these quieter.
         log.info({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
         spanEvent('dw.retry', () => retryEvent('immediate', envelope.attempt, error));
+        retriesTotal.inc({ tier: 'immediate' });
         envelope.attempt = decision.nextAttempt;
         continue;
       }
@@ -305,6 +319,7 @@ export class MessageProcessor {
           [Headers.firstFailedAt]: failed.firstFailedAt,
         },
       });
+      retriesTotal.inc({ tier: `${decision.tierMs}ms` });
       return 'retry-scheduled';
     } catch (publishError) {
       // The broker went away: leave the message unacked; it comes back with the same attempt.
