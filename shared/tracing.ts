@@ -84,8 +84,11 @@ export function traceHeaders(fallback?: string, from: Context = context.active()
         : { traceparent: carrier.traceparent };
     }
   }
-  return fallback ? { traceparent: fallback } : {};
+  return fallback ? { traceparent: fallback } : noHeaders;
 }
+
+// Spread into headers, never written to: one shared object for "no trace context".
+const noHeaders: Record<string, string> = Object.freeze({}) as Record<string, string>;
 
 /** traceHeaders of `span`'s context. */
 export function spanHeaders(span: Span): Record<string, string> {

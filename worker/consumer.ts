@@ -1,4 +1,4 @@
-import { type Attributes, ROOT_CONTEXT } from '@opentelemetry/api';
+import { type Attributes, ROOT_CONTEXT, type Span } from '@opentelemetry/api';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import pLimit from 'p-limit';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
@@ -207,9 +207,29 @@ export class Consumer {
     }
   }
 
+  private async handle(channel: Channel, msg: ConsumeMessage, span?: Span): Promise<void> {
+    let outcome: Awaited<ReturnType<MessageProcessor['process']>>;
+    try {
+      outcome = await this.processor.process(readIncoming(msg));
+    } catch (error) {
+      // A bug or an unexpected failure outside the handler: never lose the message, never spin.
+      this.log.error(
+        { err: error, messageId: msg.properties.messageId, type: msg.properties.type },
+        'unexpected failure while processing; the message will be redelivered',
+      );
+      messagesTotal.inc({ outcome: 'requeue' });
+      await sleep(1000);
+      outcome = 'requeue';
+    }
+    settle(channel, msg, outcome);
+    if (span) {
+      span.setAttribute(Attr.outcome, outcome);
+      if (outcome === 'dead-lettered') span.setStatus({ code: SpanStatusCode.ERROR, message: outcome });
+    }
+  }
+
   /** The consumer span of a delivery: a child of the message's traceparent (none starts a trace). */
   private spanOptions(msg: ConsumeMessage): Parameters<typeof inSpan>[1] {
-    if (!tracingOn()) return noSpan;
     const props = msg.properties;
     const attributes: Attributes = {
       [Attr.system]: 'rabbitmq',
@@ -232,34 +252,17 @@ export class Consumer {
         settle(channel, msg, 'requeue');
         return;
       }
-      // One consumer span per delivery: validation, the transaction and the ack.
-      await inSpan(`process ${this.options.topology.queue}`, this.spanOptions(msg), async (span) => {
-        let outcome: Awaited<ReturnType<MessageProcessor['process']>>;
-        try {
-          outcome = await this.processor.process(readIncoming(msg));
-        } catch (error) {
-          // A bug or an unexpected failure outside the handler: never lose the message, never spin.
-          this.log.error(
-            { err: error, messageId: msg.properties.messageId, type: msg.properties.type },
-            'unexpected failure while processing; the message will be redelivered',
-          );
-          messagesTotal.inc({ outcome: 'requeue' });
-          await sleep(1000);
-          outcome = 'requeue';
-        }
-        settle(channel, msg, outcome);
-        if (span) {
-          span.setAttribute(Attr.outcome, outcome);
-          if (outcome === 'dead-lettered') span.setStatus({ code: SpanStatusCode.ERROR, message: outcome });
-        }
-      });
+      // One consumer span per delivery (validation, the transaction and the ack); nothing extra
+      // per message when tracing is off.
+      if (!tracingOn()) return this.handle(channel, msg);
+      await inSpan(`process ${this.options.topology.queue}`, this.spanOptions(msg), (span) =>
+        this.handle(channel, msg, span),
+      );
     });
     const tracked: Promise<void> = work.finally(() => this.inFlight.delete(tracked));
     this.inFlight.add(tracked);
   }
 }
-
-const noSpan = {};
 
 function settle(channel: Channel, msg: ConsumeMessage, outcome: string): void {
   try {
