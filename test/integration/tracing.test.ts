@@ -87,6 +87,19 @@ function relaySpans(traceId: string, destination: string, n: number) {
   }, `${n} relay spans to ${destination}`);
 }
 
+/**
+ * The trace's spans once the consumer span and every step span ended (a span is exported when it
+ * ends, which may come a moment after the commit a test waited for).
+ */
+function settledTrace(traceId: string): Promise<ReadableSpan[]> {
+  return waitFor(() => {
+    const spans = spansOf(traceId);
+    const consumer = spans.some((s) => s.kind === SpanKind.CONSUMER && s.name.startsWith('process '));
+    const steps = new Set(spans.map((s) => s.attributes['dw.saga.step']).filter(Boolean));
+    return consumer && steps.size === 4 ? spans : undefined;
+  }, 'the consumer span and the four step spans');
+}
+
 describe('tracing', () => {
   it('a message with an outside traceparent that starts a saga (eager steps) yields one trace', async () => {
     const worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
@@ -96,7 +109,7 @@ describe('tracing', () => {
       expect((await sagaFinished(env.knex, sagaId)).status).toBe('completed');
       // Each step sends one event to saga_test_events, relayed with a span in the same trace.
       const sends = await relaySpans(outside.traceId, 'saga_test_events', 4);
-      const spans = spansOf(outside.traceId);
+      const spans = await settledTrace(outside.traceId);
 
       const consumer = one(
         spans,
@@ -158,7 +171,7 @@ describe('tracing', () => {
       expect((await sagaFinished(env.knex, sagaId)).status).toBe('completed');
       await relaySpans(outside.traceId, 'saga_test_events', 4);
       const hops = await relaySpans(outside.traceId, 'dw-sagas', 4);
-      const spans = spansOf(outside.traceId);
+      const spans = await settledTrace(outside.traceId);
       const handler = one(spans, (s) => s.name === 'handle StartTestSaga', 'handler');
       // handler -> relay -> s1 -> relay -> s2 -> relay -> s3 -> relay -> s4
       let scheduler = handler;
