@@ -189,6 +189,62 @@ describe('tracing', () => {
     }
   });
 
+  it('retried attempts and compensations are spans of the same trace, each a child of what scheduled it', async () => {
+    const worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
+    try {
+      const outside = outsideTraceparent();
+      const sagaId = randomUUID();
+      await publishRaw(env.config.exchange, [
+        {
+          routingKey: 'StartTestSaga',
+          body: { saga: 'sequential', id: sagaId, state: { fail: { s3: -1 } } },
+          properties: {
+            messageId: randomUUID(),
+            type: 'StartTestSaga',
+            headers: { traceparent: outside.traceparent },
+          },
+        },
+      ]);
+      expect((await sagaFinished(env.knex, sagaId)).status).toBe('compensated');
+      const compensation = (s: ReadableSpan, step: string) =>
+        s.attributes['dw.saga.phase'] === 'compensate' && s.attributes['dw.saga.step'] === step;
+      const spans = await waitFor(() => {
+        const found = spansOf(outside.traceId);
+        return found.some((s) => compensation(s, 's1')) ? found : undefined;
+      }, 'the compensation spans');
+      const byId = new Map(spans.map((s) => [idOf(s), s]));
+      // s3: three attempts, each its own span; attempt n+1 descends from attempt n (through the relay).
+      const s3 = spans
+        .filter((s) => s.attributes['dw.saga.step'] === 's3' && s.attributes['dw.saga.phase'] === 'execute')
+        .sort((a, b) => Number(a.attributes['dw.saga.attempt']) - Number(b.attributes['dw.saga.attempt']));
+      expect(s3.map((s) => s.attributes['dw.saga.attempt'])).toEqual([1, 2, 3]);
+      expect(s3.map((s) => s.attributes['dw.outcome'])).toEqual([
+        'retry-scheduled',
+        'retry-scheduled',
+        'failed',
+      ]);
+      const ancestors = (span: ReadableSpan): string[] => {
+        const chain: string[] = [];
+        for (let p = parentOf(span); p && byId.has(p); p = parentOf(byId.get(p)!)) chain.push(p);
+        return chain;
+      };
+      expect(ancestors(s3[1]!)).toContain(idOf(s3[0]!));
+      expect(ancestors(s3[2]!)).toContain(idOf(s3[1]!));
+      // Compensations: -s2 scheduled by the failed attempt, -s1 by -s2.
+      const undoS2 = one(spans, (s) => compensation(s, 's2'), 'compensation of s2');
+      const undoS1 = one(spans, (s) => compensation(s, 's1'), 'compensation of s1');
+      expect(undoS2.name).toBe('saga compensation sequential/s2');
+      expect(ancestors(undoS2)).toContain(idOf(s3[2]!));
+      expect(ancestors(undoS1)).toContain(idOf(undoS2));
+      // The chain goes up to the consumer span, whose parent is the outside span.
+      const top = byId.get(ancestors(undoS1).at(-1)!)!;
+      expect(top.kind).toBe(SpanKind.CONSUMER);
+      expect(parentOf(top)).toBe(outside.spanId);
+    } finally {
+      await worker.stop();
+    }
+  });
+
   it('a message without traceparent starts a trace; dead-lettering is an event with the reason', async () => {
     const worker = await Worker.start({ app: sagaTestApp, config: env.config, sagaSweepIntervalMs: 0 });
     try {
