@@ -11,6 +11,7 @@ import { type BenchReport, checkGoals, table } from './report.js';
 import { measureSagas, sagasWork } from './saga.js';
 import { runSoak } from './soak.js';
 import { median, round } from './stats.js';
+import { startNoopOtlpReceiver } from './tracing.js';
 
 interface Options {
   json?: boolean;
@@ -31,6 +32,7 @@ interface Options {
   relayArgs: string;
   only?: string;
   keep?: boolean;
+  tracing?: boolean;
 }
 
 const integer = (min: number) => (value: string) => {
@@ -58,6 +60,10 @@ const program = new Command('bench')
   .option('--worker-args <args>', 'extra `dw worker` arguments (tuning experiments)', '')
   .option('--relay-args <args>', 'extra `dw relay` arguments (tuning experiments)', '')
   .option('--keep', 'keep the bench databases, queues and keys afterwards (to look into them)')
+  .option(
+    '--tracing',
+    'start the OpenTelemetry SDK in the dw children, exporting to a local no-op OTLP receiver (compare with a run without)',
+  )
   .option(
     '--only <parts>',
     'comma-separated subset of pipeline,relay,live,dbos (tuning; the JSON is then partial)',
@@ -90,6 +96,7 @@ for (const part of parts) {
     process.exit(1);
   }
 }
+const receiver = opts.tracing ? await startNoopOtlpReceiver() : undefined;
 const loadBefore = os.loadavg();
 const env = await createBenchEnv(servicesFromEnv());
 let failed = false;
@@ -128,6 +135,7 @@ try {
   if (!opts.keep)
     await env.teardown().catch((error) => process.stderr.write(`bench: cleanup failed: ${error}\n`));
   progressDone();
+  await receiver?.close();
 }
 process.exit(failed ? 1 : 0);
 
@@ -287,6 +295,8 @@ async function runAll(): Promise<BenchReport> {
       latencyRatePerSec: opts.latencyRate,
       sagasMeasured: sagasAvailable,
       parts: [...parts],
+      // With --tracing: how many OTLP exports the no-op receiver took (0 would mean no spans left).
+      tracing: receiver ? { otlpExports: receiver.requests() } : false,
       loadAverageBefore: loadBefore.map((v) => round(v, 1)),
       loadAverageAfter: os.loadavg().map((v) => round(v, 1)),
     },

@@ -1,7 +1,10 @@
 import type { Command } from 'commander';
+import type { Config } from '../shared/config.js';
 import type { OutgoingMessage } from '../shared/envelope.js';
 import { UsageError } from '../shared/errors.js';
+import { createLogger } from '../shared/logger.js';
 import { assertExchange, publishMessages } from '../shared/publisher.js';
+import { startTelemetry } from '../shared/telemetry.js';
 import { config, withAmqpChannel } from './infra.js';
 import { integer, jsonArgument, messageIdArgument, printJson } from './parse.js';
 import { shown } from './render.js';
@@ -35,24 +38,44 @@ export function registerPublish(program: Command): void {
       if (!/^[A-Za-z0-9_.:-]{1,255}$/.test(type)) {
         throw new UsageError(`message type ${shown(type)} may hold letters, digits and _ . : - only`);
       }
+      const traceparent = process.env.TRACEPARENT?.trim() || undefined;
+      if (traceparent && !/^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/.test(traceparent)) {
+        throw new UsageError(
+          `TRACEPARENT ${shown(traceparent)} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>); unset it or fix it`,
+        );
+      }
       const cfg = config();
-      await withAmqpChannel(cfg, async (channel) => {
-        await assertExchange(channel, cfg.exchange);
-        const messages = function* (): Generator<OutgoingMessage> {
-          for (let i = 0; i < opts.count; i++) {
-            yield { type, payload: opts.data, id: opts.id, correlationId: opts.correlationId };
-          }
-        };
-        const { published, unroutable } = await publishMessages(channel, cfg.exchange, messages(), {
-          mandatory: true,
-        });
-        if (unroutable > 0) {
-          throw new UsageError(
-            `${unroutable} of ${published.length} ${type} message(s) reached no queue on exchange ${cfg.exchange}: no app handles ${type} there yet (run \`dw migrate\` or start a worker first)`,
-          );
-        }
-        if (opts.json) printJson({ published });
-        else process.stdout.write(`published ${published.length} ${type} message(s) to ${cfg.exchange}\n`);
-      });
+      // Exports the producer spans when OTEL_* ask for it; flushed before the command ends.
+      const telemetry = await startTelemetry(
+        'dw-publish',
+        createLogger({ level: cfg.logLevel, destination: 2 }),
+      );
+      try {
+        await publish(cfg, type, opts, traceparent);
+      } finally {
+        await telemetry?.shutdown();
+      }
     });
+}
+
+async function publish(cfg: Config, type: string, opts: PublishOptions, traceparent: string | undefined) {
+  await withAmqpChannel(cfg, async (channel) => {
+    await assertExchange(channel, cfg.exchange);
+    const messages = function* (): Generator<OutgoingMessage> {
+      for (let i = 0; i < opts.count; i++) {
+        // TRACEPARENT (the OpenTelemetry environment carrier) makes the publish part of a trace.
+        yield { type, payload: opts.data, id: opts.id, correlationId: opts.correlationId, traceparent };
+      }
+    };
+    const { published, unroutable } = await publishMessages(channel, cfg.exchange, messages(), {
+      mandatory: true,
+    });
+    if (unroutable > 0) {
+      throw new UsageError(
+        `${unroutable} of ${published.length} ${type} message(s) reached no queue on exchange ${cfg.exchange}: no app handles ${type} there yet (run \`dw migrate\` or start a worker first)`,
+      );
+    }
+    if (opts.json) printJson({ published });
+    else process.stdout.write(`published ${published.length} ${type} message(s) to ${cfg.exchange}\n`);
+  });
 }

@@ -1,10 +1,20 @@
 import { createHash } from 'node:crypto';
+import { type Attributes, ROOT_CONTEXT, type Span } from '@opentelemetry/api';
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { relayDefaults } from '../shared/defaults.js';
 import { publishOptions } from '../shared/envelope.js';
 import type { OutboxJobData, OutboxRow } from '../shared/outbox.js';
+import {
+  Attr,
+  extractContext,
+  failSpan,
+  SpanKind,
+  spanHeaders,
+  tracer,
+  tracingOn,
+} from '../shared/tracing.js';
 
 export interface DeliveryResult {
   delivered: number[];
@@ -28,8 +38,19 @@ export class Destinations {
     private readonly keepCompleted: { age: number; count: number },
   ) {}
 
-  async deliver(rows: readonly OutboxRow[]): Promise<DeliveryResult> {
+  async deliver(claimed: readonly OutboxRow[]): Promise<DeliveryResult> {
     const result: DeliveryResult = { delivered: [], failed: [] };
+    const spans = tracingOn() ? sendSpans(claimed) : undefined;
+    const rows = spans ? spans.rows : claimed;
+    try {
+      await this.deliverRows(rows, result);
+    } finally {
+      if (spans) endSendSpans(spans.byId, result);
+    }
+    return result;
+  }
+
+  private async deliverRows(rows: readonly OutboxRow[], result: DeliveryResult): Promise<void> {
     const byQueue = new Map<string, OutboxRow[]>();
     const amqpRows: OutboxRow[] = [];
     for (const row of rows) {
@@ -47,7 +68,6 @@ export class Destinations {
       ),
       amqpRows.length ? this.inTurn('amqp', () => this.publishAll(amqpRows, result)) : undefined,
     ]);
-    return result;
   }
 
   /**
@@ -154,6 +174,7 @@ export class Destinations {
       correlationId: row.headers.correlationId,
       causationId: row.headers.causationId,
       traceparent: row.headers.traceparent,
+      headers: row.headers.tracestate ? { tracestate: row.headers.tracestate } : undefined,
     });
     // Mandatory: a type nothing is bound to is returned (UnroutableError), not confirmed and lost.
     await this.amqp.publishMandatory(
@@ -163,6 +184,49 @@ export class Destinations {
       options,
     );
   }
+}
+
+/**
+ * One producer span per row, a child of the context stored with the row (the span that wrote it),
+ * so that the relay's hop sits in each message's own trace; a single batch span could belong to
+ * one trace only. The row goes out carrying the span's context: the consumer's span becomes its
+ * child. Rows without a stored context get a span of their own trace.
+ */
+function sendSpans(rows: readonly OutboxRow[]): { rows: OutboxRow[]; byId: Map<number, Span> } {
+  const byId = new Map<number, Span>();
+  const traced = rows.map((row) => {
+    const bullmq = row.destination.kind === 'bullmq';
+    const destination = bullmq
+      ? (row.destination as { queue: string }).queue
+      : (row.destination as { exchange: string }).exchange;
+    const attributes: Attributes = {
+      [Attr.system]: bullmq ? 'bullmq' : 'rabbitmq',
+      [Attr.operationType]: 'send',
+      [Attr.operationName]: 'send',
+      [Attr.destination]: destination,
+      [Attr.messageId]: row.messageId,
+      [Attr.messageType]: row.type,
+    };
+    if (row.headers.correlationId) attributes[Attr.conversationId] = row.headers.correlationId;
+    if (!bullmq) attributes[Attr.routingKey] = (row.destination as { routingKey: string }).routingKey;
+    const span = tracer.startSpan(
+      `send ${destination}`,
+      { kind: SpanKind.PRODUCER, attributes },
+      extractContext(row.headers, ROOT_CONTEXT),
+    );
+    byId.set(row.id, span);
+    const { traceparent: _parent, tracestate: _state, ...headers } = row.headers;
+    return { ...row, headers: { ...headers, ...spanHeaders(span) } };
+  });
+  return { rows: traced, byId };
+}
+
+function endSendSpans(byId: Map<number, Span>, result: DeliveryResult): void {
+  for (const failure of result.failed) {
+    const span = byId.get(failure.id);
+    if (span) failSpan(span, new Error(failure.error));
+  }
+  for (const span of byId.values()) span.end();
 }
 
 /**

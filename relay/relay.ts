@@ -7,7 +7,13 @@ import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/
 import { assertMigrated } from '../shared/db/migrate.js';
 import { OutageWait, Stopped } from '../shared/db/outage.js';
 import { startHeartbeat } from '../shared/heartbeat.js';
-import { outboxFailuresTotal, outboxRelayedTotal } from '../shared/metrics.js';
+import {
+  outboxFailuresTotal,
+  outboxRelayedTotal,
+  relayBatchSeconds,
+  relayBatchSize,
+  type ScrapeSources,
+} from '../shared/metrics.js';
 import { claimOutboxBatch, markOutboxFailed } from '../shared/outbox.js';
 import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
 import { sleep } from '../shared/time.js';
@@ -94,6 +100,11 @@ export class Relay {
     }
   }
 
+  /** The relay's `/metrics` reads the outbox, dead letters and sagas at scrape time. */
+  scrapeSources(): ScrapeSources {
+    return { knex: this.knex };
+  }
+
   async health(): Promise<Record<string, boolean>> {
     const postgres = await databaseHealthy(this.knex);
     return { postgres, redis: await redisHealthy(this.redis), rabbitmq: this.amqp.connected };
@@ -134,6 +145,7 @@ export class Relay {
   async drainOnce(): Promise<number> {
     const { batchSize } = this.options;
     await this.redisLoss.repairIfNeeded();
+    const started = process.hrtime.bigint();
     const claimed = await this.knex.transaction(async (trx) => {
       // What Redis must hold and which Redis data set it is are read beside the claim (on other
       // connections), before the adds.
@@ -175,6 +187,10 @@ export class Relay {
       return rows.length;
     });
     if (claimed === 0) await this.redisLoss.checkIdle();
+    else {
+      relayBatchSize.observe(claimed);
+      relayBatchSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    }
     return claimed;
   }
 

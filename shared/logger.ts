@@ -1,4 +1,5 @@
 import { pino } from 'pino';
+import { logTraceFields } from './tracing.js';
 
 export type Logger = pino.Logger;
 
@@ -12,6 +13,8 @@ export function createLogger(options: { level?: string; name?: string; destinati
       level: options.level ?? process.env.LOG_LEVEL ?? 'info',
       base: { pid: process.pid, ...(options.name ? { component: options.name } : {}) },
       timestamp: pino.stdTimeFunctions.isoTime,
+      // trace_id and span_id of the active span, when tracing is on.
+      mixin: logTraceFields,
     },
     pino.destination({ fd: options.destination ?? 1, sync: true }),
   );

@@ -1,12 +1,20 @@
 import { createServer, type Server } from 'node:http';
 import type { Logger } from './logger.js';
-import { collectProcessMetrics, dependencyUp, registry } from './metrics.js';
+import {
+  collectProcessMetrics,
+  dependencyUp,
+  registry,
+  type ScrapeSources,
+  setScrapeSources,
+} from './metrics.js';
 
 export interface Stoppable {
   stop(graceMs?: number): Promise<boolean>;
   health(): Promise<Record<string, boolean>>;
   /** Problems in words for `/healthz` (e.g. why a worker is not consuming); optional. */
   problems?(): string[];
+  /** What the gauges read at scrape time come from (see ScrapeSources); optional. */
+  scrapeSources?(): ScrapeSources;
 }
 
 /**
@@ -49,6 +57,7 @@ export function handleSignals(
  */
 export async function startHealthServer(component: Stoppable, port: number, log: Logger): Promise<Server> {
   collectProcessMetrics();
+  if (component.scrapeSources) setScrapeSources(component.scrapeSources());
   const server = createServer((req, res) => {
     if (req.url === '/healthz' || req.url === '/readyz') {
       void component.health().then((deps) => {
@@ -67,10 +76,16 @@ export async function startHealthServer(component: Stoppable, port: number, log:
       return;
     }
     if (req.url === '/metrics') {
-      void registry.metrics().then((text) => {
-        res.writeHead(200, { 'content-type': registry.contentType });
-        res.end(text);
-      });
+      void registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': registry.contentType });
+          res.end(text);
+        },
+        (error: unknown) => {
+          log.warn({ err: error }, 'could not collect the metrics');
+          res.writeHead(500).end();
+        },
+      );
       return;
     }
     res.writeHead(404).end();

@@ -1,3 +1,4 @@
+import { type Attributes, ROOT_CONTEXT, type Span } from '@opentelemetry/api';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import pLimit from 'p-limit';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
@@ -8,6 +9,7 @@ import type { Logger } from '../shared/logger.js';
 import { messagesTotal } from '../shared/metrics.js';
 import { sleep } from '../shared/time.js';
 import { declareTopology, type Topology } from '../shared/topology.js';
+import { Attr, extractContext, inSpan, SpanKind, SpanStatusCode, tracingOn } from '../shared/tracing.js';
 import type { MessageProcessor } from './message-processor.js';
 
 export interface ConsumerOptions {
@@ -58,6 +60,11 @@ export class Consumer {
     private readonly log: Logger,
   ) {
     this.limit = pLimit(options.concurrency);
+  }
+
+  /** Deliveries this consumer holds and has not settled yet (its unacked messages). */
+  get unsettled(): number {
+    return this.inFlight.size;
   }
 
   get consuming(): boolean {
@@ -200,26 +207,57 @@ export class Consumer {
     }
   }
 
+  private async handle(channel: Channel, msg: ConsumeMessage, span?: Span): Promise<void> {
+    let outcome: Awaited<ReturnType<MessageProcessor['process']>>;
+    try {
+      outcome = await this.processor.process(readIncoming(msg));
+    } catch (error) {
+      // A bug or an unexpected failure outside the handler: never lose the message, never spin.
+      this.log.error(
+        { err: error, messageId: msg.properties.messageId, type: msg.properties.type },
+        'unexpected failure while processing; the message will be redelivered',
+      );
+      messagesTotal.inc({ outcome: 'requeue' });
+      await sleep(1000);
+      outcome = 'requeue';
+    }
+    settle(channel, msg, outcome);
+    if (span) {
+      span.setAttribute(Attr.outcome, outcome);
+      if (outcome === 'dead-lettered') span.setStatus({ code: SpanStatusCode.ERROR, message: outcome });
+    }
+  }
+
+  /** The consumer span of a delivery: a child of the message's traceparent (none starts a trace). */
+  private spanOptions(msg: ConsumeMessage): Parameters<typeof inSpan>[1] {
+    const props = msg.properties;
+    const attributes: Attributes = {
+      [Attr.system]: 'rabbitmq',
+      [Attr.operationType]: 'process',
+      [Attr.operationName]: 'process',
+      [Attr.destination]: this.options.topology.queue,
+      [Attr.routingKey]: msg.fields.routingKey,
+      [Attr.bodySize]: msg.content.length,
+    };
+    if (typeof props.messageId === 'string') attributes[Attr.messageId] = props.messageId;
+    if (typeof props.correlationId === 'string') attributes[Attr.conversationId] = props.correlationId;
+    if (typeof props.type === 'string') attributes[Attr.messageType] = props.type;
+    // Without a (valid) traceparent the parent is the root: the message starts a new trace.
+    return { kind: SpanKind.CONSUMER, attributes, parent: extractContext(props.headers, ROOT_CONTEXT) };
+  }
+
   private onDelivery(channel: Channel, msg: ConsumeMessage): void {
     const work = this.limit(async () => {
       if (this.stopping) {
         settle(channel, msg, 'requeue');
         return;
       }
-      let outcome: Awaited<ReturnType<MessageProcessor['process']>>;
-      try {
-        outcome = await this.processor.process(readIncoming(msg));
-      } catch (error) {
-        // A bug or an unexpected failure outside the handler: never lose the message, never spin.
-        this.log.error(
-          { err: error, messageId: msg.properties.messageId, type: msg.properties.type },
-          'unexpected failure while processing; the message will be redelivered',
-        );
-        messagesTotal.inc({ outcome: 'requeue' });
-        await sleep(1000);
-        outcome = 'requeue';
-      }
-      settle(channel, msg, outcome);
+      // One consumer span per delivery (validation, the transaction and the ack); nothing extra
+      // per message when tracing is off.
+      if (!tracingOn()) return this.handle(channel, msg);
+      await inSpan(`process ${this.options.topology.queue}`, this.spanOptions(msg), (span) =>
+        this.handle(channel, msg, span),
+      );
     });
     const tracked: Promise<void> = work.finally(() => this.inFlight.delete(tracked));
     this.inFlight.add(tracked);

@@ -22,10 +22,17 @@ import {
   startDelivery,
 } from '../shared/inbox.js';
 import type { Logger } from '../shared/logger.js';
-import { handlerSeconds, messagesTotal } from '../shared/metrics.js';
+import {
+  handlerSeconds,
+  messageCriticalSeconds,
+  messageProcessingSeconds,
+  messagesTotal,
+  retriesTotal,
+} from '../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
 import { decideRetry, type RetryDecision } from '../shared/retry-policy.js';
 import { sleep } from '../shared/time.js';
+import { spanEvent } from '../shared/tracing.js';
 import type { RetryQueues } from './retry-queues.js';
 import type { EagerSteps } from './saga/eager.js';
 import { UnitOfWork } from './unit-of-work.js';
@@ -106,7 +113,14 @@ export class MessageProcessor {
     }
     if (delivery.recorded) await this.finishRecordedDelivery(incoming.id, outcome);
     messagesTotal.inc({ outcome });
-    if (outcome === 'handled') handlerSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    if (outcome === 'handled') {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      handlerSeconds.observe(seconds);
+      // Handled: the type is one of the app's, so the label stays bounded.
+      const type = incoming.type ?? '';
+      messageProcessingSeconds.observe({ type }, seconds);
+      messageCriticalSeconds.observe({ type }, Math.max(0, Date.now() - incoming.timestamp.getTime()) / 1000);
+    }
     return outcome;
   }
 
@@ -135,6 +149,10 @@ export class MessageProcessor {
           properties: { correlationId: incoming.correlationId, timestamp: incoming.timestamp.toISOString() },
         });
         log.error(context, 'processing failed unexpectedly again and again: dead-lettered');
+        spanEvent('dw.dead_letter', () => ({
+          'dw.dead_letter.reason': 'handler-failed',
+          'exception.message': describeCause(error),
+        }));
         return 'dead-lettered';
       } catch (storeError) {
         log.error({ ...context, storeError: describeCause(storeError) }, 'could not dead-letter either');
@@ -206,6 +224,8 @@ export class MessageProcessor {
       if (decision.kind === 'immediate') {
         // Retries are expected and the final failure is logged as an error: keep these quieter.
         log.info({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
+        spanEvent('dw.retry', () => retryEvent('immediate', envelope.attempt, error));
+        retriesTotal.inc({ tier: 'immediate' });
         envelope.attempt = decision.nextAttempt;
         continue;
       }
@@ -285,6 +305,10 @@ export class MessageProcessor {
       { err: failed.error, attempt: failed.attempt, delayMs: decision.delayMs },
       'handler failed; retrying after a delay',
     );
+    spanEvent('dw.retry', () => ({
+      ...retryEvent('delayed', failed.attempt, failed.error),
+      'dw.retry.delay_ms': decision.delayMs,
+    }));
     try {
       await this.deps.retryQueues.schedule(decision.tierMs, decision.delayMs, incoming.body, {
         messageId: incoming.id,
@@ -299,6 +323,7 @@ export class MessageProcessor {
           [Headers.firstFailedAt]: failed.firstFailedAt,
         },
       });
+      retriesTotal.inc({ tier: `${decision.tierMs}ms` });
       return 'retry-scheduled';
     } catch (publishError) {
       // The broker went away: leave the message unacked; it comes back with the same attempt.
@@ -443,6 +468,10 @@ export class MessageProcessor {
 
   private async deadLetter(incoming: IncomingMessage, dead: DeadLetter, log: Logger): Promise<Outcome> {
     const { knex, queue } = this.deps;
+    spanEvent('dw.dead_letter', () => ({
+      'dw.dead_letter.reason': dead.reason,
+      'exception.message': dead.error.message,
+    }));
     const firstFailedAt = incoming.headers[Headers.firstFailedAt];
     const result = await this.whileDatabaseDown(async () => {
       await storeDeadLetter(knex, {
@@ -474,6 +503,10 @@ export class MessageProcessor {
     const result = await this.outages.run(fn, log);
     return result instanceof Stopped ? 'requeue' : result;
   }
+}
+
+function retryEvent(kind: 'immediate' | 'delayed', attempt: number, error: unknown) {
+  return { 'dw.retry.kind': kind, 'dw.retry.attempt': attempt, 'exception.message': describeCause(error) };
 }
 
 function stringOrUndefined(value: unknown): string | undefined {

@@ -6,6 +6,7 @@ import { NonRetryableError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { type Destination, type OutboxMessage, resolveDestination } from '../shared/outbox.js';
 import { startSaga } from '../shared/saga/start.js';
+import { Attr, inSpan, traceHeaders, tracingOn } from '../shared/tracing.js';
 
 /**
  * Outbox messages and hooks gathered by handlers, per savepoint level: a dispatch that rolls back
@@ -66,15 +67,30 @@ export class UnitOfWork {
     const handlers = this.app.handlers.get(envelope.type) ?? [];
     const ctx = this.context(scope, trx, envelope);
     for (const [i, handler] of handlers.entries()) {
-      await handler.handle(payloads[i], ctx);
+      if (!tracingOn()) await handler.handle(payloads[i], ctx);
+      else
+        await inSpan(
+          `handle ${envelope.type}`,
+          {
+            attributes: {
+              [Attr.messageType]: envelope.type,
+              [Attr.messageId]: envelope.id,
+              'dw.handler.index': i,
+            },
+          },
+          async () => handler.handle(payloads[i], ctx),
+        );
     }
   }
 
   private context(scope: Scope, trx: Knex.Transaction, envelope: Envelope): HandlerContext {
+    // The context of the span that sends (the handler's, a dispatch's), taken now: the relay's span
+    // and whatever consumes the message become its children. Without tracing the incoming
+    // traceparent is passed on as it came.
     const headers = (): Record<string, string> => ({
       correlationId: envelope.correlationId,
       causationId: envelope.id,
-      ...(envelope.traceparent ? { traceparent: envelope.traceparent } : {}),
+      ...traceHeaders(envelope.traceparent),
     });
     const send = (destination: Destination, type: string, payload: unknown, options: SendOptions = {}) => {
       const messageId = options.id ?? randomUUID();
@@ -148,7 +164,11 @@ export class UnitOfWork {
     const scope = new Scope();
     try {
       // A nested knex transaction is a savepoint inside the message's transaction.
-      await trx.transaction((savepoint) => this.runIn(scope, savepoint, envelope, payloads));
+      await inSpan(
+        `dispatch ${type}`,
+        { attributes: { [Attr.messageType]: type, [Attr.messageId]: envelope.id } },
+        () => trx.transaction((savepoint) => this.runIn(scope, savepoint, envelope, payloads)),
+      );
     } catch (error) {
       await runRollbackHooks(scope, error, this.log);
       throw error;

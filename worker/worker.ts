@@ -4,6 +4,7 @@ import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/
 import { assertMigrated } from '../shared/db/migrate.js';
 import { startHeartbeat } from '../shared/heartbeat.js';
 import { startHousekeeping } from '../shared/housekeeping.js';
+import type { ScrapeSources } from '../shared/metrics.js';
 import { settledWithin } from '../shared/time.js';
 import { appTopology } from '../shared/topology.js';
 import { Consumer } from './consumer.js';
@@ -122,6 +123,29 @@ export class Worker {
     if (this.hasHandlers) result.consuming = this.consumer.consuming;
     if (this.sagaRunner) result.redis = await this.sagaRunner.healthy();
     return result;
+  }
+
+  /**
+   * The worker's `/metrics` reads the outbox, dead letters and sagas, and its work queue's depth
+   * (ready from the broker, on a channel of its own: a failed check closes it), at scrape time.
+   */
+  scrapeSources(): ScrapeSources {
+    const queue = this.options.queue;
+    return {
+      knex: this.knex,
+      workQueue: async () => {
+        const unacked = this.hasHandlers ? this.consumer.unsettled : 0;
+        const connection = this.amqp.current;
+        if (!connection || !this.hasHandlers) return { queue, ready: undefined, unacked };
+        const channel = await connection.createChannel();
+        channel.on('error', () => {});
+        try {
+          return { queue, ready: (await channel.checkQueue(queue)).messageCount, unacked };
+        } finally {
+          await channel.close().catch(() => {});
+        }
+      },
+    };
   }
 
   /** What `/healthz` reports as wrong beyond unreachable dependencies. */

@@ -1,6 +1,7 @@
 import { v5 as uuidv5 } from 'uuid';
 import { sagaQueueName } from '../defaults.js';
 import type { OutboxMessage } from '../outbox.js';
+import { traceHeaders } from '../tracing.js';
 
 /**
  * The BullMQ queue of saga work (under BULLMQ_PREFIX). One queue for every saga of the app: a
@@ -86,10 +87,12 @@ export interface StepMessageInput {
   causationId?: string;
 }
 
+/** With the context of the active span (the handler or step that schedules this job): its parent. */
 function headers(correlationId?: string | null, causationId?: string): Record<string, string> {
   return {
     ...(correlationId ? { correlationId } : {}),
     ...(causationId ? { causationId } : {}),
+    ...traceHeaders(),
   };
 }
 

@@ -31,7 +31,8 @@ export class EagerSteps {
   constructor(
     private readonly knex: Knex,
     private readonly options: EagerStepsOptions,
-    private readonly runStep: (job: SagaStepJob) => Promise<unknown>,
+    /** `headers`: the outbox message's, with the context of the span that scheduled the step. */
+    private readonly runStep: (job: SagaStepJob, headers: Record<string, string>) => Promise<unknown>,
   ) {
     this.limit = pLimit(options.concurrency);
   }
@@ -71,7 +72,7 @@ export class EagerSteps {
       return;
     }
     try {
-      const outcome = await this.runStep(message.payload as SagaStepJob);
+      const outcome = await this.runStep(message.payload as SagaStepJob, message.headers);
       // Not due yet (cannot happen for an undelayed message; the relay would add its delay), or a
       // saga version this process lacks: the relay hands it to BullMQ, for a worker that has it.
       if (outcome === 'early' || outcome === 'unknown-version')

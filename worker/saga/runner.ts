@@ -9,6 +9,7 @@ import { registerSagaDefinitions } from '../../shared/saga/registry.js';
 import { settledWithin } from '../../shared/time.js';
 import { EagerSteps } from './eager.js';
 import { SagaStepRunner } from './step-runner.js';
+import { inStepSpan } from './step-span.js';
 import { sweepOnce } from './sweep.js';
 
 export interface SagaRunnerDeps {
@@ -70,8 +71,10 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   const abort = new AbortController();
   const eager =
     deps.eagerLeaseMs > 0
-      ? new EagerSteps(deps.knex, { leaseMs: deps.eagerLeaseMs, concurrency: deps.concurrency, log }, (job) =>
-          runner.runStep(job),
+      ? new EagerSteps(
+          deps.knex,
+          { leaseMs: deps.eagerLeaseMs, concurrency: deps.concurrency, log },
+          (job, headers) => inStepSpan(job, headers, true, () => runner.runStep(job)),
         )
       : undefined;
   const runner: SagaStepRunner = new SagaStepRunner({
@@ -94,7 +97,9 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
       const outcome =
         data.kind === 'deadline'
           ? await runner.runDeadline(data)
-          : await runner.runStep(data, { restarted: starts > 1, starts });
+          : await inStepSpan(data, job.data.headers, false, () =>
+              runner.runStep(data, { restarted: starts > 1, starts }),
+            );
       if (outcome === 'unknown-version' && token) {
         // Not acked away: back to BullMQ, delayed, for a worker that has the version (any worker
         // may take it; this one leaves it alone again). Without that, the sweep resumes the saga.

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { trace } from '@opentelemetry/api';
 import type { Knex } from 'knex';
 import { StepTimeoutError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
@@ -6,6 +7,7 @@ import { type OutboxMessage, resolveDestination } from '../../shared/outbox.js';
 import type { StepContext } from '../../shared/saga/definition.js';
 import type { SagaPhase } from '../../shared/saga/jobs.js';
 import { type Clock, systemClock } from '../../shared/time.js';
+import { Attr, traceHeaders, tracingOn } from '../../shared/tracing.js';
 
 /** What user code gets in a step or compensation; `send` appends to `outbox` (written with the step). */
 export function stepContext(input: {
@@ -20,6 +22,8 @@ export function stepContext(input: {
   signal: AbortSignal;
 }): StepContext<Record<string, unknown>> {
   const { trx, saga, sagaName, step, phase, attempt, outbox, log, signal } = input;
+  // The attempt the step span stands for is only known here, from the step's record.
+  if (tracingOn()) trace.getActiveSpan()?.setAttribute(Attr.sagaAttempt, attempt);
   return {
     trx,
     signal,
@@ -38,7 +42,12 @@ export function stepContext(input: {
         destination: resolveDestination(destination),
         type,
         payload,
-        headers: { correlationId: saga.correlation_id ?? saga.id, causationId: saga.id },
+        headers: {
+          correlationId: saga.correlation_id ?? saga.id,
+          causationId: saga.id,
+          // The step's span: what consumes the message joins the saga's trace.
+          ...traceHeaders(),
+        },
       });
     },
   };
