@@ -167,13 +167,13 @@ export class Worker {
       const log = this.options.logger;
       log.info({ graceMs }, 'worker stopping');
       const started = Date.now();
-      // Messages first: a handler finishing now may still start a saga, whose first steps the
-      // saga runner then hands to the relay rather than running them while it stops.
+      // Messages and saga steps stop together: no new step starts while the consumer drains (a step
+      // committing now, or a handler starting a saga, leaves its next steps to the relay).
       const [drained] = await Promise.all([
         this.consumer.stop(graceMs),
         settledWithin(this.housekeeping.stop(), graceMs),
+        this.sagaRunner?.stop(graceMs),
       ]);
-      await this.sagaRunner?.stop(Math.max(0, graceMs - (Date.now() - started)));
       this.abort.abort();
       // Bounded as well: a broker or database that stopped answering must not hold the exit.
       await settledWithin(this.amqp.close(), closeMs);
