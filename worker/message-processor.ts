@@ -107,7 +107,8 @@ export class MessageProcessor {
     let outcome: Outcome;
     try {
       outcome = await this.processInner(incoming, delivery);
-      this.unexpectedFailures.delete(incoming.id);
+      // A requeue keeps the count: a retry that cannot be scheduled is counted like a failure.
+      if (outcome !== 'requeue') this.unexpectedFailures.delete(incoming.id);
     } catch (error) {
       outcome = await this.afterUnexpectedFailure(incoming, error);
     }
@@ -326,9 +327,11 @@ export class MessageProcessor {
       retriesTotal.inc({ tier: `${decision.tierMs}ms` });
       return 'retry-scheduled';
     } catch (publishError) {
-      // The broker went away: leave the message unacked; it comes back with the same attempt.
+      // The message stays unacked and comes back with the same attempt. Paused and counted like
+      // any failure outside the handler: a retry queue the broker keeps refusing (other arguments,
+      // a reject-publish policy) must not spin the message for ever.
       log.warn({ err: publishError }, 'could not schedule the retry; the message will be redelivered');
-      return 'requeue';
+      return this.afterUnexpectedFailure(incoming, publishError);
     }
   }
 
