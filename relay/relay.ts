@@ -14,7 +14,7 @@ import {
   relayBatchSize,
   type ScrapeSources,
 } from '../shared/metrics.js';
-import { claimOutboxBatch, markOutboxFailed } from '../shared/outbox.js';
+import { claimOutboxBatch, lockForRedisDelivery, markOutboxFailed } from '../shared/outbox.js';
 import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
 import { sleep } from '../shared/time.js';
 import { Destinations } from './destinations.js';
@@ -149,9 +149,15 @@ export class Relay {
     const claimed = await this.knex.transaction(async (trx) => {
       // What Redis must hold and which Redis data set it is are read beside the claim (on other
       // connections), before the adds.
-      const [rows, redisMark, lineage] = await this.claimInTurn(() =>
-        Promise.all([claimOutboxBatch(trx, batchSize), this.redisLoss.mark(), this.redisLoss.lineage()]),
-      );
+      const [rows, redisMark, lineage] = await this.claimInTurn(async () => {
+        // In turn, so that a loop holding the lock never waits for one blocked behind a repair.
+        await lockForRedisDelivery(trx);
+        return Promise.all([
+          claimOutboxBatch(trx, batchSize),
+          this.redisLoss.mark(),
+          this.redisLoss.lineage(),
+        ]);
+      });
       if (rows.length === 0) return 0;
       // Called right after the claim, before any other await: each queue gets its batches in the
       // order they were claimed (see Destinations).

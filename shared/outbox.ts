@@ -172,7 +172,8 @@ export async function claimOutboxBatch(trx: Knex.Transaction, limit: number): Pr
           : { kind: 'amqp', exchange: r.destination, routingKey: r.routing_key ?? '' },
       type: r.type,
       payload: r.payload,
-      headers: r.headers,
+      // A row written by hand may have none; everything downstream reads header fields.
+      headers: r.headers ?? {},
       options: r.options,
       attempts: r.attempts,
     }));
@@ -216,8 +217,23 @@ export async function setRedisSeq(trx: Knex.Transaction, ids: readonly number[],
  * again (their jobs are gone; a job that survived is not duplicated, same job id) and records the
  * loss. Several relays repairing the same loss record it once. Returns how many rows.
  */
+// Names "delivering outbox rows to Redis" among the advisory locks of this database.
+const REDIS_DELIVERY_LOCK = 0x64770002;
+
+/**
+ * Taken by every relay batch before its claim, held to its commit: a repair of lost Redis rows
+ * (below) waits for the batches in flight, whose positions it could otherwise not see yet.
+ */
+export async function lockForRedisDelivery(trx: Knex.Transaction): Promise<void> {
+  // Shared: batches do not wait for each other, only for a repair.
+  await trx.raw('select pg_advisory_xact_lock_shared(?)', [REDIS_DELIVERY_LOCK]);
+}
+
 export async function redeliverLostRows(knex: Knex, from: number, to: number): Promise<number> {
   return knex.transaction(async (trx) => {
+    // Exclusive: batches that took their position before the loss commit first, so their rows are
+    // visible to the update below (a batch still in flight would otherwise keep its lost jobs).
+    await trx.raw('select pg_advisory_xact_lock(?)', [REDIS_DELIVERY_LOCK]);
     // Only rows the relay put into Redis have a position (not eager steps run in-process).
     const count = await trx(table)
       .where('redis_seq', '>', from)
