@@ -1,6 +1,7 @@
 import { Worker as BullWorker, DelayedError, Queue } from 'bullmq';
 import type { Knex } from 'knex';
 import type { App } from '../../shared/app.js';
+import { backoffMs } from '../../shared/backoff.js';
 import type { Logger } from '../../shared/logger.js';
 import type { OutboxJobData } from '../../shared/outbox.js';
 import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../../shared/redis.js';
@@ -53,7 +54,7 @@ type PostponedJobData = OutboxJobData & { postponed?: number; unserved?: number 
  * Delay before a job of a saga version this worker lacks is handed out again: doubling from 1 s up
  * to a minute, so that a worker that has the version gets it soon and the others do not spin on it.
  */
-const unservedDelayMs = (times: number) => Math.min(60_000, 1000 * 2 ** Math.min(times, 6));
+const unservedDelayMs = (times: number) => backoffMs(times, { baseMs: 1000, maxMs: 60_000 });
 
 /** Runs the app's saga steps from BullMQ; undefined when the app defines no sagas. */
 export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner | undefined> {
