@@ -21,6 +21,7 @@ import { assertRedisReachable } from '../shared/redis.js';
 import { sagaQueue } from '../shared/saga/jobs.js';
 import { config, withDatabase } from './infra.js';
 import { printJson } from './parse.js';
+import { printable } from './render.js';
 
 export function registerStatus(program: Command): void {
   program
@@ -124,7 +125,8 @@ function printStatus(s: Status): void {
       ]),
     ]),
   ];
-  process.stdout.write(`${lines.join('\n')}\n`);
+  // Saga names and queue names come from the database and the broker: escape what a terminal would act on.
+  process.stdout.write(`${printable(lines.join('\n'), { multiline: true })}\n`);
 }
 
 /** One line per saga version: in-flight count, and whether this app's workers serve it. */
