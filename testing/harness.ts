@@ -397,6 +397,9 @@ class Harness implements TestHarness {
         await this.change.promise;
         continue;
       }
+      // A task that ends while the outbox is read may commit rows that read did not see: then
+      // read again before calling it idle.
+      const before = this.change;
       await this.relayOutbox();
       const entry = this.nextEntry(this.clock.now());
       if (entry) {
@@ -404,6 +407,7 @@ class Harness implements TestHarness {
         this.start(entry.work);
         continue;
       }
+      if (this.change !== before) continue;
       if (allowParked || this.tasks.size === 0) return;
       await this.waitForParked();
     }
