@@ -17,7 +17,7 @@ import { loadApp } from '../shared/app.js';
 import { redactUrl } from '../shared/config.js';
 import { workQueueName } from '../shared/defaults.js';
 import { ServiceUnavailableError } from '../shared/errors.js';
-import { assertRedisReachable } from '../shared/redis.js';
+import { assertRedisReachable, type RedisPersistence } from '../shared/redis.js';
 import { sagaQueue } from '../shared/saga/jobs.js';
 import { config, withDatabase } from './infra.js';
 import { printJson } from './parse.js';
@@ -59,11 +59,9 @@ export function registerStatus(program: Command): void {
       } finally {
         await connection.close().catch(() => {});
       }
-      await assertRedisReachable(cfg.redisUrl);
-      const bullmq = await bullQueueStatus(cfg.redisUrl, cfg.bullmqPrefix, [
-        ...new Set([...bullNames, sagaQueue]),
-      ]);
-      const redis = await withDatabase(cfg, (knex) => redisStatus(knex, cfg.redisUrl, cfg.bullmqPrefix));
+      await assertRedisReachable(cfg);
+      const bullmq = await bullQueueStatus(cfg, cfg.bullmqPrefix, [...new Set([...bullNames, sagaQueue])]);
+      const redis = await withDatabase(cfg, (knex) => redisStatus(knex, cfg, cfg.bullmqPrefix));
       const status: Status = {
         outbox,
         deadLetters,
@@ -158,8 +156,19 @@ function redisLines(s: Status): string[] {
   const last = r.lastLoss
     ? `last ${r.lastLoss.detectedAt}, ${r.lastLoss.rowsRedelivered} rows re-delivered`
     : 'none found';
+  const settings = (p: RedisPersistence) =>
+    `appendonly ${setting(p.appendonly)}, appendfsync ${setting(p.appendfsync)}, save "${setting(p.save)}", maxmemory-policy ${setting(p.maxmemoryPolicy)}`;
+  // A cluster: one line per master (each persists its own slots).
+  const nodes = r.nodes;
+  const settingLines =
+    nodes.length > 1
+      ? [
+          `redis:         ${r.mode}, ${nodes.length} masters`,
+          ...nodes.map((n) => `  ${n.node}: ${settings(n)}`),
+        ]
+      : [`redis:         ${r.mode !== 'single' ? `${r.mode}, ` : ''}${settings(r)}`];
   return [
-    `redis:         appendonly ${setting(r.appendonly)}, appendfsync ${setting(r.appendfsync)}, save "${setting(r.save)}", maxmemory-policy ${setting(r.maxmemoryPolicy)}`,
+    ...settingLines,
     ...r.risks.map((risk) => `  risk: ${risk}`),
     `redis losses:  ${r.losses} (${last})${r.lossPending ? '; a loss is being repaired now' : ''}`,
   ];

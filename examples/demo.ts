@@ -28,7 +28,7 @@ async function checkServices(config: Config): Promise<void> {
     .raw('select 1')
     .catch((e) => problems.push(`PostgreSQL at ${redactUrl(config.databaseUrl)}: ${describeCause(e)}`));
   await knex.destroy();
-  await assertRedisReachable(config.redisUrl).catch((e) => problems.push((e as Error).message));
+  await assertRedisReachable(config).catch((e) => problems.push((e as Error).message));
   await amqp
     .connect(config.amqpUrl)
     .then((c) => c.close())

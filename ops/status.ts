@@ -1,15 +1,21 @@
 import type { ChannelModel } from 'amqplib';
 import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
+import { Cluster } from 'ioredis';
 import type { Knex } from 'knex';
 import type { App } from '../shared/app.js';
 import { countDeadLettersByReason } from '../shared/dead-letters.js';
 import { retryQueueName } from '../shared/defaults.js';
 import { maxRedisSeq } from '../shared/outbox.js';
 import {
+  createRedis,
+  type NodePersistence,
+  nodeName,
   persistenceRisks,
+  type RedisClient,
+  type RedisConfig,
+  type RedisMode,
   type RedisPersistence,
-  redisPersistence,
+  redisPersistenceByNode,
   relayRedisKeys,
 } from '../shared/redis.js';
 import { type RetryPolicy, retryTierMs } from '../shared/retry-policy.js';
@@ -39,8 +45,12 @@ export interface BullQueueStatus {
 
 /** How much of what the relays delivered Redis may lose, and whether it did. */
 export interface RedisStatus extends RedisPersistence {
-  /** What the settings can lose (see the README); empty when they are as safe as Redis gets. */
+  /** REDIS_MODE. The settings above are those of the master holding the relays' counter and the jobs. */
+  mode: RedisMode;
+  /** What the settings can lose (see the README); empty when they are as safe as Redis gets. In cluster mode, of every master, each named. */
   risks: string[];
+  /** The settings of each data node: every master of a cluster, else the one server (the master, via sentinels). */
+  nodes: Array<NodePersistence & { risks: string[] }>;
   /** The relays' delivery counter in Redis, and the highest value Postgres saw acknowledged. */
   deliverySeq: { redis: number; postgres: number };
   /** Redis is behind Postgres, or a loss was found and not repaired yet: a relay re-delivers soon. */
@@ -172,6 +182,19 @@ export function appQueueNames(app: App, workQueue: string): string[] {
   return [workQueue, ...[...tiers].sort((a, b) => a - b).map((t) => retryQueueName(workQueue, t))];
 }
 
+/** `host:port` of the cluster master whose slots hold `key`; undefined outside cluster mode. */
+async function nodeHolding(redis: RedisClient, key: string): Promise<string | undefined> {
+  if (!(redis instanceof Cluster)) return undefined;
+  try {
+    const slot = Number(await redis.cluster('KEYSLOT', key));
+    const master = redis.slots[slot]?.[0];
+    const node = redis.nodes('master').find((n) => nodeName(n) === master);
+    return node ? nodeName(node) : master;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Message counts of RabbitMQ queues; a queue that does not exist is reported, not fatal. */
 export async function rabbitQueueStatus(
   connection: ChannelModel,
@@ -194,13 +217,13 @@ export async function rabbitQueueStatus(
 }
 
 export async function bullQueueStatus(
-  redisUrl: string,
+  redisConfig: RedisConfig,
   prefix: string,
   names: string[],
 ): Promise<BullQueueStatus[]> {
   const result: BullQueueStatus[] = [];
   // One connection for every queue; commands fail instead of waiting forever for a Redis that is down.
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, retryStrategy: () => null });
+  const redis = createRedis(redisConfig, { role: 'probe', bullmqPrefix: prefix });
   redis.on('error', () => {});
   try {
     for (const name of names) {
@@ -253,20 +276,35 @@ export async function redisLosses(knex: Knex): Promise<Pick<RedisStatus, 'losses
 }
 
 /** Redis's persistence settings, and the relays' delivery counter against Postgres. */
-export async function redisStatus(knex: Knex, redisUrl: string, prefix: string): Promise<RedisStatus> {
+export async function redisStatus(
+  knex: Knex,
+  redisConfig: RedisConfig,
+  prefix: string,
+): Promise<RedisStatus> {
   // Postgres first: a counter read after it that is lower means a loss (see relay/redis-loss.ts).
   const postgres = await maxRedisSeq(knex);
   const losses = await redisLosses(knex);
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, retryStrategy: () => null });
+  const redis = createRedis(redisConfig, { role: 'probe', bullmqPrefix: prefix });
   redis.on('error', () => {});
   try {
     const keys = relayRedisKeys(prefix);
     const [counter, loss] = await Promise.all([redis.get(keys.counter), redis.exists(keys.loss)]);
-    const persistence = await redisPersistence(redis);
+    const nodes = (await redisPersistenceByNode(redis)).map((n) => ({ ...n, risks: persistenceRisks(n) }));
+    const home = (await nodeHolding(redis, keys.counter)) ?? nodes[0]?.node;
+    const main = nodes.find((n) => n.node === home) ?? nodes[0];
+    const persistence: RedisPersistence = {
+      appendonly: main?.appendonly ?? null,
+      appendfsync: main?.appendfsync ?? null,
+      save: main?.save ?? null,
+      maxmemoryPolicy: main?.maxmemoryPolicy ?? null,
+    };
     const seq = Number(counter ?? 0);
     return {
       ...persistence,
-      risks: persistenceRisks(persistence),
+      mode: redisConfig.redisMode ?? 'single',
+      risks:
+        nodes.length > 1 ? nodes.flatMap((n) => n.risks.map((r) => `${n.node}: ${r}`)) : (main?.risks ?? []),
+      nodes,
       deliverySeq: { redis: seq, postgres },
       lossPending: seq < postgres || loss > 0,
       ...losses,

@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import { type Attributes, ROOT_CONTEXT, type Span } from '@opentelemetry/api';
 import { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import type { ResilientAmqpConnection } from '../shared/amqp.js';
 import { relayDefaults } from '../shared/defaults.js';
 import { publishOptions } from '../shared/envelope.js';
 import type { OutboxJobData, OutboxRow } from '../shared/outbox.js';
+import type { RedisClient } from '../shared/redis.js';
 import {
   Attr,
   extractContext,
@@ -32,7 +32,7 @@ export class Destinations {
   private readonly tails = new Map<string, Promise<void>>();
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly prefix: string,
     private readonly amqp: ResilientAmqpConnection,
     private readonly keepCompleted: { age: number; count: number },

@@ -10,7 +10,16 @@ import { countOption, durationOption } from '../shared/options.js';
  * `resolveRelayOptions`, which refuses a value the relay cannot use with an InvalidOptionError.
  */
 export interface RelayOptions {
-  config: Pick<Config, 'databaseUrl' | 'amqpUrl' | 'redisUrl' | 'bullmqPrefix'>;
+  config: Pick<
+    Config,
+    | 'databaseUrl'
+    | 'amqpUrl'
+    | 'redisUrl'
+    | 'redisMode'
+    | 'redisSentinelName'
+    | 'redisSentinelPassword'
+    | 'bullmqPrefix'
+  >;
   /**
    * Outbox rows claimed per transaction; 1 to 10000.
    * @defaultValue 500

@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import { RedisUnstableError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { maxRedisSeq, redeliverLostRows, setRedisSeq } from '../shared/outbox.js';
-import { relayRedisKeys } from '../shared/redis.js';
+import { type RedisClient, relayRedisKeys } from '../shared/redis.js';
 
 /**
  * Room left above the highest committed position when a loss is found: batches that had written
@@ -119,7 +118,7 @@ interface Commands {
  */
 export class RedisLossDetector {
   private readonly keys: { counter: string; loss: string; epoch: string };
-  private readonly redis: Redis & Commands;
+  private readonly redis: RedisClient & Commands;
   /** A loss found and not repaired by this relay yet. */
   private loss: { from: string; to: string } | undefined;
   private idleCheckDue = true;
@@ -128,7 +127,7 @@ export class RedisLossDetector {
   private lastIdleCheck = 0;
 
   constructor(
-    redis: Redis,
+    redis: RedisClient,
     prefix: string,
     private readonly knex: Knex,
     private readonly idleCheckEveryMs: number,
@@ -138,7 +137,7 @@ export class RedisLossDetector {
     redis.defineCommand('dwRelayAdvance', { numberOfKeys: 3, lua: advanceScript });
     redis.defineCommand('dwRelayLineage', { numberOfKeys: 1, lua: lineageScript });
     redis.defineCommand('dwRelayClearLoss', { numberOfKeys: 1, lua: clearScript });
-    this.redis = redis as Redis & Commands;
+    this.redis = redis as RedisClient & Commands;
     // A (re)connection may be to a Redis that lost its data: check even if nothing is delivered.
     redis.on('ready', () => {
       this.idleCheckDue = true;

@@ -1,4 +1,3 @@
-import type { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
 import { backoffMs } from '../shared/backoff.js';
@@ -15,7 +14,13 @@ import {
   type ScrapeSources,
 } from '../shared/metrics.js';
 import { claimOutboxBatch, lockForRedisDelivery, markOutboxFailed } from '../shared/outbox.js';
-import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../shared/redis.js';
+import {
+  assertRedisReachable,
+  createRedis,
+  type RedisClient,
+  redisHealthy,
+  warnUnlessNoEviction,
+} from '../shared/redis.js';
 import { sleep } from '../shared/time.js';
 import { Destinations } from './destinations.js';
 import { type RelayOptions, type ResolvedRelayOptions, resolveRelayOptions } from './options.js';
@@ -43,7 +48,7 @@ export class Relay {
     readonly options: ResolvedRelayOptions,
     readonly knex: Knex,
     private readonly ownsKnex: boolean,
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly amqp: ResilientAmqpConnection,
     private readonly destinations: Destinations,
     private readonly listener: OutboxListener,
@@ -76,8 +81,8 @@ export class Relay {
     try {
       await assertDatabaseReachable(knex, config.databaseUrl);
       await assertMigrated(knex);
-      await assertRedisReachable(config.redisUrl);
-      const redis = createRedis(config.redisUrl);
+      await assertRedisReachable(config);
+      const redis = createRedis(config, { bullmqPrefix: config.bullmqPrefix });
       redis.on('error', () => {});
       cleanups.push(async () => redis.disconnect());
       await warnUnlessNoEviction(redis, log);

@@ -1,15 +1,32 @@
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { redisDefaults } from './defaults.js';
 import { ConfigError } from './errors.js';
 
 /** The bundled example app; what `dw worker` serves when DW_APP is not set. */
 export const EXAMPLE_APP = fileURLToPath(new URL('../examples/app/index.js', import.meta.url));
 
+/** How durable-worker reaches Redis: one server, a Redis Cluster, or a master found through sentinels. */
+export type RedisMode = 'single' | 'cluster' | 'sentinel';
+
 /** Process-wide settings read from the environment (docs/contracts.md, "Environment"). */
 export interface Config {
   databaseUrl: string;
   amqpUrl: string;
+  /**
+   * One URL (single), or a comma-separated list: the seed nodes of a cluster, or the sentinels.
+   * @defaultValue `'redis://127.0.0.1:6379'`
+   */
   redisUrl: string;
+  /**
+   * How `redisUrl` is read (shared/redis.ts, createRedis).
+   * @defaultValue `'single'`
+   */
+  redisMode?: RedisMode;
+  /** Sentinel mode: the master's name as the sentinels know it (`sentinel monitor <name> …`). */
+  redisSentinelName?: string | undefined;
+  /** Sentinel mode: the sentinels' own password (`requirepass` of sentinel.conf), when they have one. */
+  redisSentinelPassword?: string | undefined;
   exchange: string;
   app: string;
   bullmqPrefix: string;
@@ -43,17 +60,42 @@ const envSchema = z.object({
     'postgres://postgres@127.0.0.1:5432/durable_worker',
   ),
   AMQP_URL: url(['amqp:', 'amqps:'], 'AMQP_URL').default('amqp://guest:guest@127.0.0.1:5672'),
-  REDIS_URL: url(['redis:', 'rediss:'], 'REDIS_URL')
-    .default('redis://127.0.0.1:6379')
+  REDIS_URL: z
+    .string()
+    .default(redisDefaults.url)
     .superRefine((value, ctx) => {
-      const db = safeUrl(value)?.pathname.replace(/^\//, '');
-      if (db && !/^\d+$/.test(db)) {
-        ctx.addIssue({ code: 'custom', message: `REDIS_URL database must be a number, got "/${db}"` });
+      const list = value
+        .split(',')
+        .map((u) => u.trim())
+        .filter((u) => u !== '');
+      if (list.length === 0) ctx.addIssue({ code: 'custom', message: 'REDIS_URL holds no URL' });
+      for (const entry of list) {
+        const parsed = safeUrl(entry);
+        if (!parsed) {
+          ctx.addIssue({ code: 'custom', message: `REDIS_URL is not a URL: "${redactUrl(entry)}"` });
+        } else if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
+          ctx.addIssue({
+            code: 'custom',
+            message: `REDIS_URL must start with redis:// or rediss://, got "${redactUrl(entry)}"`,
+          });
+        } else {
+          const db = parsed.pathname.replace(/^\//, '');
+          if (db && !/^\d+$/.test(db)) {
+            ctx.addIssue({ code: 'custom', message: `REDIS_URL database must be a number, got "/${db}"` });
+          }
+        }
       }
     }),
+  REDIS_MODE: z
+    .enum(['single', 'cluster', 'sentinel'], {
+      error: (issue) => `REDIS_MODE must be one of single, cluster, sentinel, got "${String(issue.input)}"`,
+    })
+    .default(redisDefaults.mode),
+  REDIS_SENTINEL_NAME: name('REDIS_SENTINEL_NAME').optional(),
+  REDIS_SENTINEL_PASSWORD: z.string().optional(),
   DW_EXCHANGE: name('DW_EXCHANGE').default('dw.messages'),
   DW_APP: z.string().min(1, 'DW_APP must name a module').default(EXAMPLE_APP),
-  BULLMQ_PREFIX: name('BULLMQ_PREFIX').default('bull'),
+  BULLMQ_PREFIX: name('BULLMQ_PREFIX').optional(),
   LOG_LEVEL: z
     .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
       error: (issue) =>
@@ -76,16 +118,50 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const result = envSchema.safeParse(present);
   if (!result.success) throw new ConfigError(result.error.issues.map((issue) => issue.message));
   const e = result.data;
+  const problems = redisModeProblems(e.REDIS_MODE, e.REDIS_URL, e.REDIS_SENTINEL_NAME);
+  if (problems.length) throw new ConfigError(problems);
+  const bullmqPrefix =
+    e.BULLMQ_PREFIX ??
+    (e.REDIS_MODE === 'cluster' ? redisDefaults.clusterBullmqPrefix : redisDefaults.bullmqPrefix);
   return {
     databaseUrl: e.DATABASE_URL,
     amqpUrl: e.AMQP_URL,
     redisUrl: e.REDIS_URL,
+    redisMode: e.REDIS_MODE,
+    redisSentinelName: e.REDIS_SENTINEL_NAME,
+    redisSentinelPassword: e.REDIS_SENTINEL_PASSWORD,
     exchange: e.DW_EXCHANGE,
     app: e.DW_APP,
-    bullmqPrefix: e.BULLMQ_PREFIX,
+    bullmqPrefix,
     logLevel: e.LOG_LEVEL,
     healthPort: e.DW_HEALTH_PORT,
   };
+}
+
+/**
+ * What REDIS_MODE asks of REDIS_URL and REDIS_SENTINEL_NAME. A BULLMQ_PREFIX without a hash tag in
+ * cluster mode is refused where a connection is made (RedisClusterPrefixError), for library users too.
+ */
+function redisModeProblems(mode: RedisMode, redisUrl: string, sentinelName: string | undefined): string[] {
+  const list = redisUrl.split(',').filter((u) => u.trim() !== '');
+  const problems: string[] = [];
+  if (mode === 'single' && list.length > 1) {
+    problems.push(
+      `REDIS_URL lists ${list.length} URLs, but REDIS_MODE is single: set REDIS_MODE=cluster (seed nodes) or REDIS_MODE=sentinel (sentinels), or give one URL`,
+    );
+  }
+  if (
+    mode === 'cluster' &&
+    list.some((u) => (safeUrl(u.trim())?.pathname.replace(/^\//, '') || '0') !== '0')
+  ) {
+    problems.push('REDIS_URL names a database number, but a Redis Cluster has database 0 only: drop the /N');
+  }
+  if (mode === 'sentinel' && !sentinelName) {
+    problems.push(
+      'REDIS_MODE=sentinel needs REDIS_SENTINEL_NAME, the master name of the sentinels (sentinel monitor <name> …)',
+    );
+  }
+  return problems;
 }
 
 function safeUrl(value: string): URL | undefined {

@@ -54,6 +54,18 @@ export const relayDefaults = {
   shutdownGraceMs: 10 * SECOND,
 } as const;
 
+/** Redis connections (shared/redis.ts) and their settings (shared/config.ts). */
+export const redisDefaults = {
+  mode: 'single',
+  url: 'redis://127.0.0.1:6379',
+  /** BULLMQ_PREFIX unless told otherwise. */
+  bullmqPrefix: 'bull',
+  /** BULLMQ_PREFIX in cluster mode unless told otherwise: BullMQ's keys need one hash tag there. */
+  clusterBullmqPrefix: '{bull}',
+  /** How long `dw status` and the start-up checks wait for Redis to answer. */
+  probeTimeoutMs: 5 * SECOND,
+} as const;
+
 /** Message retries (shared/retry-policy.ts): attempts in all = 1 + immediateRetries + delayed.count. */
 export const retryPolicyDefaults = {
   immediateRetries: 2,

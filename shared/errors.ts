@@ -312,3 +312,18 @@ export class RedisUnstableError extends DurableWorkerError {
     );
   }
 }
+
+/**
+ * REDIS_MODE=cluster with a BULLMQ_PREFIX that has no hash tag: BullMQ's Lua scripts read and write
+ * several keys of a queue in one call, which a Redis Cluster refuses (CROSSSLOT) unless they all
+ * hash to one slot.
+ */
+export class RedisClusterPrefixError extends DurableWorkerError {
+  override readonly code = 'DW_REDIS_CLUSTER_PREFIX';
+  override readonly retryable = false;
+  constructor(readonly prefix: string) {
+    super(
+      `BULLMQ_PREFIX "${prefix}" has no hash tag, which REDIS_MODE=cluster needs: BullMQ's Lua scripts use several keys of a queue at once, and a Redis Cluster runs them only when all the keys hash to one slot. Put the prefix in braces, e.g. BULLMQ_PREFIX={${prefix.replace(/[{}]/g, '') || 'dw'}} (a new prefix starts with empty queues: drain the old one first).`,
+    );
+  }
+}

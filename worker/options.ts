@@ -13,7 +13,17 @@ import { countOption, durationOption } from '../shared/options.js';
 export interface WorkerOptions {
   app: App;
   /** Connection URLs, exchange and BullMQ prefix (docs/contracts.md, "Environment"). */
-  config: Pick<Config, 'databaseUrl' | 'amqpUrl' | 'redisUrl' | 'exchange' | 'bullmqPrefix'>;
+  config: Pick<
+    Config,
+    | 'databaseUrl'
+    | 'amqpUrl'
+    | 'redisUrl'
+    | 'redisMode'
+    | 'redisSentinelName'
+    | 'redisSentinelPassword'
+    | 'exchange'
+    | 'bullmqPrefix'
+  >;
   /**
    * Messages handled at once; a whole number ≥ 1.
    * @defaultValue 10

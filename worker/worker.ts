@@ -54,7 +54,7 @@ export class Worker {
       const sagaRunner = await startSagaRunner({
         app,
         knex,
-        redisUrl: config.redisUrl,
+        redis: config,
         bullmqPrefix: config.bullmqPrefix,
         concurrency: options.sagaConcurrency,
         sweepIntervalMs: options.sagaSweepIntervalMs,

@@ -12,7 +12,6 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from 'fastify';
-import { Redis } from 'ioredis';
 import type { Knex } from 'knex';
 import { z } from 'zod';
 import type { App } from '../../shared/app.js';
@@ -35,6 +34,7 @@ import { DurableWorkerError, ServiceUnavailableError, UsageError } from '../../s
 import { listProcesses } from '../../shared/heartbeat.js';
 import { type Logger, silentLogger } from '../../shared/logger.js';
 import { relayLag } from '../../shared/outbox.js';
+import { createRedis } from '../../shared/redis.js';
 import { sagaQueue } from '../../shared/saga/jobs.js';
 import {
   getSaga,
@@ -336,7 +336,7 @@ export async function createDashboard(options: DashboardOptions): Promise<Dashbo
   };
 
   // bull-board: read-only, over the saga queue and the queues the outbox has sent to.
-  const redis = new Redis(config.redisUrl, { maxRetriesPerRequest: null, lazyConnect: true });
+  const redis = createRedis(config, { lazy: true, bullmqPrefix: config.bullmqPrefix });
   redis.on('error', () => {});
   const bullQueues = new Map<string, Queue>();
   const boardAdapter = new FastifyAdapter();
@@ -536,7 +536,7 @@ export async function createDashboard(options: DashboardOptions): Promise<Dashbo
       await refreshBoard(bullList);
       const [rabbitmq, bullmq] = await Promise.all([
         safely('RabbitMQ', async () => rabbitQueueStatus(await rabbit(), rabbitNames)),
-        safely('Redis', () => bullQueueStatus(config.redisUrl, config.bullmqPrefix, bullList)),
+        safely('Redis', () => bullQueueStatus(config, config.bullmqPrefix, bullList)),
       ]);
       return {
         generatedAt: new Date().toISOString(),

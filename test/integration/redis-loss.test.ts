@@ -87,7 +87,7 @@ describe('relay and partial Redis loss', () => {
       const losses = await env.knex('dw_redis_losses').select();
       expect(losses).toHaveLength(1);
       expect(losses[0].rows_redelivered).toBe(40);
-      const status = await redisStatus(env.knex, env.config.redisUrl, env.config.bullmqPrefix);
+      const status = await redisStatus(env.knex, env.config, env.config.bullmqPrefix);
       expect(status).toMatchObject({ losses: 1, lastLoss: { rowsRedelivered: 40 } });
       expect(status.deliverySeq.redis).toBeGreaterThanOrEqual(status.deliverySeq.postgres);
     } finally {
@@ -107,7 +107,7 @@ describe('relay and partial Redis loss', () => {
       await expectAllJobs(queue, [...first, ...next]);
       const losses = await env.knex('dw_redis_losses').select();
       expect(losses.length).toBeGreaterThanOrEqual(1);
-      const status = await redisStatus(env.knex, env.config.redisUrl, env.config.bullmqPrefix);
+      const status = await redisStatus(env.knex, env.config, env.config.bullmqPrefix);
       expect(status.lossPending).toBe(false);
       expect(status.losses).toBe(losses.length);
       // The shared test Redis: settings are read (or null where CONFIG is refused), never guessed.

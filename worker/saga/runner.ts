@@ -4,7 +4,14 @@ import type { App } from '../../shared/app.js';
 import { backoffMs } from '../../shared/backoff.js';
 import type { Logger } from '../../shared/logger.js';
 import type { OutboxJobData } from '../../shared/outbox.js';
-import { assertRedisReachable, createRedis, redisHealthy, warnUnlessNoEviction } from '../../shared/redis.js';
+import {
+  assertRedisReachable,
+  createRedis,
+  destroySockets,
+  type RedisConfig,
+  redisHealthy,
+  warnUnlessNoEviction,
+} from '../../shared/redis.js';
 import { type SagaJob, sagaQueue } from '../../shared/saga/jobs.js';
 import { registerSagaDefinitions } from '../../shared/saga/registry.js';
 import { settledWithin } from '../../shared/time.js';
@@ -16,7 +23,8 @@ import { sweepOnce } from './sweep.js';
 export interface SagaRunnerDeps {
   app: App;
   knex: Knex;
-  redisUrl: string;
+  /** Where Redis is (REDIS_MODE, REDIS_URL, …). */
+  redis: RedisConfig;
   bullmqPrefix: string;
   concurrency: number;
   sweepIntervalMs: number;
@@ -65,8 +73,8 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     deps.knex,
     [...deps.app.sagaVersions.values()].flatMap((versions) => [...versions.values()]),
   );
-  await assertRedisReachable(deps.redisUrl);
-  const connection = createRedis(deps.redisUrl);
+  await assertRedisReachable(deps.redis);
+  const connection = createRedis(deps.redis, { bullmqPrefix: deps.bullmqPrefix });
   connection.on('error', () => {});
   await warnUnlessNoEviction(connection, log);
   const abort = new AbortController();
@@ -188,7 +196,7 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
         connection.disconnect();
         // A Redis that stopped answering (hung, blackholed) never acknowledges the close: drop the
         // socket, so that commands still waiting (a sweep's) fail now and release what they hold.
-        if (!settled) connection.stream?.destroy();
+        if (!settled) destroySockets(connection);
       })();
       return stopped;
     },
