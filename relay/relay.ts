@@ -15,6 +15,7 @@ import {
 } from '../shared/metrics.js';
 import { claimOutboxBatch, lockForRedisDelivery, markOutboxFailed } from '../shared/outbox.js';
 import {
+  assertPrefixFitsRedis,
   assertRedisReachable,
   createRedis,
   type RedisClient,
@@ -79,6 +80,7 @@ export class Relay {
       });
     const cleanups: Array<() => Promise<unknown>> = options.knex ? [] : [() => knex.destroy()];
     try {
+      assertPrefixFitsRedis(config.redisMode, config.bullmqPrefix);
       await assertDatabaseReachable(knex, config.databaseUrl);
       await assertMigrated(knex);
       await assertRedisReachable(config);

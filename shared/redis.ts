@@ -162,9 +162,16 @@ export function createRedis(config: RedisConfig, options: CreateRedisOptions = {
       ...(first?.password ? { password: first.password } : {}),
       ...(config.redisSentinelPassword ? { sentinelPassword: config.redisSentinelPassword } : {}),
       ...(first?.tls ? { tls: {}, sentinelTLS: {}, enableTLSForSentinelMode: true } : {}),
-      // A sentinel or master that is down: try the next one, not fail the command.
       sentinelRetryStrategy:
         role === 'bullmq' ? (times) => backoffMs(times, { baseMs: 50, maxMs: 5000 }) : () => null,
+      // Follow a failover as the sentinels announce it (+switch-master), and leave a demoted master
+      // that refuses writes (READONLY) for the one the sentinels name, resending the command.
+      ...(role === 'bullmq'
+        ? {
+            failoverDetector: true,
+            reconnectOnError: (error: Error) => (error.message.startsWith('READONLY') ? 2 : false),
+          }
+        : {}),
     });
   }
   return new Redis(urls[0] ?? redisDefaults.url, { ...base, lazyConnect });

@@ -12,6 +12,8 @@ export function cliEnv(config: Config, extra: Record<string, string> = {}): Node
     DATABASE_URL: config.databaseUrl,
     AMQP_URL: config.amqpUrl,
     REDIS_URL: config.redisUrl,
+    ...(config.redisMode ? { REDIS_MODE: config.redisMode } : {}),
+    ...(config.redisSentinelName ? { REDIS_SENTINEL_NAME: config.redisSentinelName } : {}),
     DW_EXCHANGE: config.exchange,
     BULLMQ_PREFIX: config.bullmqPrefix,
     LOG_LEVEL: 'warn',

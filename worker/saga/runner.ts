@@ -5,6 +5,7 @@ import { backoffMs } from '../../shared/backoff.js';
 import type { Logger } from '../../shared/logger.js';
 import type { OutboxJobData } from '../../shared/outbox.js';
 import {
+  assertPrefixFitsRedis,
   assertRedisReachable,
   createRedis,
   destroySockets,
@@ -73,6 +74,7 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     deps.knex,
     [...deps.app.sagaVersions.values()].flatMap((versions) => [...versions.values()]),
   );
+  assertPrefixFitsRedis(deps.redis.redisMode, deps.bullmqPrefix);
   await assertRedisReachable(deps.redis);
   const connection = createRedis(deps.redis, { bullmqPrefix: deps.bullmqPrefix });
   connection.on('error', () => {});
