@@ -229,6 +229,9 @@ export function destroySockets(redis: RedisClient): void {
 
 /** `host:port` of a data node, for messages. */
 export function nodeName(node: Redis): string {
+  // Through sentinels the options hold no address: the master's is the socket's peer.
+  const stream = node.options.sentinels?.length ? node.stream : undefined;
+  if (stream?.remoteAddress) return `${stream.remoteAddress}:${stream.remotePort}`;
   return `${node.options.host ?? '?'}:${node.options.port ?? '?'}`;
 }
 
