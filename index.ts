@@ -42,6 +42,7 @@ export {
   NotMigratedError,
   PoisonMessageError,
   PublishNotConfirmedError,
+  RedisClusterPrefixError,
   RedisUnstableError,
   RepeatedFailureError,
   SagaDeadlineError,

@@ -65,3 +65,42 @@ describe('redactUrl', () => {
     expect(redactUrl('garbage://a:b@c d')).not.toContain(':b@');
   });
 });
+
+describe('REDIS_MODE', () => {
+  it('defaults to one server; cluster and sentinel take a comma-separated list', () => {
+    expect(loadConfig({}).redisMode).toBe('single');
+    const cluster = loadConfig({ REDIS_MODE: 'cluster', REDIS_URL: 'redis://a:7000, redis://b:7001' });
+    expect(cluster).toMatchObject({ redisMode: 'cluster', redisUrl: 'redis://a:7000, redis://b:7001' });
+    const sentinel = loadConfig({
+      REDIS_MODE: 'sentinel',
+      REDIS_URL: 'redis://s1:26379,redis://s2:26379',
+      REDIS_SENTINEL_NAME: 'mymaster',
+      REDIS_SENTINEL_PASSWORD: 'pw',
+    });
+    expect(sentinel).toMatchObject({ redisSentinelName: 'mymaster', redisSentinelPassword: 'pw' });
+  });
+
+  it('gives cluster mode a hash-tagged default prefix, and keeps a prefix it is told', () => {
+    expect(loadConfig({}).bullmqPrefix).toBe('bull');
+    expect(loadConfig({ REDIS_MODE: 'cluster' }).bullmqPrefix).toBe('{bull}');
+    // Refused where a connection is made (RedisClusterPrefixError), for library users as well.
+    expect(loadConfig({ REDIS_MODE: 'cluster', BULLMQ_PREFIX: 'plain' }).bullmqPrefix).toBe('plain');
+  });
+
+  it('refuses what the mode cannot use, one line each', () => {
+    const problems = (env: Record<string, string>) => {
+      try {
+        loadConfig(env);
+        return [];
+      } catch (error) {
+        return [...(error as ConfigError).problems];
+      }
+    };
+    expect(problems({ REDIS_MODE: 'replicated' })[0]).toMatch(/^REDIS_MODE must be one of single, cluster/);
+    expect(problems({ REDIS_URL: 'redis://a,redis://b' })[0]).toMatch(/REDIS_MODE=cluster/);
+    expect(problems({ REDIS_MODE: 'cluster', REDIS_URL: 'redis://a/2' })[0]).toMatch(/database 0 only/);
+    expect(problems({ REDIS_MODE: 'sentinel' })[0]).toMatch(/needs REDIS_SENTINEL_NAME/);
+    const bad = problems({ REDIS_MODE: 'cluster', REDIS_URL: 'redis://u:hunter2@a,http://b' });
+    expect(bad).toEqual(['REDIS_URL must start with redis:// or rediss://, got "http://b/"']);
+  });
+});
