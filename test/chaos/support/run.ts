@@ -2,6 +2,8 @@ import amqp from 'amqplib';
 import { Redis } from 'ioredis';
 import { app } from '../../../examples/app/index.js';
 import { exampleMigrations } from '../../../examples/app/migrations.js';
+import type { RedisMode } from '../../../shared/config.js';
+import { createRedis, type RedisClient } from '../../../shared/redis.js';
 import { appTopology, declareTopology } from '../../../shared/topology.js';
 import { waitUntil } from '../../../shared/wait.js';
 import { count, createTestEnv, randomName, type TestEnv, urls } from '../../support/services.js';
@@ -46,7 +48,7 @@ export class ChaosRun {
   private joins = new Map<string, string>();
   private trips: TripPlan[] = [];
   private invalid = new Set<string>();
-  private redisClient: Redis | undefined;
+  private redisClient: RedisClient | undefined;
 
   private constructor(
     readonly scenario: string,
@@ -58,9 +60,23 @@ export class ChaosRun {
     console.log(`[chaos] ${scenario}: seed ${this.random.seed} (repeat with CHAOS_SEED=${this.random.seed})`);
   }
 
-  static async create(scenario: string, { redisUrl = urls.redis } = {}): Promise<ChaosRun> {
+  /**
+   * `redisMode` with the `redisUrl` of a private cluster (test/support/redis-cluster.ts) or sentinel
+   * setup runs the scenario's processes in that mode; in cluster mode the prefix gets a hash tag.
+   */
+  static async create(
+    scenario: string,
+    {
+      redisUrl = urls.redis,
+      redisMode = 'single',
+      redisSentinelName,
+    }: { redisUrl?: string; redisMode?: RedisMode; redisSentinelName?: string } = {},
+  ): Promise<ChaosRun> {
     const env = await createTestEnv(exampleMigrations);
     env.config.redisUrl = redisUrl;
+    env.config.redisMode = redisMode;
+    env.config.redisSentinelName = redisSentinelName;
+    if (redisMode === 'cluster') env.config.bullmqPrefix = `{${env.config.bullmqPrefix}}`;
     const run = new ChaosRun(scenario, env, redisUrl);
     // Bind the work queue before the load starts, as `dw migrate` does, so nothing is unroutable.
     const connection = await amqp.connect(urls.amqp);
@@ -88,6 +104,8 @@ export class ChaosRun {
       DATABASE_URL: config.databaseUrl,
       AMQP_URL: config.amqpUrl,
       REDIS_URL: this.redisUrl,
+      REDIS_MODE: config.redisMode ?? 'single',
+      ...(config.redisSentinelName ? { REDIS_SENTINEL_NAME: config.redisSentinelName } : {}),
       DW_EXCHANGE: config.exchange,
       BULLMQ_PREFIX: config.bullmqPrefix,
       LOG_LEVEL: 'info',
@@ -228,8 +246,12 @@ export class ChaosRun {
     return this.counters();
   }
 
-  private redis(): Redis {
-    this.redisClient ??= new Redis(this.redisUrl, { maxRetriesPerRequest: 1 });
+  private redis(): RedisClient {
+    // One server: a command fails fast while it is down. Cluster and sentinel: createRedis's client.
+    this.redisClient ??=
+      (this.env.config.redisMode ?? 'single') === 'single'
+        ? new Redis(this.redisUrl, { maxRetriesPerRequest: 1 })
+        : createRedis(this.env.config);
     this.redisClient.on('error', () => {});
     return this.redisClient;
   }
