@@ -3,6 +3,7 @@ import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { app } from '../../examples/app/index.js';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { createDashboard } from '../../ops/dashboard/server.js';
 import { Relay } from '../../relay/relay.js';
 import type { Config } from '../../shared/config.js';
 import { RedisClusterPrefixError } from '../../shared/errors.js';
@@ -130,6 +131,28 @@ describe('REDIS_MODE=cluster', () => {
     const text = await runCli(['status'], cliEnv(config));
     expect(text.code).toBe(0);
     expect(text.stdout).toContain('cluster, 3 masters');
+  });
+
+  it('the dashboard and its bull-board read the queues on the cluster', async () => {
+    const dashboard = await createDashboard({ config, app, knex: env.knex });
+    try {
+      const local = { host: '127.0.0.1:3000' };
+      const overview = await dashboard.server.inject({ method: 'GET', url: '/api/overview', headers: local });
+      expect(overview.statusCode).toBe(200);
+      const body = overview.json();
+      expect(body.errors ?? []).toEqual([]);
+      const sagas = body.queues.bullmq.find((q: { name: string }) => q.name === 'dw-sagas');
+      expect(sagas).toMatchObject({ failed: 0 });
+      const board = await dashboard.server.inject({
+        method: 'GET',
+        url: '/queues/api/queues',
+        headers: local,
+      });
+      expect(board.statusCode).toBe(200);
+      expect(board.body).toContain('dw-sagas');
+    } finally {
+      await dashboard.close();
+    }
   });
 
   it('notices a loss of the whole cluster (FLUSHALL on every master) and delivers the rows again', async () => {
