@@ -58,7 +58,14 @@ export {
 export { createLogger, type Logger } from './shared/logger.js';
 export type { Destination } from './shared/outbox.js';
 export { assertExchange, publishMessages } from './shared/publisher.js';
-export { assertRedisReachable } from './shared/redis.js';
+export {
+  assertRedisReachable,
+  type CreateRedisOptions,
+  createRedis,
+  type RedisClient,
+  type RedisConfig,
+  type RedisMode,
+} from './shared/redis.js';
 export { decideRetry, type RetryPolicy, type RetryPolicyInput } from './shared/retry-policy.js';
 export {
   defaultSagaVersion,

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
-import { waitUntil } from '../../index.js';
+import { createRedis, waitUntil } from '../../index.js';
 import type { DemoContext } from './context.js';
 
 /** JoinMeeting: three joins plus one redelivered duplicate; one row each, two jobs each. */
@@ -22,7 +22,9 @@ export async function joinMeetingDemo(ctx: DemoContext): Promise<void> {
   }, 'the participants to be written and the outbox drained');
   ctx.say(`meeting_participants rows: ${rows.length} (${rows.map((r) => r.user_id).join(', ')})`);
 
-  const connection = { url: ctx.config.redisUrl };
+  // Whatever REDIS_MODE says (one server, a cluster, sentinels): the connection the relay uses.
+  const connection = createRedis(ctx.config, { bullmqPrefix: ctx.config.bullmqPrefix });
+  connection.on('error', () => {});
   for (const name of ['user_notification_events', 'user_ecst_events']) {
     const queue = new Queue(name, { connection, prefix: ctx.config.bullmqPrefix });
     const jobs = await queue.getJobs(['waiting', 'prioritized', 'delayed', 'active', 'completed']);
@@ -32,4 +34,5 @@ export async function joinMeetingDemo(ctx: DemoContext): Promise<void> {
     ctx.say(`BullMQ queue ${name}: ${ours.length} job(s) for this meeting`);
     await queue.close();
   }
+  connection.disconnect();
 }
