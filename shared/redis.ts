@@ -2,7 +2,7 @@ import { Cluster, type ClusterOptions, Redis, type RedisOptions } from 'ioredis'
 import { backoffMs } from './backoff.js';
 import { type Config, type RedisMode, redactUrl } from './config.js';
 import { redisDefaults } from './defaults.js';
-import { RedisClusterPrefixError, ServiceUnavailableError } from './errors.js';
+import { ConfigError, RedisClusterPrefixError, ServiceUnavailableError } from './errors.js';
 import type { Logger } from './logger.js';
 
 export type { RedisMode } from './config.js';
@@ -138,6 +138,11 @@ export function createRedis(config: RedisConfig, options: CreateRedisOptions = {
         ...(first?.password ? { password: first.password } : {}),
         ...(first?.tls ? { tls: {} } : {}),
       },
+      // TLS: connect to node hostnames as announced (not resolved to IPs first), so the certificate
+      // check sees the name it holds (managed clusters such as ElastiCache).
+      ...(first?.tls
+        ? { dnsLookup: (address: string, done: (e: null, a: string) => void) => done(null, address) }
+        : {}),
       clusterRetryStrategy:
         role === 'bullmq' ? (times) => backoffMs(times, { baseMs: 50, maxMs: 5000 }) : () => null,
       ...(role === 'probe'
@@ -150,13 +155,18 @@ export function createRedis(config: RedisConfig, options: CreateRedisOptions = {
     );
   }
   if (mode === 'sentinel') {
+    if (!config.redisSentinelName) {
+      throw new ConfigError([
+        'REDIS_MODE=sentinel needs REDIS_SENTINEL_NAME, the master name of the sentinels (sentinel monitor <name> …)',
+      ]);
+    }
     const sentinels = urls.map((u) => endpoint(u, 26379));
     const first = sentinels[0];
     return new Redis({
       ...base,
       lazyConnect,
       sentinels: sentinels.map((s) => ({ host: s.host, port: s.port })),
-      name: config.redisSentinelName ?? '',
+      name: config.redisSentinelName,
       db: first?.db ?? 0,
       ...(first?.username ? { username: first.username } : {}),
       ...(first?.password ? { password: first.password } : {}),
