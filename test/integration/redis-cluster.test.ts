@@ -189,4 +189,44 @@ describe('REDIS_MODE=cluster', () => {
       await queue.close();
     }
   });
+
+  it('notices the master of the jobs restarted empty, and delivers its rows again', async () => {
+    const queue = new Queue(randomName('restart-'), { connection: redis, prefix: config.bullmqPrefix });
+    try {
+      const messages = rows(queue.name, 30);
+      await insertOutboxMessages(env.knex, messages);
+      await waitUntil(async () => (await queue.count()) === 30, '30 jobs before the restart');
+      const lossesBefore = Number((await env.knex('dw_redis_losses').count('* as n'))[0]?.n);
+      const home = await cluster.masterOf(relayRedisKeys(config.bullmqPrefix).counter);
+      // The queues share the counter's master (one hash tag).
+      expect((await cluster.masterOf(`${config.bullmqPrefix}:${queue.name}:wait`)).port).toBe(home.port);
+      await cluster.restartEmpty(home);
+      await waitUntil(async () => (await queue.count().catch(() => 0)) === 30, 'the lost jobs to be back', {
+        timeoutMs: 60_000,
+      });
+      const ids = await jobIds(queue);
+      for (const m of messages) expect(ids.has(m.messageId)).toBe(true);
+      await waitUntil(
+        async () => Number((await env.knex('dw_redis_losses').count('* as n'))[0]?.n) > lossesBefore,
+        'the loss to be recorded',
+      );
+      // The worker's BullMQ connections found the node again: a saga completes.
+      const tripId = randomUUID();
+      await publishRaw(config.exchange, [
+        {
+          routingKey: 'BookTrip',
+          body: { tripId, customerId: 'c-3', amount: 5 },
+          properties: { messageId: randomUUID(), type: 'BookTrip', contentType: 'application/json' },
+        },
+      ]);
+      await waitUntil(
+        async () =>
+          (await env.knex('dw_sagas').where({ id: tripId }).first('status'))?.status === 'completed',
+        'a saga after the restart to complete',
+        { timeoutMs: 60_000 },
+      );
+    } finally {
+      await queue.close();
+    }
+  });
 });

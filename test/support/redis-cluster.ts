@@ -24,6 +24,13 @@ export interface RedisCluster {
   nodes: RedisNode[];
   /** The nodes that are masters now. */
   masters(): Promise<RedisNode[]>;
+  /** The master whose slots hold `key` now. */
+  masterOf(key: string): Promise<RedisNode>;
+  /**
+   * Restarts `node` empty (kill, start on the same port without its data, as after a crash without
+   * persistence) and waits until the whole cluster reports cluster_state:ok again.
+   */
+  restartEmpty(node: RedisNode): Promise<void>;
   /** FLUSHALL on every master: the whole cluster loses its data, as after a restart without persistence. */
   flushAll(): Promise<void>;
   /** Kills every node and removes their directory. */
@@ -36,6 +43,25 @@ export interface RedisCluster {
  * `cluster_state:ok` with all slots assigned. `stop()` ends it; a test file that dies leaves no
  * server behind (see redis-server.ts).
  */
+/** Every node reports cluster_state:ok, with all slots assigned and every node known. */
+async function clusterOk(nodes: RedisNode[]): Promise<void> {
+  await waitUntil(
+    async () => {
+      const infos = await Promise.all(
+        nodes.map((n) => nodeCommand(n.url, (c) => c.cluster('INFO')).catch(() => '')),
+      );
+      return infos.every(
+        (info) =>
+          info.includes('cluster_state:ok') &&
+          info.includes('cluster_slots_assigned:16384') &&
+          info.includes(`cluster_known_nodes:${nodes.length}`),
+      );
+    },
+    'the private Redis Cluster to report cluster_state:ok on every node',
+    { timeoutMs: 60_000, intervalMs: 100 },
+  );
+}
+
 export async function startRedisCluster(options: RedisClusterOptions = {}): Promise<RedisCluster> {
   const masters = options.masters ?? 3;
   const replicas = options.replicasPerMaster ?? 0;
@@ -70,21 +96,7 @@ export async function startRedisCluster(options: RedisClusterOptions = {}): Prom
       String(replicas),
       '--cluster-yes',
     ]);
-    await waitUntil(
-      async () => {
-        const infos = await Promise.all(
-          nodes.map((n) => nodeCommand(n.url, (c) => c.cluster('INFO')).catch(() => '')),
-        );
-        return infos.every(
-          (info) =>
-            info.includes('cluster_state:ok') &&
-            info.includes('cluster_slots_assigned:16384') &&
-            info.includes(`cluster_known_nodes:${nodes.length}`),
-        );
-      },
-      'the private Redis Cluster to report cluster_state:ok on every node',
-      { timeoutMs: 60_000, intervalMs: 100 },
-    );
+    await clusterOk(nodes);
   } catch (error) {
     await stop();
     throw error;
@@ -101,6 +113,22 @@ export async function startRedisCluster(options: RedisClusterOptions = {}): Prom
     url: nodes.map((n) => n.url).join(','),
     nodes,
     masters: masterNodes,
+    async masterOf(key) {
+      const seed = nodes.find((n) => n.alive) ?? nodes[0]!;
+      const slot = Number(await nodeCommand(seed.url, (c) => c.cluster('KEYSLOT', key)));
+      for (const node of await masterNodes()) {
+        const ranges = await nodeCommand(node.url, (c) => c.cluster('SLOTS'));
+        const own = ranges.find(
+          ([from, to, master]) => slot >= from && slot <= to && master?.[1] === node.port,
+        );
+        if (own) return node;
+      }
+      throw new Error(`no master holds slot ${slot}`);
+    },
+    async restartEmpty(node) {
+      await node.restart();
+      await clusterOk(nodes);
+    },
     async flushAll() {
       for (const node of await masterNodes()) await nodeCommand(node.url, (c) => c.flushall());
     },

@@ -25,6 +25,12 @@ function track(child: ChildProcess): void {
   });
 }
 
+function spawnTracked(argv: string[]): ChildProcess {
+  const child = spawn('redis-server', argv, { stdio: 'ignore' });
+  track(child);
+  return child;
+}
+
 /** One private redis-server (data node or sentinel) on a loopback port. */
 export interface RedisNode {
   readonly host: string;
@@ -32,6 +38,11 @@ export interface RedisNode {
   readonly url: string;
   /** Ends the server (SIGKILL) and waits for its exit; a second call does nothing. */
   kill(): Promise<void>;
+  /**
+   * Kills the server and starts it again on the same port with the same arguments: without
+   * persistence it comes back empty (a cluster node keeps its slots from its nodes.conf).
+   */
+  restart(): Promise<void>;
   /** Whether the process is still running. */
   readonly alive: boolean;
 }
@@ -40,8 +51,22 @@ class ServerProcess implements RedisNode {
   readonly host = '127.0.0.1';
   constructor(
     readonly port: number,
-    private readonly child: ChildProcess,
+    private child: ChildProcess,
+    private readonly argv: string[],
   ) {}
+
+  async restart(): Promise<void> {
+    await this.kill();
+    this.child = spawnTracked(this.argv);
+    await waitUntil(
+      async () => this.died() || (await answers(this.url)),
+      `redis-server on port ${this.port} again`,
+      {
+        timeoutMs: 15_000,
+      },
+    );
+    if (!this.alive) throw new Error(`redis-server on port ${this.port} did not start again`);
+  }
 
   get url(): string {
     return `redis://${this.host}:${this.port}`;
@@ -76,9 +101,8 @@ export async function startRedisServer(
     const port = await freePort();
     const logfile = join(dir, `${port}.log`);
     await mkdir(dir, { recursive: true });
-    const child = spawn('redis-server', [...(await args(port)), '--logfile', logfile], { stdio: 'ignore' });
-    track(child);
-    const server = new ServerProcess(port, child);
+    const argv = [...(await args(port)), '--logfile', logfile];
+    const server = new ServerProcess(port, spawnTracked(argv), argv);
     try {
       await waitUntil(
         async () => server.died() || (await answers(server.url)),
