@@ -20,10 +20,22 @@ export function round(value: number, digits = 2): number {
   return Math.round(value * f) / f;
 }
 
-/** Throughput measured between the W-th and the last event time (ms), so start-up is left out. */
-export function steadyRate(timesMs: readonly number[], warmup: number): number {
+/**
+ * Throughput measured between the W-th and the last event time (ms), so start-up is left out; with
+ * `notBeforeMs`, also from the first event at or after that time (several workers: once the last of
+ * them is ready, so a head start of the first one does not count), unless that leaves less than half of the events.
+ */
+export function steadyRate(timesMs: readonly number[], warmup: number, notBeforeMs = -Infinity): number {
   const sorted = [...timesMs].sort((a, b) => a - b);
-  const measured = sorted.slice(Math.min(warmup, Math.max(0, sorted.length - 2)));
+  const ready = sorted.findIndex((t) => t >= notBeforeMs);
+  // Most events before the last start: too few left to measure, so the W-th event it is.
+  const from = ready >= 0 && ready <= sorted.length / 2 ? Math.max(warmup, ready) : warmup;
+  const measured = sorted.slice(Math.min(from, Math.max(0, sorted.length - 2)));
   const spanMs = measured[measured.length - 1]! - measured[0]!;
   return spanMs > 0 ? ((measured.length - 1) * 1000) / spanMs : Number.NaN;
+}
+
+/** `value` rounded, or null where a part did not run (NaN): the JSON says null, the table n/a. */
+export function roundOrNull(value: number, digits = 2): number | null {
+  return Number.isFinite(value) ? round(value, digits) : null;
 }
