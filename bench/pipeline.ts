@@ -35,26 +35,14 @@ export interface WorkerRun {
 /**
  * Worker drain rate: N messages are queued in RabbitMQ first, then fresh `dw worker` processes drain
  * them (the relay is not running, so the outbox only grows). The rate is taken from the business rows'
- * clock_timestamp between the W-th and the last row, and from the moment the last worker was ready:
+ * clock_timestamp from the W-th row committed after the last worker was ready to the last row:
  * start-up and JIT warm-up are left out, every per-message cost (consume, validate, transaction, ack)
  * is in.
  */
 export async function measureWorker(env: BenchEnv, settings: PipelineSettings): Promise<WorkerRun> {
   await truncateRunTables(env.knex);
   const total = settings.messages + settings.warmup;
-  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange);
-  try {
-    const sentAt = Date.now();
-    await publisher.publishAll(
-      (function* () {
-        for (let seq = 0; seq < total; seq++) {
-          yield { type: 'BenchPipeline', payload: { seq, sentAt, note: NOTE } };
-        }
-      })(),
-    );
-  } finally {
-    await publisher.close();
-  }
+  await publishPipeline(env, 0, total);
   const stored = () => countRows(env.knex, 'select count(*)::int as n from bench_items');
   const { workers, readyAtMs } = await startWorkers(
     env,
@@ -66,16 +54,20 @@ export async function measureWorker(env: BenchEnv, settings: PipelineSettings): 
   try {
     const cpuAtReady = workers.reduce((sum, w) => sum + w.cpuSeconds(), 0);
     const machineAtReady = machineCpuTimes();
+    // Workers become ready one after the other: what the first ones drained before the last was
+    // ready is published again (behind the rest of the queue), so that the whole measured window,
+    // which starts then, still holds `total` messages.
     const storedAtReady = await stored();
-    await waitUntil(async () => (await stored()) >= total, `the worker to handle ${total} messages`, {
+    await publishPipeline(env, total, storedAtReady);
+    const target = total + storedAtReady;
+    await waitUntil(async () => (await stored()) >= target, `the worker to handle ${target} messages`, {
       ...benchWait,
       intervalMs: 100,
     });
     const workerCpu = workers.reduce((sum, w) => sum + w.cpuSeconds(), 0) - cpuAtReady;
     cpu = {
       machineBusyPct: busyPct(machineAtReady, machineCpuTimes()),
-      workerCpuMsPerMessage:
-        total > storedAtReady ? (workerCpu * 1000) / (total - storedAtReady) : Number.NaN,
+      workerCpuMsPerMessage: (workerCpu * 1000) / (target - storedAtReady),
     };
   } finally {
     await stopWorkers(workers);
@@ -85,6 +77,24 @@ export async function measureWorker(env: BenchEnv, settings: PipelineSettings): 
     peakRssMb: peakRssMb(workers),
     ...cpu,
   };
+}
+
+/** `count` BenchPipeline messages with seq from `first`, published and confirmed. */
+async function publishPipeline(env: BenchEnv, first: number, count: number): Promise<void> {
+  if (count === 0) return;
+  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange);
+  try {
+    const sentAt = Date.now();
+    await publisher.publishAll(
+      (function* () {
+        for (let seq = first; seq < first + count; seq++) {
+          yield { type: 'BenchPipeline', payload: { seq, sentAt, note: NOTE } };
+        }
+      })(),
+    );
+  } finally {
+    await publisher.close();
+  }
 }
 
 async function rateFromItems(env: BenchEnv, warmup: number, notBeforeMs?: number): Promise<number> {

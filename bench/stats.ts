@@ -21,15 +21,14 @@ export function round(value: number, digits = 2): number {
 }
 
 /**
- * Throughput measured between the W-th and the last event time (ms), so start-up is left out; with
- * `notBeforeMs`, also from the first event at or after that time (several workers: once the last of
- * them is ready, so a head start of the first one does not count), unless that leaves less than half of the events.
+ * Throughput between the W-th and the last event time (ms), so start-up is left out; with
+ * `notBeforeMs`, the W-th event at or after that time (several workers: once the last of them is
+ * ready, so neither a head start of the first ones nor the late ones' cold start counts).
  */
 export function steadyRate(timesMs: readonly number[], warmup: number, notBeforeMs = -Infinity): number {
   const sorted = [...timesMs].sort((a, b) => a - b);
   const ready = sorted.findIndex((t) => t >= notBeforeMs);
-  // Most events before the last start: too few left to measure, so the W-th event it is.
-  const from = ready >= 0 && ready <= sorted.length / 2 ? Math.max(warmup, ready) : warmup;
+  const from = (ready < 0 ? sorted.length : ready) + warmup;
   const measured = sorted.slice(Math.min(from, Math.max(0, sorted.length - 2)));
   const spanMs = measured[measured.length - 1]! - measured[0]!;
   return spanMs > 0 ? ((measured.length - 1) * 1000) / spanMs : Number.NaN;
