@@ -43,7 +43,16 @@ export interface BenchReport {
     ratio: number | null;
     backlogs: RelayBacklog[];
   };
-  saga: { perSec: number | null; dbosPerSec: number | null; ratio: number | null; workers: number };
+  saga: {
+    perSec: number | null;
+    dbosPerSec: number | null;
+    ratio: number | null;
+    workers: number;
+    /** Our saga's writes as raw `pg` transactions of `batchSize` sagas: the physical limit (no goal). */
+    batchedBaselinePerSec: number | null;
+    batchedRatio: number | null;
+    batchSize: number;
+  };
   latency: {
     handlerP50Ms: number | null;
     handlerP99Ms: number | null;
@@ -146,6 +155,14 @@ export function table(report: BenchReport, latencyRate: number): string {
       fmt(report.saga.ratio, 2),
       `>= ${goals.saga}`,
       mark(report.goals.sagaRatio),
+    ],
+    [
+      '',
+      '',
+      `${fmt(report.saga.batchedBaselinePerSec, 1)} (raw pg, ${report.saga.batchSize} sagas/tx)`,
+      fmt(report.saga.batchedRatio, 2),
+      '',
+      '',
     ],
     [
       `handler latency p50/p99 ms at ${latencyRate}/s`,

@@ -15,6 +15,7 @@ import { progress, progressDone } from './progress.js';
 import { measureRelay, measureRelayBaseline, type RelaySettings } from './relay.js';
 import { type BenchReport, checkGoals, type RelayBacklog, relayBacklogMet, table } from './report.js';
 import { measureSagas, sagasWork } from './saga.js';
+import { measureSagaBaseline } from './saga-baseline.js';
 import { runSoak } from './soak.js';
 import { median, round, roundOrNull } from './stats.js';
 import { startNoopOtlpReceiver } from './tracing.js';
@@ -64,7 +65,7 @@ const integers = (min: number, max: number) => (value: string) => {
   return list;
 };
 
-const PARTS = ['pipeline', 'relay', 'live', 'dbos', 'scaling'];
+const PARTS = ['pipeline', 'relay', 'live', 'dbos', 'saga-limit', 'scaling'];
 
 const program = new Command('bench')
   .description('durable-worker benchmark: throughput and latency against raw baselines and DBOS, in one run')
@@ -142,6 +143,9 @@ if (opts.batchSize !== undefined && !workerCli.batchSize.supported) {
     `this dw worker has no --batch-size: it handles messages one by one; ${opts.batchSize} sizes the raw batched baseline only`,
   );
 }
+// Saga steps per transaction of the raw batched saga baseline: the worker's saga batch default, or
+// the message batch size.
+const sagaBatchSize = workerCli.sagaBatchSize.default ?? batchSize;
 const workerArgs = [
   ...(opts.batchSize !== undefined && workerCli.batchSize.supported
     ? ['--batch-size', String(opts.batchSize)]
@@ -215,6 +219,7 @@ async function runAll(): Promise<BenchReport> {
   const scaling = await runScaling(peaks);
 
   const dbos = await runDbos();
+  const sagaLimit = await runSagaLimit();
 
   const sagaPerSec = live.sagasAvailable ? median(live.sagaRates) : Number.NaN;
   const dbosPerSec = median(dbos.rates);
@@ -240,6 +245,9 @@ async function runAll(): Promise<BenchReport> {
       dbosPerSec: roundOrNull(dbosPerSec, 1),
       ratio: roundOrNull(sagaPerSec / dbosPerSec, 3),
       workers: opts.workers,
+      batchedBaselinePerSec: roundOrNull(median(sagaLimit), 1),
+      batchedRatio: roundOrNull(sagaPerSec / median(sagaLimit), 3),
+      batchSize: sagaBatchSize,
     },
     latency: {
       handlerP50Ms: roundOrNull(live.handlerLatency.p50Ms, 1),
@@ -289,6 +297,7 @@ async function runAll(): Promise<BenchReport> {
         relayByBacklog: relay.samples,
         saga: live.sagaRates.map((v) => round(v, 1)),
         dbos: dbos.rates.map((v) => round(v, 1)),
+        sagaBatchedBaseline: sagaLimit.map((v) => round(v, 1)),
         handlerLatencySamples: live.handlerLatency.samples,
         sagaLatencySamples: live.sagaLatency?.samples ?? 0,
       },
@@ -318,6 +327,25 @@ async function runDbos(): Promise<{ rates: number[]; peakRssMb: number }> {
     // so that it stays well within Postgres' default 100 connections.
     poolSize: Math.min(64, (opts.concurrency + 10 + 4) * opts.workers),
   });
+}
+
+/**
+ * The saga part's physical limit: our saga's writes as raw batched transactions (saga-baseline.ts),
+ * a warm-up round, then the repetitions.
+ */
+async function runSagaLimit(): Promise<number[]> {
+  if (!parts.has('saga-limit')) return [];
+  const settings = { sagas: opts.sagas, batchSize: sagaBatchSize, loops: opts.concurrency * opts.workers };
+  progress(`saga limit: warm-up, raw pg, ${sagaBatchSize} sagas per transaction`);
+  await measureSagaBaseline(env, { ...settings, sagas: Math.round(opts.sagas / 4) });
+  const rates: number[] = [];
+  for (let rep = 1; rep <= opts.repetitions; rep++) {
+    progress(
+      `saga limit ${rep}/${opts.repetitions}: ${opts.sagas} sagas, raw pg, ${sagaBatchSize} per transaction`,
+    );
+    rates.push(await measureSagaBaseline(env, settings));
+  }
+  return rates;
 }
 
 type Peaks = { worker: number; relay: number };
