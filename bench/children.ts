@@ -12,6 +12,7 @@ export class DwProcess {
   private readonly tail: string[] = [];
   private readonly exited: Promise<number | null>;
   private peakRssKb = 0;
+  private lastCpuSeconds = 0;
   private sampler: NodeJS.Timeout | undefined;
 
   private constructor(
@@ -70,6 +71,15 @@ export class DwProcess {
     return this.peakRssKb / 1024;
   }
 
+  /**
+   * CPU time (user + system) the process has used so far, in seconds; after it exited, the last
+   * sample (taken every 250 ms and on stop).
+   */
+  cpuSeconds(): number {
+    this.sample();
+    return this.lastCpuSeconds;
+  }
+
   /** Current resident set size in MB. */
   rssMb(): number {
     return (readStatusKb(this.pid, 'VmRSS') ?? 0) / 1024;
@@ -90,6 +100,7 @@ export class DwProcess {
     if (this.child.exitCode !== null) return;
     const hwm = readStatusKb(this.pid, 'VmHWM') ?? readStatusKb(this.pid, 'VmRSS') ?? 0;
     this.peakRssKb = Math.max(this.peakRssKb, hwm);
+    this.lastCpuSeconds = Math.max(this.lastCpuSeconds, readCpuSeconds(this.pid) ?? 0);
   }
 
   private remember(line: string): void {
@@ -110,6 +121,43 @@ function readStatusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined
   } catch {
     return undefined;
   }
+}
+
+/** Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`: 100 on every Linux we run on). */
+const CLOCK_TICKS = 100;
+
+/** utime + stime of /proc/<pid>/stat (fields 14 and 15), in seconds. */
+function readCpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Busy share of all cores between two readings of /proc/stat's `cpu` line: what the whole machine
+ * (Postgres, RabbitMQ, Redis, the children, anything else) did meanwhile.
+ */
+export function machineCpuTimes(): { busy: number; total: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+    const ticks = line.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest times are already in user and nice).
+    const total = ticks.slice(0, 8).reduce((sum, t) => sum + t, 0);
+    const idle = (ticks[3] ?? 0) + (ticks[4] ?? 0);
+    return { busy: total - idle, total };
+  } catch {
+    return { busy: 0, total: 0 };
+  }
+}
+
+export function busyPct(from: { busy: number; total: number }, to: { busy: number; total: number }): number {
+  const total = to.total - from.total;
+  return total > 0 ? ((to.busy - from.busy) / total) * 100 : Number.NaN;
 }
 
 function lines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {

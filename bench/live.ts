@@ -1,26 +1,30 @@
 import { DwProcess } from './children.js';
 import type { BenchEnv } from './env.js';
+import { startWorkers, stopWorkers } from './workers.js';
 
 export interface LiveSettings {
   concurrency: number;
+  /** `dw worker` processes side by side. Default 1. */
+  workers?: number;
   workerArgs: readonly string[];
   relayArgs: readonly string[];
   nodeArgs: readonly string[];
 }
 
-/** A worker and a relay running side by side, as in production: what latency, sagas and the soak use. */
+/** Workers and a relay running side by side, as in production: what latency, sagas and the soak use. */
 export interface Live {
+  /** The first worker (the only one unless `workers` > 1). */
   worker: DwProcess;
+  workers: DwProcess[];
   relay: DwProcess;
   stop(): Promise<void>;
 }
 
 export async function startLive(env: BenchEnv, settings: LiveSettings): Promise<Live> {
-  const worker = await DwProcess.start(
-    'worker',
-    ['worker', '--concurrency', String(settings.concurrency), ...settings.workerArgs],
-    env.childEnv(),
-    'worker started',
+  const { workers } = await startWorkers(
+    env,
+    settings.workers ?? 1,
+    ['--concurrency', String(settings.concurrency), ...settings.workerArgs],
     settings.nodeArgs,
   );
   let relay: DwProcess;
@@ -33,14 +37,15 @@ export async function startLive(env: BenchEnv, settings: LiveSettings): Promise<
       settings.nodeArgs,
     );
   } catch (error) {
-    await worker.stop();
+    await stopWorkers(workers);
     throw error;
   }
   return {
-    worker,
+    worker: workers[0]!,
+    workers,
     relay,
     async stop() {
-      await Promise.all([worker.stop(), relay.stop()]);
+      await Promise.all([stopWorkers(workers), relay.stop()]);
     },
   };
 }

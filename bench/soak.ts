@@ -5,6 +5,7 @@ import { truncateRunTables } from './env.js';
 import { startLive } from './live.js';
 import { progress } from './progress.js';
 import { BenchPublisher, NOTE } from './publish.js';
+import { goals } from './report.js';
 import { round } from './stats.js';
 import { countRows } from './wait.js';
 
@@ -38,6 +39,8 @@ export interface SoakReport {
     relayRssChangePct: number;
     machine: string;
   };
+  /** Worker RSS flat: the second half's mean at most goals.soakRssGrowthPct above the first half's. */
+  goals: { workerRssFlat: boolean };
 }
 
 /**
@@ -142,6 +145,7 @@ export async function runSoak(
       relayRssChangePct: change('relayRssMb'),
       machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}`,
     },
+    goals: { workerRssFlat: change('workerRssMb') <= goals.soakRssGrowthPct },
   };
   const header =
     '| minute | handled/s | relayed/s | worker RSS MB | relay RSS MB | inbox rows | outbox rows |';
@@ -150,5 +154,6 @@ export async function runSoak(
     (m) =>
       `| ${m.minute} | ${m.handledPerSec} | ${m.relayedPerSec} | ${m.workerRssMb} | ${m.relayRssMb} | ${m.inboxRows} | ${m.outboxRows} |`,
   );
-  return { table: [header, rule, ...lines].join('\n'), report };
+  const verdict = `worker RSS second half vs first half: ${report.soak.workerRssChangePct} % (goal: flat, at most +${goals.soakRssGrowthPct} %): ${report.goals.workerRssFlat ? 'met' : 'NOT met'}`;
+  return { table: [header, rule, ...lines, '', verdict].join('\n'), report };
 }

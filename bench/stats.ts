@@ -20,10 +20,21 @@ export function round(value: number, digits = 2): number {
   return Math.round(value * f) / f;
 }
 
-/** Throughput measured between the W-th and the last event time (ms), so start-up is left out. */
-export function steadyRate(timesMs: readonly number[], warmup: number): number {
+/**
+ * Throughput between the W-th and the last event time (ms), so start-up is left out; with
+ * `notBeforeMs`, the W-th event at or after that time (several workers: once the last of them is
+ * ready, so neither a head start of the first ones nor the late ones' cold start counts).
+ */
+export function steadyRate(timesMs: readonly number[], warmup: number, notBeforeMs = -Infinity): number {
   const sorted = [...timesMs].sort((a, b) => a - b);
-  const measured = sorted.slice(Math.min(warmup, Math.max(0, sorted.length - 2)));
+  const ready = sorted.findIndex((t) => t >= notBeforeMs);
+  const from = (ready < 0 ? sorted.length : ready) + warmup;
+  const measured = sorted.slice(Math.min(from, Math.max(0, sorted.length - 2)));
   const spanMs = measured[measured.length - 1]! - measured[0]!;
   return spanMs > 0 ? ((measured.length - 1) * 1000) / spanMs : Number.NaN;
+}
+
+/** `value` rounded, or null where a part did not run (NaN): the JSON says null, the table n/a. */
+export function roundOrNull(value: number, digits = 2): number | null {
+  return Number.isFinite(value) ? round(value, digits) : null;
 }
