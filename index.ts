@@ -19,6 +19,7 @@ export { type Config, loadConfig, redactUrl } from './shared/config.js';
 export { createKnex } from './shared/db/knex.js';
 export { ensureDatabase, type Migration, migrate } from './shared/db/migrate.js';
 export {
+  queueDefaults,
   relayDefaults,
   retryPolicyDefaults,
   retryQueueName,
@@ -42,6 +43,7 @@ export {
   NotMigratedError,
   PoisonMessageError,
   PublishNotConfirmedError,
+  QueueTypeMismatchError,
   RedisUnstableError,
   RepeatedFailureError,
   SagaDeadlineError,
@@ -57,6 +59,12 @@ export {
 export { createLogger, type Logger } from './shared/logger.js';
 export type { Destination } from './shared/outbox.js';
 export { assertExchange, publishMessages } from './shared/publisher.js';
+export {
+  consumedQueueOptions,
+  type QueueType,
+  queueTypes,
+  retryQueueOptions,
+} from './shared/queue-type.js';
 export { assertRedisReachable } from './shared/redis.js';
 export { decideRetry, type RetryPolicy, type RetryPolicyInput } from './shared/retry-policy.js';
 export {
