@@ -36,6 +36,9 @@ export async function withAmqpChannel<T>(
   }
   try {
     const channel = await connection.createConfirmChannel();
+    // A refused operation (a 406 closing the channel) rejects with the broker's reason; the
+    // channel's own 'error' event must not crash the process on top of it.
+    channel.on('error', () => {});
     return await fn(channel, connection);
   } finally {
     await connection.close().catch(() => {});
