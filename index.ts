@@ -61,6 +61,8 @@ export type { Destination } from './shared/outbox.js';
 export { assertExchange, publishMessages } from './shared/publisher.js';
 export {
   consumedQueueOptions,
+  declareConsumedQueue,
+  deliveryLimitQueueName,
   type QueueType,
   queueTypes,
   retryQueueOptions,

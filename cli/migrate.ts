@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { loadApp } from '../shared/app.js';
 import { redactUrl } from '../shared/config.js';
 import { ensureDatabase, migrate } from '../shared/db/migrate.js';
-import { type QueueType, resolveQueueType } from '../shared/queue-type.js';
+import { consumedQueueOptions, type QueueType, resolveQueueType } from '../shared/queue-type.js';
 import { appTopology, declareTopology } from '../shared/topology.js';
 import { config, withAmqpChannel, withDatabase } from './infra.js';
 import { queueTypeOption } from './parse.js';
@@ -30,9 +30,11 @@ export function registerMigrate(program: Command): void {
       const requested = opts.queueType ?? cfg.queueType;
       const topology = await withAmqpChannel(cfg, async (channel, connection) => {
         const queue = appTopology(app, cfg.exchange).queue;
-        const type = await resolveQueueType(connection, queue, requested);
+        const type = await resolveQueueType(connection, queue, requested, (t) =>
+          consumedQueueOptions(t, queue),
+        );
         const declared = appTopology(app, cfg.exchange, queue, { type, explicit: requested !== undefined });
-        await declareTopology(channel, declared);
+        await declareTopology(channel, declared, connection);
         return declared;
       });
       process.stdout.write(

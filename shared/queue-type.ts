@@ -17,20 +17,62 @@ export interface ChannelSource {
 }
 
 /**
- * The declaration of a queue that consumers take work from, for `type`: the work queue, and any
- * queue like it (ordering-key partitions pass `x-single-active-consumer` in `extra`). Quorum: the
- * delivery limit is set explicitly (RabbitMQ 4 drops a message after 20 redeliveries by default);
- * it is far above `maxDeliveries`, so the worker's crash-loop guard dead-letters a poison message
- * into the dead-letter store long before the broker would act. Classic: `x-queue-type` is sent
- * too (RabbitMQ takes it as equal to a classic queue declared without it, as older versions did),
- * so a vhost whose default queue type is quorum still gets a classic queue.
+ * Where a quorum queue puts a message that reached its delivery limit: `<queue>.delivery-limit`, a
+ * quorum queue without consumers. Only a message the crash-loop guard could not dead-letter in
+ * time ends up there (the database refused the dead letter again and again); it waits there for
+ * an operator (management UI, shovel back) instead of being dropped.
  */
-export function consumedQueueOptions(type: QueueType, extra: Options.AssertQueue['arguments'] = {}) {
+export function deliveryLimitQueueName(queue: string): string {
+  return `${queue}.delivery-limit`;
+}
+
+/**
+ * The declaration of `queue`, a queue that consumers take work from: the work queue, and any queue
+ * like it (ordering-key partitions pass `x-single-active-consumer` in `extra`; declare it with
+ * declareConsumedQueue, which declares its delivery-limit queue too). Quorum: the delivery limit
+ * is set explicitly (RabbitMQ 4 drops a message after 20 returns by default); it is far above
+ * `maxDeliveries`, so the worker's crash-loop guard dead-letters a poison message into the
+ * dead-letter store long before, and a message that reaches it anyway is dead-lettered (at least
+ * once) to deliveryLimitQueueName, never dropped. Classic: `x-queue-type` is sent too (RabbitMQ
+ * takes it as equal to a classic queue declared without it, as older versions did), so a vhost
+ * whose default queue type is quorum still gets a classic queue.
+ */
+export function consumedQueueOptions(
+  type: QueueType,
+  queue: string,
+  extra: Options.AssertQueue['arguments'] = {},
+) {
   const typed =
     type === 'quorum'
-      ? { 'x-queue-type': 'quorum', 'x-delivery-limit': queueDefaults.quorumDeliveryLimit }
+      ? {
+          'x-queue-type': 'quorum',
+          'x-delivery-limit': queueDefaults.quorumDeliveryLimit,
+          'x-dead-letter-exchange': '',
+          'x-dead-letter-routing-key': deliveryLimitQueueName(queue),
+          'x-dead-letter-strategy': 'at-least-once',
+          'x-overflow': 'reject-publish',
+        }
       : { 'x-queue-type': 'classic' };
   return { durable: true, arguments: { ...typed, ...extra } } satisfies Options.AssertQueue;
+}
+
+/**
+ * Declares `queue` (consumedQueueOptions) and, for a quorum queue, first its delivery-limit queue.
+ * A queue of another type: QueueTypeMismatchError (see declareQueue).
+ */
+export async function declareConsumedQueue(
+  channel: Channel,
+  queue: string,
+  type: QueueType,
+  options: { explicit: boolean; connection?: ChannelSource; extra?: Options.AssertQueue['arguments'] },
+): Promise<void> {
+  if (type === 'quorum') {
+    await channel.assertQueue(deliveryLimitQueueName(queue), {
+      durable: true,
+      arguments: { 'x-queue-type': 'quorum' },
+    });
+  }
+  await declareQueue(channel, queue, type, (t) => consumedQueueOptions(t, queue, options.extra), options);
 }
 
 /**
@@ -52,36 +94,43 @@ export function retryQueueOptions(type: QueueType, workQueue: string) {
   return { durable: true, arguments: { ...typed, ...deadLetter } } satisfies Options.AssertQueue;
 }
 
+/** The declaration of one queue for either type (consumedQueueOptions, retryQueueOptions). */
+export type QueueOptionsFor = (type: QueueType) => Options.AssertQueue;
+
 /**
  * The type of the existing queue named in RabbitMQ's refusal of a declaration (406
  * PRECONDITION_FAILED, "inequivalent arg 'x-queue-type' … but current is …"), or undefined when
  * the refusal is about something else. A queue declared without the argument is classic.
  */
 export function existingQueueType(error: unknown): string | undefined {
-  const message = error instanceof Error ? error.message : '';
   const match = /inequivalent arg 'x-queue-type'.* but current is (?:the value )?(?:'([^']*)'|none)/.exec(
-    message,
+    messageOf(error),
   );
   if (!match) return undefined;
   return match[1] ?? 'classic';
 }
 
 /**
- * Declares `queue` as `options` say (of type `type`); a queue that exists with another type is
- * refused by RabbitMQ (closing the channel), which becomes a QueueTypeMismatchError saying how to
- * migrate. `explicit` says whether the type was asked for (DW_QUEUE_TYPE, an option, a flag).
+ * Declares `queue` as `optionsFor(type)` says. RabbitMQ refuses to redeclare a queue of another
+ * type (closing the channel); that refusal becomes a QueueTypeMismatchError saying how to migrate.
+ * RabbitMQ compares some arguments (dead-lettering, overflow) before the type and names the first
+ * that differs, so with `connection` another refusal is looked into (probeQueueType). `explicit`
+ * says whether the type was asked for (DW_QUEUE_TYPE, an option, a flag).
  */
 export async function declareQueue(
   channel: Channel,
   queue: string,
   type: QueueType,
-  options: Options.AssertQueue,
-  explicit = true,
+  optionsFor: QueueOptionsFor,
+  { explicit, connection }: { explicit: boolean; connection?: ChannelSource },
 ): Promise<void> {
   try {
-    await channel.assertQueue(queue, options);
+    await channel.assertQueue(queue, optionsFor(type));
   } catch (error) {
-    const existing = existingQueueType(error);
+    let existing = existingQueueType(error);
+    if (existing === undefined && connection && inequivalent(error)) {
+      existing = await probeQueueType(connection, queue, optionsFor).catch(() => undefined);
+    }
     if (existing !== undefined && existing !== type) {
       throw new QueueTypeMismatchError(queue, existing, type, explicit, error);
     }
@@ -93,17 +142,18 @@ export async function declareQueue(
  * Which type to declare `queue` with. An explicit type is used as asked (a queue of another type
  * then fails its declaration with QueueTypeMismatchError). Without one, a queue that exists keeps
  * its type, so an installation made before quorum queues became the default keeps working
- * (logged, with the way to migrate); a new queue gets `fallback`. Reads only: nothing is declared.
+ * (logged, with the way to migrate); a new queue gets `fallback`. Creates and changes nothing.
  */
 export async function resolveQueueType(
   connection: ChannelSource,
   queue: string,
   requested: QueueType | undefined,
+  optionsFor: QueueOptionsFor,
   options: { fallback?: QueueType; log?: Logger } = {},
 ): Promise<QueueType> {
   if (requested) return requested;
   const fallback = options.fallback ?? queueDefaults.queueType;
-  const existing = await probeQueueType(connection, queue);
+  const existing = await probeQueueType(connection, queue, optionsFor);
   if (existing === undefined) return fallback;
   if (existing !== 'quorum' && existing !== 'classic') {
     throw new QueueTypeMismatchError(queue, existing, fallback, false);
@@ -118,12 +168,17 @@ export async function resolveQueueType(
 }
 
 /**
- * The type of an existing queue, or undefined if there is none. AMQP 0-9-1 has no way to ask for a
- * queue's arguments: a passive declare says whether it exists, then a quorum declaration is tried
- * on a channel of its own (RabbitMQ accepts it for a quorum queue, and names the type it has
- * otherwise). Neither creates or changes anything.
+ * The type of an existing queue, or undefined if there is none (or it matches neither declaration
+ * in arguments other than its type). AMQP 0-9-1 cannot ask for a queue's arguments: a passive
+ * declare says whether it exists, then the queue is declared as each type would declare it, each
+ * on a channel of its own. RabbitMQ accepts the one that is equivalent, and names the current type
+ * when the type is the first argument that differs. Neither creates or changes anything.
  */
-async function probeQueueType(connection: ChannelSource, queue: string): Promise<string | undefined> {
+async function probeQueueType(
+  connection: ChannelSource,
+  queue: string,
+  optionsFor: QueueOptionsFor,
+): Promise<string | undefined> {
   const exists = await onThrowawayChannel(connection, (channel) => channel.checkQueue(queue)).then(
     () => true,
     (error: unknown) => {
@@ -132,18 +187,26 @@ async function probeQueueType(connection: ChannelSource, queue: string): Promise
     },
   );
   if (!exists) return undefined;
-  return onThrowawayChannel(connection, (channel) =>
-    channel.assertQueue(queue, consumedQueueOptions('quorum')),
-  ).then(
-    () => 'quorum',
-    (error: unknown) => {
+  for (const type of queueTypes) {
+    try {
+      await onThrowawayChannel(connection, (channel) => channel.assertQueue(queue, optionsFor(type)));
+      return type;
+    } catch (error) {
       const existing = existingQueueType(error);
-      // Refused for another argument (another delivery limit): it is a quorum queue all the same.
-      if (existing === undefined && /inequivalent arg/.test((error as Error).message)) return 'quorum';
-      if (existing === undefined) throw error;
-      return existing;
-    },
-  );
+      if (existing !== undefined) return existing;
+      if (!inequivalent(error)) throw error;
+    }
+  }
+  return undefined;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : '';
+}
+
+/** RabbitMQ's refusal to redeclare a queue with other arguments. */
+function inequivalent(error: unknown): boolean {
+  return /PRECONDITION_FAILED - inequivalent arg/.test(messageOf(error));
 }
 
 async function onThrowawayChannel<T>(

@@ -1,7 +1,7 @@
 import type { Channel } from 'amqplib';
 import type { App } from './app.js';
 import { queueDefaults, workQueueName } from './defaults.js';
-import { consumedQueueOptions, declareQueue, type QueueType } from './queue-type.js';
+import { type ChannelSource, declareConsumedQueue, type QueueType } from './queue-type.js';
 
 export interface Topology {
   exchange: string;
@@ -38,15 +38,17 @@ export function appTopology(
  * starts are queued rather than dropped as unroutable. A work queue of another type than
  * `queueType` fails with QueueTypeMismatchError (closing the channel).
  */
-export async function declareTopology(channel: Channel, topology: Topology): Promise<void> {
+export async function declareTopology(
+  channel: Channel,
+  topology: Topology,
+  /** Lets a refused declaration be looked into, for a clear QueueTypeMismatchError. */
+  connection?: ChannelSource,
+): Promise<void> {
   const type = topology.queueType ?? queueDefaults.queueType;
   await channel.assertExchange(topology.exchange, 'topic', { durable: true });
-  await declareQueue(
-    channel,
-    topology.queue,
-    type,
-    consumedQueueOptions(type),
-    topology.queueTypeExplicit ?? false,
-  );
+  await declareConsumedQueue(channel, topology.queue, type, {
+    explicit: topology.queueTypeExplicit ?? false,
+    connection,
+  });
   for (const type of topology.types) await channel.bindQueue(topology.queue, topology.exchange, type);
 }

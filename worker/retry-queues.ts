@@ -47,16 +47,11 @@ export class RetryQueues {
     if (!this.declared.has(name)) {
       const { requested, workQueue, log } = this.queueType;
       const connection = this.amqp.current;
+      const optionsFor = (type: QueueType) => retryQueueOptions(type, this.workQueue);
       const type = connection
-        ? await resolveQueueType(connection, name, requested, { fallback: workQueue, log })
+        ? await resolveQueueType(connection, name, requested, optionsFor, { fallback: workQueue, log })
         : (requested ?? workQueue);
-      await declareQueue(
-        channel,
-        name,
-        type,
-        retryQueueOptions(type, this.workQueue),
-        requested !== undefined,
-      );
+      await declareQueue(channel, name, type, optionsFor, { explicit: requested !== undefined, connection });
       this.declared.add(name);
     }
     try {

@@ -5,7 +5,7 @@ import { assertMigrated } from '../shared/db/migrate.js';
 import { startHeartbeat } from '../shared/heartbeat.js';
 import { startHousekeeping } from '../shared/housekeeping.js';
 import type { ScrapeSources } from '../shared/metrics.js';
-import { type ChannelSource, resolveQueueType } from '../shared/queue-type.js';
+import { type ChannelSource, consumedQueueOptions, resolveQueueType } from '../shared/queue-type.js';
 import { settledWithin } from '../shared/time.js';
 import { appTopology } from '../shared/topology.js';
 import { Consumer } from './consumer.js';
@@ -54,7 +54,13 @@ export class Worker {
       await amqp.start();
       // Before the consumer declares it: without an explicit type an existing queue keeps its own.
       const connection = amqp.current as ChannelSource;
-      const queueType = await resolveQueueType(connection, options.queue, options.queueType, { log });
+      const queueType = await resolveQueueType(
+        connection,
+        options.queue,
+        options.queueType,
+        (type) => consumedQueueOptions(type, options.queue),
+        { log },
+      );
       const sagaRunner = await startSagaRunner({
         app,
         knex,

@@ -9,7 +9,12 @@ import { queueDefaults, retryQueueName, workerDefaults, workQueueName } from '..
 import { readIncoming } from '../../shared/envelope.js';
 import { QueueTypeMismatchError } from '../../shared/errors.js';
 import { silentLogger } from '../../shared/logger.js';
-import { consumedQueueOptions, existingQueueType } from '../../shared/queue-type.js';
+import {
+  consumedQueueOptions,
+  declareConsumedQueue,
+  deliveryLimitQueueName,
+  existingQueueType,
+} from '../../shared/queue-type.js';
 import { waitUntil } from '../../shared/wait.js';
 import { MessageProcessor } from '../../worker/message-processor.js';
 import { RetryQueues } from '../../worker/retry-queues.js';
@@ -127,7 +132,18 @@ describe('quorum queues', () => {
     }
     expect(await describeQueue(queue())).toEqual({
       type: 'quorum',
-      arguments: { 'x-queue-type': 'quorum', 'x-delivery-limit': queueDefaults.quorumDeliveryLimit },
+      arguments: {
+        'x-queue-type': 'quorum',
+        'x-delivery-limit': queueDefaults.quorumDeliveryLimit,
+        'x-dead-letter-exchange': '',
+        'x-dead-letter-routing-key': deliveryLimitQueueName(queue()),
+        'x-dead-letter-strategy': 'at-least-once',
+        'x-overflow': 'reject-publish',
+      },
+    });
+    expect(await describeQueue(deliveryLimitQueueName(queue()))).toEqual({
+      type: 'quorum',
+      arguments: { 'x-queue-type': 'quorum' },
     });
     expect(await describeQueue(retryQueueName(queue(), 50))).toEqual({
       type: 'quorum',
@@ -183,6 +199,35 @@ describe('quorum queues', () => {
     expect(await count(env.knex, 'dw_delivery_counts')).toBe(0);
   });
 
+  it('a message at the broker delivery limit is parked in <queue>.delivery-limit, never dropped', async () => {
+    const name = `${env.config.exchange}.limit`;
+    try {
+      await onChannel((channel) => declareConsumedQueue(channel, name, 'quorum', { explicit: true }));
+      await onChannel(async (channel) => {
+        channel.sendToQueue(name, Buffer.from('{}'), { messageId: 'limited', persistent: true });
+      });
+      // Returned unacked until the broker's limit is passed (no crash-loop guard here).
+      for (let returns = 0; returns <= queueDefaults.quorumDeliveryLimit; returns++) {
+        await onChannel(async (channel) => {
+          const msg = await channel.get(name, { noAck: false });
+          expect(msg ? msg.properties.messageId : undefined).toBe('limited');
+        });
+      }
+      const parked = await waitUntil(
+        () =>
+          onChannel(
+            async (channel) =>
+              (await channel.get(deliveryLimitQueueName(name), { noAck: true })) || undefined,
+          ),
+        'the message in the delivery-limit queue',
+      );
+      expect(parked.properties.messageId).toBe('limited');
+      expect((await onChannel((channel) => channel.checkQueue(name))).messageCount).toBe(0);
+    } finally {
+      await deleteQueues(name, deliveryLimitQueueName(name));
+    }
+  });
+
   it('ignores a delivery count a publisher sets on a first delivery', async () => {
     const worker = await Worker.start({ app, config: env.config, knex: env.knex, housekeepingIntervalMs: 0 });
     try {
@@ -223,7 +268,7 @@ describe('quorum queues', () => {
         async () => (await onChannel((channel) => channel.checkQueue(retryQueue))).messageCount === 0,
         'the copy to expire (with nowhere to go)',
       );
-      await onChannel((channel) => channel.assertQueue(workQueue, consumedQueueOptions('quorum')));
+      await onChannel((channel) => channel.assertQueue(workQueue, consumedQueueOptions('quorum', workQueue)));
       const got = await waitUntil(
         () => onChannel(async (channel) => (await channel.get(workQueue, { noAck: true })) || undefined),
         'the copy to reach the work queue once it exists',
@@ -248,6 +293,14 @@ describe('a queue of the other type', () => {
     for (const classic of [name, exampleQueue]) {
       await onChannel((channel) => channel.assertQueue(classic, { durable: true }));
     }
+    const retryQueue = retryQueueName(name, 50);
+    await deleteQueues(retryQueue);
+    await onChannel((channel) =>
+      channel.assertQueue(retryQueue, {
+        durable: true,
+        arguments: { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': name },
+      }),
+    );
     await expect(
       Worker.start({ app, config: { ...env.config, queueType: 'quorum' }, knex: env.knex }),
     ).rejects.toSatisfy((error: unknown) => {
@@ -261,6 +314,8 @@ describe('a queue of the other type', () => {
       return true;
     });
 
+    // Unset: both the work queue and its existing retry queue keep their type; a retry goes through.
+    failOnce = new Set([6]);
     const worker = await Worker.start({ app, config: env.config, knex: env.knex, housekeepingIntervalMs: 0 });
     try {
       await publishRaw(env.config.exchange, [
@@ -271,6 +326,8 @@ describe('a queue of the other type', () => {
       await worker.stop(5000);
     }
     expect((await describeQueue(name)).type).toBe('classic');
+    expect((await describeQueue(retryQueue)).type).toBe('classic');
+    expect(failOnce.size).toBe(0);
     // dw migrate (the bundled example app's queue) keeps it classic as well.
     const migrated = await runCli(['migrate'], dwEnv());
     expect(migrated.stdout).toContain(
@@ -282,7 +339,7 @@ describe('a queue of the other type', () => {
   it('an existing quorum queue is refused when classic is asked for: exit 1 with one line', async () => {
     const name = `${env.config.exchange}.example`;
     await deleteQueues(name);
-    await onChannel((channel) => channel.assertQueue(name, consumedQueueOptions('quorum')));
+    await onChannel((channel) => channel.assertQueue(name, consumedQueueOptions('quorum', name)));
     for (const args of [['migrate', '--queue-type', 'classic'], ['migrate']]) {
       const result = await runCli(args, dwEnv(args.length === 1 ? { DW_QUEUE_TYPE: 'classic' } : {}));
       expect(result.code).toBe(1);
