@@ -19,6 +19,7 @@ export { type Config, loadConfig, redactUrl } from './shared/config.js';
 export { createKnex } from './shared/db/knex.js';
 export { ensureDatabase, type Migration, migrate } from './shared/db/migrate.js';
 export {
+  queueDefaults,
   relayDefaults,
   retryPolicyDefaults,
   retryQueueName,
@@ -42,6 +43,7 @@ export {
   NotMigratedError,
   PoisonMessageError,
   PublishNotConfirmedError,
+  QueueTypeMismatchError,
   RedisClusterPrefixError,
   RedisUnstableError,
   RepeatedFailureError,
@@ -58,6 +60,14 @@ export {
 export { createLogger, type Logger } from './shared/logger.js';
 export type { Destination } from './shared/outbox.js';
 export { assertExchange, publishMessages } from './shared/publisher.js';
+export {
+  consumedQueueOptions,
+  declareConsumedQueue,
+  deliveryLimitQueueName,
+  type QueueType,
+  queueTypes,
+  retryQueueOptions,
+} from './shared/queue-type.js';
 export {
   assertRedisReachable,
   type CreateRedisOptions,

@@ -6,6 +6,7 @@ import pg from 'pg';
 import { createKnex } from '../shared/db/knex.js';
 import { migrate } from '../shared/db/migrate.js';
 import { retryQueueName, workQueueName } from '../shared/defaults.js';
+import { deliveryLimitQueueName } from '../shared/queue-type.js';
 import { benchMigrations } from './app.js';
 
 /** Where the services are; the same defaults as docs/contracts.md, "Environment". */
@@ -119,6 +120,7 @@ async function deleteTopology(amqpUrl: string, exchange: string): Promise<void> 
       await channel.deleteQueue(retryQueueName(queue, tier)).catch(() => {});
     }
     await channel.deleteQueue(queue).catch(() => {});
+    await channel.deleteQueue(deliveryLimitQueueName(queue)).catch(() => {});
     await channel.deleteExchange(exchange).catch(() => {});
     await channel.close().catch(() => {});
   } finally {

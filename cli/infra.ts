@@ -20,10 +20,13 @@ export async function withDatabase<T>(cfg: Config, fn: (knex: Knex) => Promise<T
   }
 }
 
-/** Runs `fn` with a confirm channel on AMQP_URL, closing the connection afterwards. */
+/**
+ * Runs `fn` with a confirm channel on AMQP_URL (and its connection, for channels of its own),
+ * closing the connection afterwards.
+ */
 export async function withAmqpChannel<T>(
   cfg: Config,
-  fn: (channel: ConfirmChannel) => Promise<T>,
+  fn: (channel: ConfirmChannel, connection: amqp.ChannelModel) => Promise<T>,
 ): Promise<T> {
   let connection: amqp.ChannelModel;
   try {
@@ -33,7 +36,10 @@ export async function withAmqpChannel<T>(
   }
   try {
     const channel = await connection.createConfirmChannel();
-    return await fn(channel);
+    // A refused operation (a 406 closing the channel) rejects with the broker's reason; the
+    // channel's own 'error' event must not crash the process on top of it.
+    channel.on('error', () => {});
+    return await fn(channel, connection);
   } finally {
     await connection.close().catch(() => {});
   }

@@ -2,8 +2,10 @@ import type { Command } from 'commander';
 import { loadApp } from '../shared/app.js';
 import { redactUrl } from '../shared/config.js';
 import { ensureDatabase, migrate } from '../shared/db/migrate.js';
+import { consumedQueueOptions, type QueueType, resolveQueueType } from '../shared/queue-type.js';
 import { appTopology, declareTopology } from '../shared/topology.js';
 import { config, withAmqpChannel, withDatabase } from './infra.js';
+import { queueTypeOption } from './parse.js';
 
 export function registerMigrate(program: Command): void {
   program
@@ -12,7 +14,8 @@ export function registerMigrate(program: Command): void {
       "create the database if missing, apply durable-worker's and the app's migrations, declare the app's exchange and queue",
     )
     .option('--app <module>', 'app module whose migrations to apply too (default: DW_APP)')
-    .action(async (opts: { app?: string }) => {
+    .addOption(queueTypeOption())
+    .action(async (opts: { app?: string; queueType?: QueueType }) => {
       const cfg = config();
       const app = await loadApp(opts.app ?? cfg.app);
       if (await ensureDatabase(cfg.databaseUrl)) {
@@ -24,8 +27,18 @@ export function registerMigrate(program: Command): void {
           ? `applied ${applied.length} migration(s): ${applied.join(', ')}\n`
           : 'already up to date\n',
       );
-      const topology = appTopology(app, cfg.exchange);
-      await withAmqpChannel(cfg, (channel) => declareTopology(channel, topology));
-      process.stdout.write(`declared exchange ${topology.exchange} and queue ${topology.queue}\n`);
+      const requested = opts.queueType ?? cfg.queueType;
+      const topology = await withAmqpChannel(cfg, async (channel, connection) => {
+        const queue = appTopology(app, cfg.exchange).queue;
+        const type = await resolveQueueType(connection, queue, requested, (t) =>
+          consumedQueueOptions(t, queue),
+        );
+        const declared = appTopology(app, cfg.exchange, queue, { type, explicit: requested !== undefined });
+        await declareTopology(channel, declared, connection);
+        return declared;
+      });
+      process.stdout.write(
+        `declared exchange ${topology.exchange} and queue ${topology.queue} (${topology.queueType})\n`,
+      );
     });
 }

@@ -1,5 +1,6 @@
 import { closeSync, openSync, readSync } from 'node:fs';
-import { InvalidArgumentError } from 'commander';
+import { InvalidArgumentError, Option } from 'commander';
+import { queueTypes } from '../shared/queue-type.js';
 import { clip, printable, shown } from './render.js';
 
 /** Commander argument parser for whole numbers within a range. */
@@ -82,4 +83,12 @@ export function messageIdArgument(value: string): string {
 /** Prints one JSON document on stdout (the only thing `--json` commands print there). */
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** `--queue-type`: DW_QUEUE_TYPE for one command (dw migrate, dw worker). */
+export function queueTypeOption(): Option {
+  return new Option(
+    '--queue-type <type>',
+    'RabbitMQ type of the work and retry queues (default: DW_QUEUE_TYPE, else an existing queue keeps its type, else quorum)',
+  ).choices(queueTypes);
 }

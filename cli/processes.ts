@@ -1,9 +1,10 @@
 import { type Command, Option } from 'commander';
 import { runRelayProcess } from '../relay/process.js';
 import { MAX_TIMER_MS, relayDefaults, workerDefaults } from '../shared/defaults.js';
+import type { QueueType } from '../shared/queue-type.js';
 import { runWorkerProcess } from '../worker/process.js';
 import { config } from './infra.js';
-import { integer } from './parse.js';
+import { integer, queueTypeOption } from './parse.js';
 
 /** `--flag <n>` parsed by `parse` whose help shows the default that applies when it is absent. */
 function numberOption(flags: string, description: string, parse: (value: string) => number, value: number) {
@@ -46,9 +47,11 @@ export function registerProcesses(program: Command): void {
         workerDefaults.shutdownGraceMs,
       ),
     )
+    .addOption(queueTypeOption())
     .action(
       async (opts: {
         app?: string;
+        queueType?: QueueType;
         concurrency?: number;
         prefetch?: number;
         sagaConcurrency?: number;
@@ -60,6 +63,7 @@ export function registerProcesses(program: Command): void {
           prefetch: opts.prefetch,
           sagaConcurrency: opts.sagaConcurrency,
           shutdownGraceMs: opts.shutdownGrace,
+          queueType: opts.queueType,
         });
       },
     );

@@ -6,6 +6,7 @@ import type { App } from '../shared/app.js';
 import { countDeadLettersByReason } from '../shared/dead-letters.js';
 import { retryQueueName } from '../shared/defaults.js';
 import { maxRedisSeq } from '../shared/outbox.js';
+import { deliveryLimitQueueName } from '../shared/queue-type.js';
 import {
   createRedis,
   type NodePersistence,
@@ -175,11 +176,18 @@ export function retryTiers(policy: RetryPolicy): number[] {
   return Array.from({ length: policy.delayed.count }, (_, i) => retryTierMs(policy, i));
 }
 
-/** The app's work queue and every retry queue its policies can use. */
+/**
+ * The app's work queue, every retry queue its policies can use, and (quorum work queues) the queue
+ * of messages that reached the broker's delivery limit, which should stay empty.
+ */
 export function appQueueNames(app: App, workQueue: string): string[] {
   const tiers = new Set<number>();
   for (const type of app.handlers.keys()) for (const t of retryTiers(app.retryPolicyFor(type))) tiers.add(t);
-  return [workQueue, ...[...tiers].sort((a, b) => a - b).map((t) => retryQueueName(workQueue, t))];
+  return [
+    workQueue,
+    ...[...tiers].sort((a, b) => a - b).map((t) => retryQueueName(workQueue, t)),
+    deliveryLimitQueueName(workQueue),
+  ];
 }
 
 /** `host:port` of the cluster master whose slots hold `key`; undefined outside cluster mode. */

@@ -2,6 +2,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { redisDefaults } from './defaults.js';
 import { ConfigError } from './errors.js';
+import { type QueueType, queueTypes } from './queue-type.js';
 
 /** The bundled example app; what `dw worker` serves when DW_APP is not set. */
 export const EXAMPLE_APP = fileURLToPath(new URL('../examples/app/index.js', import.meta.url));
@@ -31,6 +32,11 @@ export interface Config {
   app: string;
   bullmqPrefix: string;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /**
+   * DW_QUEUE_TYPE: the type of the work and retry queues. Unset: an existing queue keeps its type,
+   * a new one is quorum (shared/queue-type.ts).
+   */
+  queueType?: QueueType;
   /** Port of the `/healthz` and `/metrics` endpoint; undefined disables it. */
   healthPort: number | undefined;
 }
@@ -102,6 +108,11 @@ const envSchema = z.object({
         `LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent, got "${String(issue.input)}"`,
     })
     .default('info'),
+  DW_QUEUE_TYPE: z
+    .enum(queueTypes as [QueueType, ...QueueType[]], {
+      error: (issue) => `DW_QUEUE_TYPE must be quorum or classic, got "${String(issue.input)}"`,
+    })
+    .optional(),
   DW_HEALTH_PORT: z
     .string()
     .regex(/^\d+$/, 'DW_HEALTH_PORT must be a port number')
@@ -135,6 +146,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     bullmqPrefix,
     logLevel: e.LOG_LEVEL,
     healthPort: e.DW_HEALTH_PORT,
+    ...(e.DW_QUEUE_TYPE ? { queueType: e.DW_QUEUE_TYPE } : {}),
   };
 }
 

@@ -66,6 +66,17 @@ export const redisDefaults = {
   probeTimeoutMs: 5 * SECOND,
 } as const;
 
+/** RabbitMQ queues (shared/queue-type.ts). */
+export const queueDefaults = {
+  /** For a new installation; an existing queue keeps its type when DW_QUEUE_TYPE is not set. */
+  queueType: 'quorum',
+  /**
+   * `x-delivery-limit` of quorum queues: fixed (RabbitMQ refuses to redeclare a queue with
+   * another value), and far above `maxDeliveries` so the crash-loop guard dead-letters first.
+   */
+  quorumDeliveryLimit: 100,
+} as const;
+
 /** Message retries (shared/retry-policy.ts): attempts in all = 1 + immediateRetries + delayed.count. */
 export const retryPolicyDefaults = {
   immediateRetries: 2,

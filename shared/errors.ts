@@ -147,6 +147,31 @@ export class RepeatedFailureError extends DurableWorkerError {
   }
 }
 
+/**
+ * The work queue (or a retry queue) exists with another type than the one to declare: RabbitMQ
+ * cannot change a queue's type in place, and refuses the declaration (406 PRECONDITION_FAILED).
+ */
+export class QueueTypeMismatchError extends DurableWorkerError {
+  override readonly code = 'DW_QUEUE_TYPE_MISMATCH';
+  override readonly retryable = false;
+  constructor(
+    readonly queue: string,
+    readonly existing: string,
+    readonly wanted: string,
+    explicit = true,
+    cause?: unknown,
+  ) {
+    const keep =
+      existing === 'quorum' || existing === 'classic'
+        ? `set DW_QUEUE_TYPE=${existing} (dw worker --queue-type ${existing}) to keep it`
+        : 'durable-worker only uses quorum and classic queues: delete it or use another queue name';
+    super(
+      `queue ${queue} exists as a ${existing} queue, but ${explicit ? `DW_QUEUE_TYPE (or --queue-type / WorkerOptions.queueType) asks for a ${wanted} queue` : `a ${wanted} queue is needed`}, and RabbitMQ cannot change the type of a queue. Either ${keep}, or migrate it to ${wanted}: stop the workers, let the queue drain, delete it (and its .retry.* queues) and start the workers with DW_QUEUE_TYPE=${wanted}; or move to a new queue name (blue-green, or a shovel from the old queue). See the README, "Queue types"`,
+      { cause },
+    );
+  }
+}
+
 /** A saga did not complete within its `deadlineMs`: it is compensated; recorded as its last error. */
 export class SagaDeadlineError extends DurableWorkerError {
   override readonly code = 'DW_SAGA_DEADLINE';

@@ -237,6 +237,8 @@ class Harness implements TestHarness {
       retryQueues: retries,
       maxMessageBytes: options.maxMessageBytes ?? workerDefaults.maxMessageBytes,
       maxDeliveries: options.maxDeliveries ?? workerDefaults.maxDeliveries,
+      // No broker counts the harness's redeliveries: the crash-loop accounting is kept in Postgres.
+      queueType: 'classic',
       log,
       signal: this.abort.signal,
     });

@@ -134,7 +134,7 @@ export class Consumer {
     });
     try {
       await channel.prefetch(prefetch);
-      await declareTopology(channel, topology);
+      await declareTopology(channel, topology, connection);
       const { consumerTag } = await channel.consume(
         topology.queue,
         (msg) => {

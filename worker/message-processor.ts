@@ -30,6 +30,7 @@ import {
   retriesTotal,
 } from '../shared/metrics.js';
 import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
+import type { QueueType } from '../shared/queue-type.js';
 import { decideRetry, type RetryDecision } from '../shared/retry-policy.js';
 import { sleep } from '../shared/time.js';
 import { spanEvent } from '../shared/tracing.js';
@@ -53,6 +54,11 @@ export interface ProcessorDeps {
   retryQueues: RetryScheduler;
   maxMessageBytes: number;
   maxDeliveries: number;
+  /**
+   * The work queue's type: a quorum queue counts deliveries itself (`x-delivery-count`), a classic
+   * queue needs the crash-loop accounting in dw_delivery_counts.
+   */
+  queueType: QueueType;
   /** Runs the first steps of sagas the handlers started, right after the commit (see EagerSteps). */
   eagerSagaSteps?: EagerSteps;
   log: Logger;
@@ -413,20 +419,23 @@ export class MessageProcessor {
   /**
    * A redelivered message was in flight when a worker died or lost its connection, was requeued,
    * or kills the worker each time. Already committed (the inbox holds it) or dead-lettered (the
-   * process died between storing and acking): just ack. Otherwise record that this delivery
-   * started; the recorded deliveries that never finished are the ones that died, and past
-   * `maxDeliveries` the message is poison. The first delivery is never recorded (no write on the
-   * hot path), so a prefetched bystander that never started is not taken for a death.
+   * process died between storing and acking): just ack. Otherwise, past `maxDeliveries`
+   * redeliveries that died the message is poison. A quorum queue counts them itself
+   * (deliveryCountVerdict); on a classic queue this delivery is recorded as started, and the
+   * recorded deliveries that never finished are the ones that died. The first delivery is never
+   * recorded (no write on the hot path), so a prefetched bystander that never started is not
+   * taken for a death.
    */
   private async checkRedelivery(
     incoming: IncomingMessage,
     delivery: { recorded: boolean },
   ): Promise<DeadLetter | 'duplicate' | 'dead-lettered' | 'ok'> {
-    const { knex, queue, maxDeliveries } = this.deps;
+    const { knex, queue, maxDeliveries, queueType } = this.deps;
     if (await inboxHas(knex, queue, incoming.id)) return 'duplicate';
     if (!incoming.headers[Headers.replayedFrom] && (await deadLetterExists(knex, queue, incoming.id))) {
       return 'dead-lettered';
     }
+    if (queueType === 'quorum') return deliveryCountVerdict(incoming, maxDeliveries);
     const unfinished = await startDelivery(knex, queue, incoming.id);
     delivery.recorded = true;
     // This one is among them; the others died (or, rarely, still run after a connection loss).
@@ -506,6 +515,20 @@ export class MessageProcessor {
     const result = await this.outages.run(fn, log);
     return result instanceof Stopped ? 'requeue' : result;
   }
+}
+
+/**
+ * The crash-loop verdict on a quorum queue, without a write: the broker's `x-delivery-count` is
+ * how many deliveries of the message went back to the queue unacked (the process died, its
+ * connection or channel was lost; before RabbitMQ 4.3 a requeue too). The first of them is not
+ * counted, as on a classic queue, so `maxDeliveries` means the same on both. Only read on a
+ * redelivery: RabbitMQ sets the header itself then, whatever a publisher put there.
+ */
+function deliveryCountVerdict(incoming: IncomingMessage, maxDeliveries: number): DeadLetter | 'ok' {
+  const count = Number(incoming.headers['x-delivery-count']);
+  const died = Number.isSafeInteger(count) ? count - 1 : 0;
+  if (died < maxDeliveries) return 'ok';
+  return new DeadLetter('handler-failed', toErrorInfo(new PoisonMessageError(died, maxDeliveries)));
 }
 
 function retryEvent(kind: 'immediate' | 'delayed', attempt: number, error: unknown) {

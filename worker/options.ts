@@ -1,10 +1,17 @@
 import type { Knex } from 'knex';
 import type { App } from '../shared/app.js';
 import type { Config } from '../shared/config.js';
-import { workerDefaults as d, defaultPoolMax, defaultPrefetch, workQueueName } from '../shared/defaults.js';
+import {
+  workerDefaults as d,
+  defaultPoolMax,
+  defaultPrefetch,
+  queueDefaults,
+  workQueueName,
+} from '../shared/defaults.js';
 import { InvalidOptionError } from '../shared/errors.js';
 import { type Logger, silentLogger } from '../shared/logger.js';
 import { countOption, durationOption } from '../shared/options.js';
+import { type QueueType, queueTypes } from '../shared/queue-type.js';
 
 /**
  * Everything a worker can be told; each field's default (shared/defaults.ts) is resolved once by
@@ -23,6 +30,7 @@ export interface WorkerOptions {
     | 'redisSentinelPassword'
     | 'exchange'
     | 'bullmqPrefix'
+    | 'queueType'
   >;
   /**
    * Messages handled at once; a whole number ≥ 1.
@@ -40,6 +48,13 @@ export interface WorkerOptions {
    */
   queue?: string;
   /**
+   * RabbitMQ type of the work queue and its retry queues: 'quorum' or 'classic'. A queue that
+   * exists with another type is refused with QueueTypeMismatchError. Unset (here and in
+   * `config.queueType`, DW_QUEUE_TYPE): an existing queue keeps its type, a new one is quorum.
+   * @defaultValue config.queueType, else the existing queue's type, else 'quorum'
+   */
+  queueType?: QueueType;
+  /**
    * Largest message body accepted, in bytes; larger ones are dead-lettered.
    * @defaultValue 1048576 (1 MiB)
    */
@@ -47,7 +62,10 @@ export interface WorkerOptions {
   /**
    * Redeliveries that may start handling and die (the process was killed) before a message counts
    * as poison; the first delivery is not counted (it costs no write). Also bounds how many times in
-   * a row one message may fail unexpectedly outside its handler before it is dead-lettered.
+   * a row one message may fail unexpectedly outside its handler before it is dead-lettered. On a
+   * quorum queue the broker counts (`x-delivery-count`): every delivery that went back to the queue
+   * unacked counts, so a prefetched message of a killed worker counts too (and, before RabbitMQ
+   * 4.3, a requeue at shutdown); at most the quorum delivery limit (100) minus 10.
    * @defaultValue 5
    */
   maxDeliveries?: number;
@@ -106,7 +124,17 @@ export interface WorkerOptions {
   logger?: Logger;
 }
 
-export type ResolvedWorkerOptions = Required<Omit<WorkerOptions, 'knex'>> & { knex: Knex | undefined };
+export type ResolvedWorkerOptions = Required<Omit<WorkerOptions, 'knex' | 'queueType'>> & {
+  knex: Knex | undefined;
+  /** Undefined: resolved against the broker at start (resolveQueueType). */
+  queueType: QueueType | undefined;
+};
+
+/**
+ * Redeliveries past `maxDeliveries` that a quorum queue still allows before its delivery limit:
+ * room for the guard's own dead-lettering to be interrupted (shutdown, crash) and tried again.
+ */
+const maxDeliveriesMargin = 10;
 
 export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOptions {
   const concurrency = countOption('concurrency', options.concurrency, d.concurrency);
@@ -119,7 +147,10 @@ export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOpti
     prefetch: countOption('prefetch', options.prefetch, defaultPrefetch(concurrency), { max: d.maxPrefetch }),
     queue: queueOption(options.queue, workQueueName(options.config.exchange, options.app.name)),
     maxMessageBytes: countOption('maxMessageBytes', options.maxMessageBytes, d.maxMessageBytes),
-    maxDeliveries: countOption('maxDeliveries', options.maxDeliveries, d.maxDeliveries),
+    maxDeliveries: countOption('maxDeliveries', options.maxDeliveries, d.maxDeliveries, {
+      max: queueDefaults.quorumDeliveryLimit - maxDeliveriesMargin,
+    }),
+    queueType: queueTypeOption(options.queueType ?? options.config.queueType),
     shutdownGraceMs: durationOption('shutdownGraceMs', options.shutdownGraceMs, d.shutdownGraceMs, timer),
     sagaConcurrency,
     sagaSweepIntervalMs: durationOption(
@@ -155,4 +186,9 @@ function queueOption(value: unknown, fallback: string): string {
   )
     return value;
   throw new InvalidOptionError('queue', 'a queue name of 1 to 255 bytes not starting with "amq."', value);
+}
+
+function queueTypeOption(value: unknown): QueueType | undefined {
+  if (value === undefined || queueTypes.includes(value as QueueType)) return value as QueueType | undefined;
+  throw new InvalidOptionError('queueType', "'quorum' or 'classic'", value);
 }

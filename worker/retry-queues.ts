@@ -1,6 +1,8 @@
 import { publishMandatory, type ResilientAmqpConnection } from '../shared/amqp.js';
 import { retryQueueName } from '../shared/defaults.js';
 import { UnroutableError } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+import { declareQueue, type QueueType, resolveQueueType, retryQueueOptions } from '../shared/queue-type.js';
 
 /**
  * Delayed retries without a broker plugin: one queue per delay tier (`<queue>.retry.<ms>ms`), with
@@ -8,6 +10,10 @@ import { UnroutableError } from '../shared/errors.js';
  * work queue through the default exchange when it expires. RabbitMQ expires messages at the head
  * of a queue only, so one queue per tier keeps delays in order; the jitter within a tier (±10% by
  * default) can hold a message back behind its predecessor by at most that spread.
+ *
+ * A retry queue has the work queue's type unless asked otherwise; when no type was asked for, a
+ * retry queue that exists keeps its own (see resolveQueueType). Quorum retry queues dead-letter at
+ * least once (retryQueueOptions).
  */
 export class RetryQueues {
   private readonly declared = new Set<string>();
@@ -15,6 +21,7 @@ export class RetryQueues {
   constructor(
     private readonly amqp: ResilientAmqpConnection,
     private readonly workQueue: string,
+    private readonly queueType: { requested: QueueType | undefined; workQueue: QueueType; log?: Logger },
   ) {
     amqp.on('disconnected', () => this.declared.clear());
   }
@@ -38,10 +45,13 @@ export class RetryQueues {
     const channel = await this.amqp.confirmChannel();
     const name = this.queueName(tierMs);
     if (!this.declared.has(name)) {
-      await channel.assertQueue(name, {
-        durable: true,
-        arguments: { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': this.workQueue },
-      });
+      const { requested, workQueue, log } = this.queueType;
+      const connection = this.amqp.current;
+      const optionsFor = (type: QueueType) => retryQueueOptions(type, this.workQueue);
+      const type = connection
+        ? await resolveQueueType(connection, name, requested, optionsFor, { fallback: workQueue, log })
+        : (requested ?? workQueue);
+      await declareQueue(channel, name, type, optionsFor, { explicit: requested !== undefined, connection });
       this.declared.add(name);
     }
     try {

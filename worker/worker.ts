@@ -5,6 +5,7 @@ import { assertMigrated } from '../shared/db/migrate.js';
 import { startHeartbeat } from '../shared/heartbeat.js';
 import { startHousekeeping } from '../shared/housekeeping.js';
 import type { ScrapeSources } from '../shared/metrics.js';
+import { type ChannelSource, consumedQueueOptions, resolveQueueType } from '../shared/queue-type.js';
 import { settledWithin } from '../shared/time.js';
 import { appTopology } from '../shared/topology.js';
 import { Consumer } from './consumer.js';
@@ -51,6 +52,15 @@ export class Worker {
       });
       cleanups.push(() => amqp.close());
       await amqp.start();
+      // Before the consumer declares it: without an explicit type an existing queue keeps its own.
+      const connection = amqp.current as ChannelSource;
+      const queueType = await resolveQueueType(
+        connection,
+        options.queue,
+        options.queueType,
+        (type) => consumedQueueOptions(type, options.queue),
+        { log },
+      );
       const sagaRunner = await startSagaRunner({
         app,
         knex,
@@ -69,7 +79,12 @@ export class Worker {
         knex,
         queue: options.queue,
         exchange: config.exchange,
-        retryQueues: new RetryQueues(amqp, options.queue),
+        retryQueues: new RetryQueues(amqp, options.queue, {
+          requested: options.queueType,
+          workQueue: queueType,
+          log,
+        }),
+        queueType,
         maxMessageBytes: options.maxMessageBytes,
         maxDeliveries: options.maxDeliveries,
         eagerSagaSteps: sagaRunner?.eager,
@@ -79,7 +94,10 @@ export class Worker {
       const consumer = new Consumer(
         amqp,
         {
-          topology: appTopology(app, config.exchange, options.queue),
+          topology: appTopology(app, config.exchange, options.queue, {
+            type: queueType,
+            explicit: options.queueType !== undefined,
+          }),
           concurrency: options.concurrency,
           prefetch: options.prefetch,
         },
@@ -104,7 +122,10 @@ export class Worker {
         abort,
       );
       worker.heartbeat = startHeartbeat(knex, 'worker');
-      log.info({ app: app.name, queue: options.queue, concurrency: options.concurrency }, 'worker started');
+      log.info(
+        { app: app.name, queue: options.queue, queueType, concurrency: options.concurrency },
+        'worker started',
+      );
       return worker;
     } catch (error) {
       for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});

@@ -9,6 +9,8 @@ import { count, createTestEnv, type TestEnv } from '../support/services.js';
 
 // Regressions of issue 9, item 2: the crash-loop guard counted every redelivery as one that died.
 // The processor is driven directly with redelivered messages, as the consumer hands them over.
+// This is the Postgres accounting of classic queues; quorum queues count deliveries in the broker
+// (test/integration/quorum-queues.test.ts).
 
 let abortNext: AbortController | undefined;
 let outageRounds = 0;
@@ -56,6 +58,7 @@ function processor(signal = new AbortController().signal): MessageProcessor {
     retryQueues: {} as RetryQueues,
     maxMessageBytes: 10_000,
     maxDeliveries,
+    queueType: 'classic',
     log: silentLogger,
     signal,
   });

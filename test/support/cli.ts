@@ -17,6 +17,7 @@ export function cliEnv(config: Config, extra: Record<string, string> = {}): Node
     DW_EXCHANGE: config.exchange,
     BULLMQ_PREFIX: config.bullmqPrefix,
     LOG_LEVEL: 'warn',
+    ...(config.queueType ? { DW_QUEUE_TYPE: config.queueType } : {}),
     ...extra,
   };
 }

@@ -7,6 +7,7 @@ import type { Config } from '../../shared/config.js';
 import { createKnex } from '../../shared/db/knex.js';
 import { ensureDatabase, type Migration, migrate } from '../../shared/db/migrate.js';
 import { retryQueueName, workQueueName } from '../../shared/defaults.js';
+import { deliveryLimitQueueName } from '../../shared/queue-type.js';
 
 export const urls = {
   postgres: process.env.TEST_DATABASE_SERVER ?? 'postgres://postgres@127.0.0.1:5432',
@@ -76,6 +77,7 @@ export async function deleteAmqpTopology(exchange: string, queues: readonly stri
     for (const suffix of ['example', 'app', 'test']) {
       const queue = workQueueName(exchange, suffix);
       names.add(queue);
+      names.add(deliveryLimitQueueName(queue));
       for (const tier of [1, 10, 50, 100, 200, 1000, 2000, 4000]) names.add(retryQueueName(queue, tier));
     }
     for (const name of names) {

@@ -25,7 +25,8 @@ const workerRules: Record<string, Rule> = {
   concurrency: count(),
   prefetch: count(1, 65_535),
   maxMessageBytes: count(),
-  maxDeliveries: count(),
+  // At most the quorum delivery limit less a margin: the crash-loop guard must act first.
+  maxDeliveries: count(1, 90),
   sagaConcurrency: count(),
   poolMax: count(),
   shutdownGraceMs: timer(),
@@ -108,6 +109,19 @@ describe('resolveWorkerOptions', () => {
       );
     },
   );
+
+  it('takes quorum or classic as queueType (else config.queueType, else resolved at start)', () => {
+    for (const queueType of ['', 'Quorum', 'stream', 1]) {
+      expect(
+        rejection(() => resolveWorkerOptions({ app, config, queueType } as unknown as WorkerOptions))?.option,
+      ).toBe('queueType');
+    }
+    expect(resolveWorkerOptions({ app, config, queueType: 'classic' }).queueType).toBe('classic');
+    expect(resolveWorkerOptions({ app, config: { ...config, queueType: 'classic' } }).queueType).toBe(
+      'classic',
+    );
+    expect(resolveWorkerOptions({ app, config }).queueType).toBeUndefined();
+  });
 
   it('refuses a queue name RabbitMQ would not take', () => {
     for (const queue of ['', 'amq.x', 'q'.repeat(256), 7]) {
