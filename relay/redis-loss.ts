@@ -158,9 +158,10 @@ export class RedisLossDetector {
 
   /**
    * After a batch's jobs were added: advances the counter and returns it, for the batch's
-   * transaction to record on the rows as it marks them delivered. If Redis lost its data since `seen` was read (restart, flush, failover
-   * between the adds and the increment), the adds may be gone while the increment lands: `readd`
-   * adds the jobs again (their ids make it idempotent) before the increment is tried again.
+   * transaction to record on the rows as it marks them delivered (undefined without jobs). If Redis
+   * lost its data since `seen` was read (restart, flush, failover between the adds and the
+   * increment), the adds may be gone while the increment lands: `readd` adds the jobs again (their
+   * ids make it idempotent) before the increment is tried again.
    * Throws while Redis is down or keeps losing data (the batch rolls back and goes again).
    */
   async recordDelivery(
