@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import { RedisUnstableError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
-import { maxRedisSeq, redeliverLostRows, setRedisSeq } from '../shared/outbox.js';
+import { maxRedisSeq, redeliverLostRows } from '../shared/outbox.js';
 import { type RedisClient, relayRedisKeys } from '../shared/redis.js';
 
 /**
@@ -156,27 +156,24 @@ export class RedisLossDetector {
   }
 
   /**
-   * After a batch's jobs were added: advances the counter and records it on the rows, in the
-   * batch's transaction. If Redis lost its data since `seen` was read (restart, flush, failover
-   * between the adds and the increment), the adds may be gone while the increment lands: `readd`
-   * adds the jobs again (their ids make it idempotent) before the increment is tried again.
+   * After a batch's jobs were added: advances the counter and returns it, for the batch's
+   * transaction to record on the rows as it marks them delivered (undefined without jobs). If Redis
+   * lost its data since `seen` was read (restart, flush, failover between the adds and the
+   * increment), the adds may be gone while the increment lands: `readd` adds the jobs again (their
+   * ids make it idempotent) before the increment is tried again.
    * Throws while Redis is down or keeps losing data (the batch rolls back and goes again).
    */
   async recordDelivery(
-    trx: Knex.Transaction,
     ids: readonly number[],
     mark: number,
     seen: RedisLineage,
     readd: () => Promise<void>,
-  ): Promise<void> {
-    if (ids.length === 0) return;
+  ): Promise<number | undefined> {
+    if (ids.length === 0) return undefined;
     let expected = seen;
     for (let attempt = 1; ; attempt++) {
       const { seq, lineage } = await this.advance(mark, expected);
-      if (!lineage) {
-        await setRedisSeq(trx, ids, seq);
-        return;
-      }
+      if (!lineage) return seq;
       if (attempt > MAX_READDS) throw new RedisUnstableError(MAX_READDS);
       const key = `${lineage.runId}/${lineage.token}`;
       const line =

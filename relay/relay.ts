@@ -13,7 +13,12 @@ import {
   relayBatchSize,
   type ScrapeSources,
 } from '../shared/metrics.js';
-import { claimOutboxBatch, lockForRedisDelivery, markOutboxFailed } from '../shared/outbox.js';
+import {
+  claimOutboxBatch,
+  lockForRedisDelivery,
+  markOutboxDelivered,
+  markOutboxFailed,
+} from '../shared/outbox.js';
 import {
   assertPrefixFitsRedis,
   assertRedisReachable,
@@ -29,8 +34,8 @@ import { OutboxListener } from './outbox-listener.js';
 import { RedisLossDetector } from './redis-loss.js';
 
 /**
- * Drains the outbox: claim and mark a batch in one statement (FOR UPDATE SKIP LOCKED, so relays
- * share the work), deliver it, commit. A crash after delivery and before the commit leaves the rows pending:
+ * Drains the outbox: claim a batch (FOR UPDATE SKIP LOCKED, so relays share the work), deliver it,
+ * mark the delivered rows with the batch's Redis position in one statement, commit. A crash after delivery and before the commit leaves the rows pending:
  * they are delivered again, and BullMQ's job id (the outbox message id) absorbs the repeat.
  */
 export class Relay {
@@ -173,18 +178,14 @@ export class Relay {
       const jobRows = rows.filter((r) => r.destination.kind === 'bullmq' && added.has(r.id));
       const hook = faultHook('relay:after-add-before-seq');
       if (hook) await hook();
-      await this.redisLoss.recordDelivery(
-        trx,
-        jobRows.map((r) => r.id),
-        redisMark,
-        lineage,
-        async () => {
-          // Redis lost its data after the adds: add the jobs again (same ids) or roll back.
-          const again = await this.destinations.deliver(jobRows);
-          if (again.failed.length) throw new Error(`adding jobs again failed: ${again.failed[0]?.error}`);
-        },
-      );
-      // The rows are marked already; the mark commits only now, after the delivery.
+      const jobIds = jobRows.map((r) => r.id);
+      const redisSeq = await this.redisLoss.recordDelivery(jobIds, redisMark, lineage, async () => {
+        // Redis lost its data after the adds: add the jobs again (same ids) or roll back.
+        const again = await this.destinations.deliver(jobRows);
+        if (again.failed.length) throw new Error(`adding jobs again failed: ${again.failed[0]?.error}`);
+      });
+      await markOutboxDelivered(trx, delivered, jobIds, redisSeq);
+      // The mark commits only now, after the delivery.
       crashPoint('relay:after-add-before-mark');
       // Losing this commit in a crash only means delivering the batch again, which the job ids
       // absorb: no need to wait for the WAL flush (the setting applies at commit).

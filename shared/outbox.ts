@@ -143,22 +143,19 @@ interface OutboxDbRow {
 }
 
 /**
- * Claims up to `limit` deliverable rows, oldest first, and marks them delivered in the same
- * statement. The mark is only seen once the caller's transaction commits, which the relay does after
- * the delivery succeeded; a crash before that leaves the rows pending. SKIP LOCKED lets several relays
- * claim disjoint batches at once. Returned in id order.
+ * Claims up to `limit` deliverable rows, oldest first: locks them until the caller's transaction
+ * ends, without changing them. The caller marks the rows it delivered (markOutboxDelivered) in the
+ * same transaction, after the delivery; a crash before the commit leaves them pending. SKIP LOCKED
+ * lets several relays claim disjoint batches at once. Returned in id order.
  */
 export async function claimOutboxBatch(trx: Knex.Transaction, limit: number): Promise<OutboxRow[]> {
-  // The subquery picks and locks the oldest deliverable rows (skipping other relays' rows); the
-  // update marks exactly those, saving a second pass over the batch.
+  // Locking rather than marking here: the mark goes with the Redis position, known only after the
+  // adds, so each row gets one new version per delivery instead of two (docs/benchmarks.md, Relay).
   const { rows } = await trx.raw<{ rows: OutboxDbRow[] }>(
-    `update ${table} o set delivered_at = now()
-       from (select id from ${table}
-              where delivered_at is null and available_at <= now()
-              order by id limit ? for update skip locked) claimed
-      where o.id = claimed.id
-      returning o.id, o.message_id, o.destination_kind, o.destination, o.routing_key, o.type,
-                o.payload, o.headers, o.options, o.attempts`,
+    `select id, message_id, destination_kind, destination, routing_key, type, payload, headers, options, attempts
+       from ${table}
+      where delivered_at is null and available_at <= now()
+      order by id limit ? for update skip locked`,
     [limit],
   );
   return rows
@@ -199,17 +196,36 @@ export async function endLeases(knex: Knex, messageIds: readonly string[]): Prom
 
 /** The highest Redis position of a delivered row (0 when none): Redis must hold at least this. */
 export async function maxRedisSeq(knex: Knex): Promise<number> {
-  // Backward scan of the partial index: one row read.
-  const { rows } = await knex.raw<{ rows: [{ seq: string | null }] }>(
-    `select max(redis_seq)::text as seq from ${table} where redis_seq is not null`,
+  // Spelled as a backward scan of the partial index (one committed row read): as max(), the planner
+  // may scan every delivered row when its statistics predate the positions (a fresh ANALYZE on a
+  // backlog), and the relay reads this once per batch.
+  const { rows } = await knex.raw<{ rows: Array<{ seq: string }> }>(
+    `select redis_seq::text as seq from ${table} where redis_seq is not null order by redis_seq desc limit 1`,
   );
-  return Number(rows[0].seq ?? 0);
+  return Number(rows[0]?.seq ?? 0);
 }
 
-/** Records the Redis position of the batch that delivered these rows (see maxRedisSeq). */
-export async function setRedisSeq(trx: Knex.Transaction, ids: readonly number[], seq: number): Promise<void> {
+/**
+ * Marks claimed rows delivered, recording on `jobIds` (those the relay added to BullMQ) the Redis
+ * position of their batch (see maxRedisSeq); rows sent elsewhere get none.
+ */
+export async function markOutboxDelivered(
+  trx: Knex.Transaction,
+  ids: readonly number[],
+  jobIds: readonly number[],
+  redisSeq: number | undefined,
+): Promise<void> {
   if (ids.length === 0) return;
-  await trx.raw(`update ${table} set redis_seq = ? where id = any(?::bigint[])`, [seq, [...ids]]);
+  const jobs = new Set(jobIds);
+  const seqs = ids.map((id) => (jobs.has(id) && redisSeq !== undefined ? String(redisSeq) : null));
+  // One statement, one new row version each: the batch's whole write. unnest pairs each id with
+  // its position (null for rows sent to RabbitMQ).
+  await trx.raw(
+    `update ${table} o set delivered_at = now(), redis_seq = d.seq
+       from unnest(?::bigint[], ?::bigint[]) as d(id, seq)
+      where o.id = d.id`,
+    [[...ids], seqs as Knex.Value],
+  );
 }
 
 /**

@@ -18,7 +18,12 @@ import {
   readIncoming,
 } from '../shared/envelope.js';
 import { type Logger, silentLogger } from '../shared/logger.js';
-import { claimOutboxBatch, type OutboxJobOptions, type OutboxRow } from '../shared/outbox.js';
+import {
+  claimOutboxBatch,
+  markOutboxDelivered,
+  type OutboxJobOptions,
+  type OutboxRow,
+} from '../shared/outbox.js';
 import type { SagaDefinition, StepDefinition } from '../shared/saga/definition.js';
 import { type SagaJob, type SagaPhase, type SagaStepJob, sagaQueue } from '../shared/saga/jobs.js';
 import { getSaga, listStepRows } from '../shared/saga/store.js';
@@ -511,6 +516,12 @@ class Harness implements TestHarness {
       const claimed = await this.knex.transaction(async (trx) => {
         const rows = await claimOutboxBatch(trx, batch);
         for (const row of rows) this.deliver(row);
+        await markOutboxDelivered(
+          trx,
+          rows.map((r) => r.id),
+          [],
+          undefined,
+        );
         return rows.length;
       });
       if (claimed < batch) return;
