@@ -23,6 +23,8 @@ export interface SagaRunnerDeps {
   staleAfterMs: number;
   /** Lease of eagerly run steps (see EagerSteps); 0 leaves every step to the relay. */
   eagerLeaseMs: number;
+  /** Steps of different sagas run in one transaction (1: each step in its own). */
+  batchSize: number;
   log: Logger;
 }
 
@@ -70,12 +72,15 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   connection.on('error', () => {});
   await warnUnlessNoEviction(connection, log);
   const abort = new AbortController();
+  // `concurrency` step transactions at once, each a batch of up to batchSize steps: BullMQ and the
+  // eager runner hand out enough steps to fill them.
+  const stepsAtOnce = deps.concurrency * deps.batchSize;
   const eager =
     deps.eagerLeaseMs > 0
       ? new EagerSteps(
           deps.knex,
-          { leaseMs: deps.eagerLeaseMs, concurrency: deps.concurrency, log },
-          (job, headers) => inStepSpan(job, headers, true, () => runner.runStep(job)),
+          { leaseMs: deps.eagerLeaseMs, concurrency: stepsAtOnce, log },
+          (job, headers, leased) => inStepSpan(job, headers, true, () => runner.runStep(job, { leased })),
         )
       : undefined;
   const runner: SagaStepRunner = new SagaStepRunner({
@@ -84,6 +89,8 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     log,
     signal: abort.signal,
     eager,
+    batchSize: deps.batchSize,
+    batchesInFlight: deps.concurrency,
   });
   const queue = new Queue(sagaQueue, { connection, prefix: deps.bullmqPrefix });
   queue.on('error', () => {});
@@ -122,7 +129,7 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
       }
       return outcome;
     },
-    { connection, prefix: deps.bullmqPrefix, concurrency: deps.concurrency, ...workerSettings },
+    { connection, prefix: deps.bullmqPrefix, concurrency: stepsAtOnce, ...workerSettings },
   );
   // While Redis is away BullMQ reports every failed command of its connections: log the first
   // error of each 30 s and count the rest, instead of a storm.
