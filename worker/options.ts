@@ -47,7 +47,8 @@ export interface WorkerOptions {
    */
   shutdownGraceMs?: number;
   /**
-   * Saga steps run at once by this process.
+   * Saga step transactions run at once by this process; each holds a batch of up to
+   * sagaBatchSize steps (one step when that is 1).
    * @defaultValue 10
    */
   sagaConcurrency?: number;
