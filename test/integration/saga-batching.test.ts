@@ -4,11 +4,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { Relay } from '../../relay/relay.js';
 import { defineApp, defineHandler } from '../../shared/app.js';
-import { insertOutboxMessages } from '../../shared/outbox.js';
 import { defineSaga, type StepContext } from '../../shared/saga/definition.js';
-import { startSaga } from '../../shared/saga/start.js';
 import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
+import { freePort } from '../chaos/support/processes.js';
 import { publishRaw } from '../support/amqp.js';
 import { cliEnv, startDw } from '../support/cli.js';
 import { createTestEnv, type TestEnv } from '../support/services.js';
@@ -87,16 +86,6 @@ async function publishStarts(groups: Array<Array<{ id: string; state: State }>>)
       properties: { messageId: randomUUID(), type: 'StartBatch', contentType: 'application/json' },
     })),
   );
-}
-
-/** Starts sagas straight in the outbox, unleased: the relay hands their first steps to BullMQ. */
-async function startInOutbox(ids: readonly string[]): Promise<void> {
-  await env.knex.transaction(async (trx) => {
-    for (const id of ids) {
-      const started = await startSaga(trx, { saga: batched, input: {}, id, correlationId: id });
-      await insertOutboxMessages(trx, started.outbox);
-    }
-  });
 }
 
 const finished = (ids: readonly string[]) =>
@@ -228,18 +217,35 @@ describe('batched saga steps', () => {
 
   /**
    * Worker children of the batch app, the first killed inside a batch or right after its commit
-   * (crash points), then a second one finishing the work with the relay: every saga completes
-   * with each step's effect exactly once.
+   * (crash points) or from outside, then a second one finishing the work with the relay: every
+   * saga completes with each step's effect exactly once. The sagas are started by messages the
+   * first child handles, 20 per handler transaction, so its eager steps run in batches at once.
    */
   async function crashScenario(crashPoint: 'saga:inside-batch' | 'saga:after-batch-commit' | 'sigkill') {
-    const ids = Array.from({ length: 60 }, () => randomUUID());
+    const groups = Array.from({ length: 3 }, () =>
+      Array.from({ length: 20 }, () => ({ id: randomUUID(), state: {} })),
+    );
+    const ids = groups.flat().map((s) => s.id);
     const relay = await Relay.start({ config: env.config });
     try {
-      await startInOutbox(ids);
+      const healthPort = await freePort();
       const first = startDw(
-        ['worker', '--app', childApp, '--saga-concurrency', '2'],
-        cliEnv(env.config, crashPoint === 'sigkill' ? {} : { DW_CRASH_POINTS: crashPoint }),
+        ['worker', '--app', childApp],
+        cliEnv(env.config, {
+          DW_HEALTH_PORT: String(healthPort),
+          ...(crashPoint === 'sigkill' ? {} : { DW_CRASH_POINTS: crashPoint }),
+        }),
       );
+      // Its queue exists once it answers: the messages are not published into the void.
+      await waitUntil(
+        () =>
+          fetch(`http://127.0.0.1:${healthPort}/healthz`, { signal: AbortSignal.timeout(2000) }).then(
+            (res) => res.status === 200,
+            () => false,
+          ),
+        'the first worker to be healthy',
+      );
+      await publishStarts(groups);
       if (crashPoint === 'sigkill') {
         // Killed from outside while it commits steps: most likely in the middle of a batch.
         await waitUntil(

@@ -72,8 +72,11 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   connection.on('error', () => {});
   await warnUnlessNoEviction(connection, log);
   const abort = new AbortController();
-  // `concurrency` step transactions at once, each a batch of up to batchSize steps: BullMQ and the
-  // eager runner hand out enough steps to fill them.
+  // `concurrency` step transactions at once, each a batch of up to batchSize steps: the eager
+  // runner hands out enough steps to fill them. BullMQ does not: a job it handed out that waits
+  // for its batch when the worker dies counts as an attempt that died (it cannot tell), so only
+  // `concurrency` jobs are out at once, as without batches; they batch when the eager steps keep
+  // the transactions busy.
   const stepsAtOnce = deps.concurrency * deps.batchSize;
   const eager =
     deps.eagerLeaseMs > 0
@@ -129,7 +132,7 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
       }
       return outcome;
     },
-    { connection, prefix: deps.bullmqPrefix, concurrency: stepsAtOnce, ...workerSettings },
+    { connection, prefix: deps.bullmqPrefix, concurrency: deps.concurrency, ...workerSettings },
   );
   // While Redis is away BullMQ reports every failed command of its connections: log the first
   // error of each 30 s and count the rest, instead of a storm.

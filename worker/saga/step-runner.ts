@@ -187,8 +187,7 @@ export class SagaStepRunner {
       this.deps.log.error({ job }, 'saga job names a saga or step this app does not define; ignored');
       return 'unknown-saga';
     }
-    // A restarted job records its died attempt first: on its own, as it is rare.
-    if (this.batcher && !delivery.restarted) {
+    if (this.batcher) {
       const batcher = this.batcher;
       return new Promise<StepOutcome>((resolve) =>
         batcher.submit({
@@ -271,14 +270,13 @@ export class SagaStepRunner {
    * failed attempt has its failure recorded on its own, any other runs again on its own. A crash
    * before the commit leaves nothing of the batch; after it, every step's record, as one by one.
    */
-  private async runBatch(items: BatchItem[]): Promise<void> {
+  private async runBatch(batch: BatchItem[]): Promise<void> {
+    // A restarted job records its died attempt first: on its own (rare), after the others.
+    const items = batch.filter((item) => !item.delivery.restarted);
+    const restarted = batch.filter((item) => item.delivery.restarted);
     const [first] = items;
-    if (items.length === 1 && first) {
-      const outcome = context.with(first.context, () =>
-        this.runOne(first.saga, first.step, first.job, first.delivery),
-      );
-      first.settle(outcome);
-      await outcome.catch(() => {});
+    if (items.length <= 1) {
+      for (const item of first ? [first, ...restarted] : restarted) await this.runAlone(item);
       return;
     }
     const progress = items.map((): AttemptProgress => ({ attempt: 0, written: [] }));
@@ -337,13 +335,18 @@ export class SagaStepRunner {
     // One after the other, on this batch's slot: the pool holds one connection per batch in flight.
     for (const i of alone) {
       const item = items[i]!;
-      const failed = progress[i]!.failed;
-      const own = context.with(item.context, () =>
-        failed ? this.recordFailed(item, failed) : this.runOne(item.saga, item.step, item.job, item.delivery),
-      );
-      item.settle(own);
-      await own.catch(() => {});
+      await this.runAlone(item, progress[i]!.failed);
     }
+    for (const item of restarted) await this.runAlone(item);
+  }
+
+  /** A step in its own transaction, or (`failed`) only the failure of its batched attempt recorded. */
+  private async runAlone(item: BatchItem, failed?: AttemptFailed): Promise<void> {
+    const own = context.with(item.context, () =>
+      failed ? this.recordFailed(item, failed) : this.runOne(item.saga, item.step, item.job, item.delivery),
+    );
+    item.settle(own);
+    await own.catch(() => {});
   }
 
   /**
