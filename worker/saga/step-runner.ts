@@ -11,7 +11,7 @@ import {
   WorkerDiedError,
 } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
-import { sagaStepsTotal } from '../../shared/metrics.js';
+import { sagaStepBatchSize, sagaStepsTotal } from '../../shared/metrics.js';
 import { insertOutboxMessages, maxOutboxValues, type OutboxMessage } from '../../shared/outbox.js';
 import type { SagaDefinition, StepDefinition } from '../../shared/saga/definition.js';
 import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
@@ -275,6 +275,7 @@ export class SagaStepRunner {
     const items = batch.filter((item) => !item.delivery.restarted);
     const restarted = batch.filter((item) => item.delivery.restarted);
     const [first] = items;
+    sagaStepBatchSize.observe(items.length);
     if (items.length <= 1) {
       for (const item of first ? [first, ...restarted] : restarted) await this.runAlone(item);
       return;
