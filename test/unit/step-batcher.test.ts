@@ -55,7 +55,7 @@ describe('StepBatcher', () => {
         fc.array(fc.constantFrom('a', 'b', 'c', 'd', 'e', 'f'), { minLength: 1, maxLength: 40 }),
         async (maxBatch, maxInFlight, keys) => {
           const { batcher, batches, ends, maxRunning } = harness(maxBatch, maxInFlight);
-          keys.forEach((key, id) => batcher.submit({ id, key }));
+          for (const [id, key] of keys.entries()) batcher.submit({ id, key });
           // Ends the batches one by one until every step ran.
           await waitUntil(
             async () => {
