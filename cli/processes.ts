@@ -41,6 +41,14 @@ export function registerProcesses(program: Command): void {
     )
     .addOption(
       numberOption(
+        '--saga-batch-size <n>',
+        'saga steps per transaction (1: one each)',
+        integer(1, workerDefaults.maxSagaBatchSize),
+        workerDefaults.sagaBatchSize,
+      ),
+    )
+    .addOption(
+      numberOption(
         '--shutdown-grace <ms>',
         'grace time on SIGTERM',
         integer(0, MAX_TIMER_MS),
@@ -55,6 +63,7 @@ export function registerProcesses(program: Command): void {
         concurrency?: number;
         prefetch?: number;
         sagaConcurrency?: number;
+        sagaBatchSize?: number;
         shutdownGrace?: number;
       }) => {
         await runWorkerProcess(config(), {
@@ -62,6 +71,7 @@ export function registerProcesses(program: Command): void {
           concurrency: opts.concurrency,
           prefetch: opts.prefetch,
           sagaConcurrency: opts.sagaConcurrency,
+          sagaBatchSize: opts.sagaBatchSize,
           shutdownGraceMs: opts.shutdownGrace,
           queueType: opts.queueType,
         });

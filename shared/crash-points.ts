@@ -22,6 +22,10 @@ export type CrashPoint =
   | 'relay:after-add-before-mark'
   | 'relay:after-add-before-seq'
   | 'saga:after-step-commit'
+  /** Between two steps of a batch, before its commit. */
+  | 'saga:inside-batch'
+  /** After a batch of steps committed, before its jobs are acked and its eager steps run. */
+  | 'saga:after-batch-commit'
   | 'saga:during-compensation';
 
 export function crashPoint(name: CrashPoint): void {

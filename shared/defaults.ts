@@ -22,6 +22,9 @@ export const workerDefaults = {
   maxDeliveries: 5,
   shutdownGraceMs: 30 * SECOND,
   sagaConcurrency: 10,
+  /** Saga steps of different sagas run in one transaction (1: each in its own). */
+  sagaBatchSize: 10,
+  maxSagaBatchSize: 1000,
   sagaSweepIntervalMs: 30 * SECOND,
   sagaStaleAfterMs: MINUTE,
   sagaEagerLeaseMs: 10 * SECOND,

@@ -75,6 +75,13 @@ export const retriesTotal = new Counter({
   registers: [registry],
 });
 
+export const sagaStepBatchSize = new Histogram({
+  name: 'dw_saga_step_batch_size',
+  help: 'Saga steps per step transaction (sagaBatchSize > 1; 1: a step alone)',
+  buckets: [1, 2, 3, 5, 10, 20, 50, 100, 250, 1000],
+  registers: [registry],
+});
+
 export const relayBatchSize = new Histogram({
   name: 'dw_relay_batch_size',
   help: 'Outbox rows claimed per relay batch (empty claims not counted)',

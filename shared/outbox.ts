@@ -91,8 +91,8 @@ export async function insertOutboxMessages(
   messages: readonly OutboxMessage[],
 ): Promise<Set<string>> {
   const inserted = new Set<string>();
-  for (let i = 0; i < messages.length; i += 1000) {
-    for (const id of await insertOutboxChunk(trx, messages.slice(i, i + 1000))) inserted.add(id);
+  for (let i = 0; i < messages.length; i += maxOutboxValues) {
+    for (const id of await insertOutboxChunk(trx, messages.slice(i, i + maxOutboxValues))) inserted.add(id);
   }
   return inserted;
 }
@@ -102,6 +102,27 @@ async function insertOutboxChunk(
   messages: readonly OutboxMessage[],
 ): Promise<string[]> {
   if (messages.length === 0) return [];
+  const values = outboxValues(messages);
+  // Raw rather than the builder (this runs for every message).
+  const { rows } = await trx.raw<{ rows: Array<{ message_id: string }> }>(
+    `insert into ${table} (${outboxColumns}) values ${values.sql}
+     on conflict (message_id) do nothing
+     returning message_id`,
+    values.bindings,
+  );
+  return rows.map((r) => r.message_id);
+}
+
+/** The columns an outbox row is written with, in the order of outboxValues. */
+export const outboxColumns =
+  'message_id, destination_kind, destination, routing_key, type, payload, headers, options, available_at';
+
+/**
+ * The VALUES rows of `messages` (at most 1000: Postgres takes at most 65535 bound values per
+ * statement) with their bindings, for an insert into dw_outbox (outboxColumns): here, and in the
+ * saga step's bookkeeping statement (shared/saga/store.ts).
+ */
+export function outboxValues(messages: readonly OutboxMessage[]): { sql: string; bindings: Knex.Value[] } {
   const bindings: Knex.Value[] = [];
   for (const m of messages) {
     bindings.push(
@@ -116,18 +137,14 @@ async function insertOutboxChunk(
       (m.leaseMs ?? 0) / 1000,
     );
   }
-  // Raw rather than the builder (this runs for every message); make_interval keeps a lease bound.
-  const row = '(?, ?, ?, ?, ?, ?::jsonb, ?::jsonb, ?::jsonb, now() + make_interval(secs => ?))';
-  const { rows } = await trx.raw<{ rows: Array<{ message_id: string }> }>(
-    `insert into ${table}
-       (message_id, destination_kind, destination, routing_key, type, payload, headers, options, available_at)
-     values ${messages.map(() => row).join(', ')}
-     on conflict (message_id) do nothing
-     returning message_id`,
-    bindings,
-  );
-  return rows.map((r) => r.message_id);
+  // Typed casts: the rows may also be read as a VALUES list of a select; make_interval keeps a lease bound.
+  const row =
+    '(?::text, ?::text, ?::text, ?::text, ?::text, ?::jsonb, ?::jsonb, ?::jsonb, now() + make_interval(secs => ?))';
+  return { sql: messages.map(() => row).join(', '), bindings };
 }
+
+/** Most messages outboxValues takes in one statement. */
+export const maxOutboxValues = 1000;
 
 interface OutboxDbRow {
   id: number;

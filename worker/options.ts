@@ -75,10 +75,19 @@ export interface WorkerOptions {
    */
   shutdownGraceMs?: number;
   /**
-   * Saga steps run at once by this process.
+   * Saga step transactions run at once by this process; each holds a batch of up to
+   * sagaBatchSize steps (one step when that is 1).
    * @defaultValue 10
    */
   sagaConcurrency?: number;
+  /**
+   * Saga steps of different sagas (ready at the same time: eager ones, BullMQ jobs) run in one
+   * transaction, each under its own savepoint, up to this many; a step that fails rolls back
+   * alone and runs again in its own transaction, as with 1. A batch takes what is ready: at light
+   * load it is one step, never waiting to fill. 1 runs each step in its own transaction. 1 to 1000.
+   * @defaultValue 10
+   */
+  sagaBatchSize?: number;
   /**
    * How often the recovery sweep looks for stalled sagas, in ms; 0 turns it off.
    * @defaultValue 30000
@@ -153,6 +162,9 @@ export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOpti
     queueType: queueTypeOption(options.queueType ?? options.config.queueType),
     shutdownGraceMs: durationOption('shutdownGraceMs', options.shutdownGraceMs, d.shutdownGraceMs, timer),
     sagaConcurrency,
+    sagaBatchSize: countOption('sagaBatchSize', options.sagaBatchSize, d.sagaBatchSize, {
+      max: d.maxSagaBatchSize,
+    }),
     sagaSweepIntervalMs: durationOption(
       'sagaSweepIntervalMs',
       options.sagaSweepIntervalMs,

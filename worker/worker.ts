@@ -70,6 +70,7 @@ export class Worker {
         sweepIntervalMs: options.sagaSweepIntervalMs,
         staleAfterMs: options.sagaStaleAfterMs,
         eagerLeaseMs: options.sagaEagerLeaseMs,
+        batchSize: options.sagaBatchSize,
         log,
       });
       if (sagaRunner) cleanups.push(() => sagaRunner.stop(0));

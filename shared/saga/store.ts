@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import type { ErrorInfo } from '../errors.js';
+import { type OutboxMessage, outboxColumns, outboxValues } from '../outbox.js';
 import { storableJson } from '../storable.js';
 import type { SagaPhase } from './jobs.js';
 
@@ -130,6 +131,49 @@ export async function readSagaForStep(
   return rows[0];
 }
 
+/** A step (or compensation) of a saga, as its lock and record name it. */
+export interface StepKey {
+  sagaId: string;
+  step: string;
+  phase: SagaPhase;
+}
+
+function stepLockKey(key: StepKey): string {
+  return `dw-saga/${key.sagaId}/${key.phase}/${key.step}`;
+}
+
+/**
+ * lockStep for the steps of a batch, in one statement. Taken in the order of the lock keys
+ * (the 64-bit hashes), so that two batches sharing steps wait for each other instead of deadlocking.
+ */
+export async function lockSteps(trx: Knex.Transaction, keys: readonly StepKey[]): Promise<void> {
+  // The ordered subquery fixes the order in which the outer select takes the locks.
+  await trx.raw(
+    `select pg_advisory_xact_lock(h) from (
+       select distinct hashtextextended(k, 0) as h from unnest(?::text[]) k order by h) ordered`,
+    [keys.map(stepLockKey)],
+  );
+}
+
+/** readSagaForStep for the steps of a batch, in one statement; in the order of `keys`, undefined for a missing saga. */
+export async function readSagasForSteps(
+  trx: Db,
+  keys: readonly StepKey[],
+): Promise<Array<SagaForStep | undefined>> {
+  // The keys as parallel arrays unnested into rows; ord gives each answer its place.
+  const { rows } = await trx.raw<{ rows: Array<SagaForStep & { ord: string }> }>(
+    `select k.ord, s.id, s.name, s.status, s.state, s.version, s.generation, s.correlation_id,
+            st.status as step_status, st.attempts as step_attempts, pg_backend_pid() as backend_pid
+       from unnest(?::text[], ?::text[], ?::text[]) with ordinality as k(saga_id, step, phase, ord)
+       join dw_sagas s on s.id = k.saga_id
+       left join dw_saga_steps st on st.saga_id = s.id and st.step = k.step and st.phase = k.phase`,
+    [keys.map((k) => k.sagaId), keys.map((k) => k.step), keys.map((k) => k.phase)],
+  );
+  const found: Array<SagaForStep | undefined> = keys.map(() => undefined);
+  for (const { ord, ...row } of rows) found[Number(ord) - 1] = row;
+  return found;
+}
+
 /** The definition version a saga started with; undefined when there is no such saga. */
 export async function readDefinitionVersion(db: Db, sagaId: string): Promise<number | undefined> {
   const row = await db('dw_sagas').where({ id: sagaId }).first('definition_version');
@@ -240,6 +284,64 @@ export async function recordStepCompleted(
     [...(sagaUpdate ? [sagaUpdate] : []), step.sagaId, step.step, step.stage, step.phase, step.attempts],
   );
   return rows.length > 0;
+}
+
+/**
+ * A completed step alone in its stage, in one statement: the saga's optimistic update (state
+ * merged by the caller, version + 1, `completed` for the last step), the step record, the next
+ * messages (the step's own and the next stage's jobs), and the outbox row the step ran from when it
+ * was leased to this process (marked delivered, so that the relay leaves it). Nothing is written
+ * when the version moved or the record says completed already: `recorded` false, the caller rolls back.
+ * At most maxOutboxValues messages. `inserted`: the message ids written (not those present already).
+ */
+export async function completeStep(
+  trx: Db,
+  step: StepKey & { stage: number; attempts: number; expectedVersion: number; leasedMessageId?: string },
+  saga: { state?: unknown; status?: 'completed' },
+  messages: readonly OutboxMessage[],
+): Promise<{ recorded: boolean; inserted: string[] }> {
+  const values = messages.length > 0 ? outboxValues(messages) : undefined;
+  // Data-modifying CTEs: each later one runs only when the one before returned a row.
+  const { rows } = await trx.raw<{ rows: [{ recorded: boolean; inserted: string[] }] }>(
+    `with saga as (
+       update dw_sagas set state = coalesce(?::jsonb, state), status = coalesce(?::text, status),
+              version = version + 1, updated_at = now()
+        where id = ? and version = ? returning id),
+     rec as (
+       insert into dw_saga_steps (saga_id, step, stage, phase, status, attempts, finished_at, error)
+       select ?, ?, ?, ?, 'completed', ?::int, now(), null from saga
+       on conflict (saga_id, step, phase) do update
+          set status = 'completed', attempts = excluded.attempts, finished_at = now(), error = null
+        where dw_saga_steps.status <> 'completed'
+       returning id),
+     sent as (${
+       values
+         ? `insert into dw_outbox (${outboxColumns})
+       select * from (values ${values.sql}) v where exists (select 1 from rec)
+       on conflict (message_id) do nothing returning message_id`
+         : 'select null::text as message_id where false'
+     }),
+     leased as (
+       update dw_outbox set delivered_at = now()
+        where message_id = ? and delivered_at is null and exists (select 1 from rec) returning id)
+     select exists (select 1 from rec) as recorded,
+            array(select message_id from sent) as inserted`,
+    [
+      saga.state === undefined ? null : JSON.stringify(saga.state),
+      saga.status ?? null,
+      step.sagaId,
+      step.expectedVersion,
+      step.sagaId,
+      step.step,
+      step.stage,
+      step.phase,
+      step.attempts,
+      ...(values?.bindings ?? []),
+      // No leased row: an id no row has.
+      step.leasedMessageId ?? '',
+    ],
+  );
+  return { recorded: rows[0].recorded, inserted: rows[0].inserted };
 }
 
 /**

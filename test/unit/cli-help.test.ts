@@ -20,6 +20,9 @@ describe('CLI help shows the defaults of shared/defaults.ts', () => {
       new RegExp(`--saga-concurrency <n> .*\\(default: ${workerDefaults.sagaConcurrency}\\)`),
     );
     expect(text).toMatch(
+      new RegExp(`--saga-batch-size <n> .*\\(default: ${workerDefaults.sagaBatchSize}\\)`),
+    );
+    expect(text).toMatch(
       new RegExp(`--shutdown-grace <ms> .*\\(default: ${workerDefaults.shutdownGraceMs}\\)`),
     );
   });

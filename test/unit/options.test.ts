@@ -28,6 +28,7 @@ const workerRules: Record<string, Rule> = {
   // At most the quorum delivery limit less a margin: the crash-loop guard must act first.
   maxDeliveries: count(1, 90),
   sagaConcurrency: count(),
+  sagaBatchSize: count(1, 1000),
   poolMax: count(),
   shutdownGraceMs: timer(),
   sagaSweepIntervalMs: timer(),
@@ -78,6 +79,7 @@ describe('resolveWorkerOptions', () => {
       maxDeliveries: 5,
       shutdownGraceMs: 30_000,
       sagaConcurrency: 10,
+      sagaBatchSize: 10,
       sagaSweepIntervalMs: 30_000,
       sagaStaleAfterMs: 60_000,
       sagaEagerLeaseMs: 10_000,
@@ -197,6 +199,7 @@ describe('@defaultValue docs', () => {
       'maxDeliveries',
       'shutdownGraceMs',
       'sagaConcurrency',
+      'sagaBatchSize',
       'sagaSweepIntervalMs',
       'sagaStaleAfterMs',
       'sagaEagerLeaseMs',

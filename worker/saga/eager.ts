@@ -31,8 +31,15 @@ export class EagerSteps {
   constructor(
     private readonly knex: Knex,
     private readonly options: EagerStepsOptions,
-    /** `headers`: the outbox message's, with the context of the span that scheduled the step. */
-    private readonly runStep: (job: SagaStepJob, headers: Record<string, string>) => Promise<unknown>,
+    /**
+     * `headers`: the outbox message's, with the context of the span that scheduled the step;
+     * `leased`: the step's outbox row, `marked` when the step's own transaction marked it delivered.
+     */
+    private readonly runStep: (
+      job: SagaStepJob,
+      headers: Record<string, string>,
+      leased: { messageId: string; marked?: boolean },
+    ) => Promise<unknown>,
   ) {
     this.limit = pLimit(options.concurrency);
   }
@@ -72,12 +79,14 @@ export class EagerSteps {
       return;
     }
     try {
-      const outcome = await this.runStep(message.payload as SagaStepJob, message.headers);
+      const leased: { messageId: string; marked?: boolean } = { messageId: message.messageId };
+      const outcome = await this.runStep(message.payload as SagaStepJob, message.headers, leased);
       // Not due yet (cannot happen for an undelayed message; the relay would add its delay), or a
       // saga version this process lacks: the relay hands it to BullMQ, for a worker that has it.
       if (outcome === 'early' || outcome === 'unknown-version')
         await endLeases(this.knex, [message.messageId]);
-      else this.release(message.messageId);
+      // A completed step's own transaction marked its row; the other outcomes wrote no record of it.
+      else if (!leased.marked) this.release(message.messageId);
     } catch (error) {
       // The relay takes over at once instead of after the lease.
       this.options.log.warn({ err: error, messageId: message.messageId }, 'eager saga step failed to run');

@@ -32,6 +32,8 @@ export interface SagaRunnerDeps {
   staleAfterMs: number;
   /** Lease of eagerly run steps (see EagerSteps); 0 leaves every step to the relay. */
   eagerLeaseMs: number;
+  /** Steps of different sagas run in one transaction (1: each step in its own). */
+  batchSize: number;
   log: Logger;
 }
 
@@ -80,12 +82,18 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
   connection.on('error', () => {});
   await warnUnlessNoEviction(connection, log);
   const abort = new AbortController();
+  // `concurrency` step transactions at once, each a batch of up to batchSize steps: the eager
+  // runner hands out enough steps to fill them. BullMQ does not: a job it handed out that waits
+  // for its batch when the worker dies counts as an attempt that died (it cannot tell), so only
+  // `concurrency` jobs are out at once, as without batches; they batch when the eager steps keep
+  // the transactions busy.
+  const stepsAtOnce = deps.concurrency * deps.batchSize;
   const eager =
     deps.eagerLeaseMs > 0
       ? new EagerSteps(
           deps.knex,
-          { leaseMs: deps.eagerLeaseMs, concurrency: deps.concurrency, log },
-          (job, headers) => inStepSpan(job, headers, true, () => runner.runStep(job)),
+          { leaseMs: deps.eagerLeaseMs, concurrency: stepsAtOnce, log },
+          (job, headers, leased) => inStepSpan(job, headers, true, () => runner.runStep(job, { leased })),
         )
       : undefined;
   const runner: SagaStepRunner = new SagaStepRunner({
@@ -94,6 +102,8 @@ export async function startSagaRunner(deps: SagaRunnerDeps): Promise<SagaRunner 
     log,
     signal: abort.signal,
     eager,
+    batchSize: deps.batchSize,
+    batchesInFlight: deps.concurrency,
   });
   const queue = new Queue(sagaQueue, { connection, prefix: deps.bullmqPrefix });
   queue.on('error', () => {});

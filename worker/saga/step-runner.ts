@@ -1,3 +1,4 @@
+import { type Context, context } from '@opentelemetry/api';
 import type { Knex } from 'knex';
 import type { App } from '../../shared/app.js';
 import { crashPoint } from '../../shared/crash-points.js';
@@ -10,17 +11,20 @@ import {
   WorkerDiedError,
 } from '../../shared/errors.js';
 import type { Logger } from '../../shared/logger.js';
-import { sagaStepsTotal } from '../../shared/metrics.js';
-import { insertOutboxMessages, type OutboxMessage } from '../../shared/outbox.js';
+import { sagaStepBatchSize, sagaStepsTotal } from '../../shared/metrics.js';
+import { insertOutboxMessages, maxOutboxValues, type OutboxMessage } from '../../shared/outbox.js';
 import type { SagaDefinition, StepDefinition } from '../../shared/saga/definition.js';
 import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
 import { type NextStage, planNextStage, type StepEnd } from '../../shared/saga/plan.js';
 import {
   advanceSagaVersion,
+  completeStep,
   listStepRows,
   lockStep,
+  lockSteps,
   mergeSagaState,
   readSagaForStep,
+  readSagasForSteps,
   recordStepCompleted,
   type SagaForStep,
   transitionSaga,
@@ -28,6 +32,7 @@ import {
 import { type Clock, systemClock } from '../../shared/time.js';
 import type { EagerSteps } from './eager.js';
 import { recordFailureOrGiveUp, scheduleRetryOrGiveUp } from './failures.js';
+import { StepBatcher } from './step-batcher.js';
 import { stepContext, withTimeout } from './step-context.js';
 import { beginCompensation, stageMessages } from './transitions.js';
 import { SagaVersions } from './versions.js';
@@ -47,6 +52,17 @@ export interface StepRunnerDeps {
   clock?: Clock;
   /** Finds each instance's definition version (shared with the sweep). Default: one of its own. */
   versions?: SagaVersions;
+  /**
+   * Steps of different sagas run in one transaction (see runBatch), up to this many; 1 runs each
+   * step in its own transaction.
+   * @defaultValue 1
+   */
+  batchSize?: number;
+  /**
+   * Step transactions (batches) at once when batchSize > 1.
+   * @defaultValue 1
+   */
+  batchesInFlight?: number;
 }
 
 /** What an attempt learned that outlives its transaction. */
@@ -55,6 +71,8 @@ interface AttemptProgress {
   attempt: number;
   /** The outbox messages written, some leased to this process to run once the transaction committed. */
   written: OutboxMessage[];
+  /** The statement recording the step marked the leased outbox row delivered (StepDelivery.leased). */
+  marked?: boolean;
   /**
    * Set when the attempt failed (its code threw, or the framework's statements after it did) and
    * its failure is not yet committed: the transaction died before it could record it.
@@ -71,6 +89,22 @@ export interface StepDelivery {
   restarted?: boolean;
   /** How many times BullMQ started the job, this time included (each restart ran one attempt more). */
   starts?: number;
+  /**
+   * The step runs from its outbox row, leased to this process (an eager step): the statement
+   * recording the step marks that row delivered too, and sets `marked` when it did.
+   */
+  leased?: { messageId: string; marked?: boolean };
+}
+
+/** A step waiting for its batch. */
+interface BatchItem {
+  saga: AnySaga;
+  step: AnyStep;
+  job: SagaStepJob;
+  delivery: StepDelivery;
+  /** The context the step was submitted in (its span): its code runs in it, inside the batch too. */
+  context: Context;
+  settle: (outcome: Promise<StepOutcome>) => void;
 }
 
 export type StepOutcome =
@@ -111,8 +145,22 @@ export class SagaStepRunner {
   private readonly outages: OutageWait;
   readonly versions: SagaVersions;
 
+  private readonly batcher: StepBatcher<BatchItem> | undefined;
+
   constructor(private readonly deps: StepRunnerDeps) {
     this.versions = deps.versions ?? new SagaVersions(deps.app, deps.knex, deps.log);
+    const batchSize = deps.batchSize ?? 1;
+    this.batcher =
+      batchSize > 1
+        ? new StepBatcher<BatchItem>(
+            {
+              maxBatch: batchSize,
+              maxInFlight: deps.batchesInFlight ?? 1,
+              key: (item) => item.job.sagaId,
+            },
+            (items) => this.runBatch(items),
+          )
+        : undefined;
     this.outages = new OutageWait({
       classify: (error) =>
         error instanceof ConcurrencyConflictError ? 'transient' : classifyFailure(deps.knex, error),
@@ -139,6 +187,29 @@ export class SagaStepRunner {
       this.deps.log.error({ job }, 'saga job names a saga or step this app does not define; ignored');
       return 'unknown-saga';
     }
+    if (this.batcher) {
+      const batcher = this.batcher;
+      return new Promise<StepOutcome>((resolve) =>
+        batcher.submit({
+          saga,
+          step,
+          job,
+          delivery,
+          context: context.active(),
+          settle: (outcome) => resolve(outcome),
+        }),
+      );
+    }
+    return this.runOne(saga, step, job, delivery);
+  }
+
+  /** One step in its own transaction (after its died attempt is recorded, for a restarted job). */
+  private async runOne(
+    saga: AnySaga,
+    step: AnyStep,
+    job: SagaStepJob,
+    delivery: StepDelivery,
+  ): Promise<StepOutcome> {
     if (delivery.restarted) {
       const died = await this.withTransactionRetry(() =>
         this.deps.knex.transaction((trx) => this.recordDiedAttempt(trx, saga, step, job, delivery)),
@@ -157,6 +228,7 @@ export class SagaStepRunner {
           this.attempt(trx, saga, step, job, progress, delivery),
         );
         written = progress.written;
+        if (delivery.leased && result === 'completed') delivery.leased.marked = progress.marked;
         return result;
       } catch (error) {
         // The attempt failed and its transaction died before the failure committed (the session
@@ -184,6 +256,137 @@ export class SagaStepRunner {
       crashPoint('saga:after-step-commit');
       this.deps.eager?.run(written);
     }
+    sagaStepsTotal.inc({ phase: job.phase, outcome });
+    return outcome;
+  }
+
+  /**
+   * Steps of different sagas (one each) in one transaction: their step locks and rows in one
+   * statement each, then each step's attempt exactly as attempt() runs it (its code under its own
+   * savepoint; on a failure, that savepoint rolled back and the failure recorded, still under the
+   * step lock), one commit. A step whose bookkeeping conflicts (the saga moved) is rolled back to
+   * its savepoint and runs on its own after the commit. When the batch itself fails (a lost
+   * session, the commit), every step goes on as runStep does when its own transaction dies: a
+   * failed attempt has its failure recorded on its own, any other runs again on its own. A crash
+   * before the commit leaves nothing of the batch; after it, every step's record, as one by one.
+   */
+  private async runBatch(batch: BatchItem[]): Promise<void> {
+    // A restarted job records its died attempt first: on its own (rare), after the others.
+    const items = batch.filter((item) => !item.delivery.restarted);
+    const restarted = batch.filter((item) => item.delivery.restarted);
+    const [first] = items;
+    sagaStepBatchSize.observe(items.length);
+    if (items.length <= 1) {
+      for (const item of first ? [first, ...restarted] : restarted) await this.runAlone(item);
+      return;
+    }
+    const progress = items.map((): AttemptProgress => ({ attempt: 0, written: [] }));
+    let outcomes: Array<StepOutcome | undefined>;
+    try {
+      outcomes = await this.deps.knex.transaction(async (trx) => {
+        const keys = items.map(({ job, step }) => ({
+          sagaId: job.sagaId,
+          step: step.name,
+          phase: job.phase,
+        }));
+        // Copies of these steps wait for the batch here, as for a single step's lock.
+        await lockSteps(trx, keys);
+        const rows = await readSagasForSteps(trx, keys);
+        const decided: Array<StepOutcome | undefined> = [];
+        for (const [i, item] of items.entries()) {
+          const guarded = this.check(rows[i], item.job, item.delivery);
+          decided.push(
+            typeof guarded === 'string'
+              ? guarded
+              : await context.with(item.context, () =>
+                  this.attemptInBatch(trx, item, guarded.row, guarded.attempt, progress[i]!),
+                ),
+          );
+          crashPoint('saga:inside-batch');
+        }
+        return decided;
+      });
+    } catch (error) {
+      this.deps.log.debug(
+        { err: error, steps: items.length },
+        'saga step batch failed; its steps run one by one',
+      );
+      outcomes = items.map(() => undefined);
+    }
+    if (outcomes.includes('completed')) {
+      crashPoint('saga:after-batch-commit');
+      crashPoint('saga:after-step-commit');
+    }
+    const alone: number[] = [];
+    const written: OutboxMessage[] = [];
+    for (const [i, item] of items.entries()) {
+      const outcome = outcomes[i];
+      if (outcome === undefined) {
+        alone.push(i);
+        continue;
+      }
+      if (outcome === 'completed') {
+        written.push(...progress[i]!.written);
+        if (item.delivery.leased) item.delivery.leased.marked = progress[i]!.marked;
+      }
+      sagaStepsTotal.inc({ phase: item.job.phase, outcome });
+      item.settle(Promise.resolve(outcome));
+    }
+    this.deps.eager?.run(written);
+    // One after the other, on this batch's slot: the pool holds one connection per batch in flight.
+    for (const i of alone) {
+      const item = items[i]!;
+      await this.runAlone(item, progress[i]!.failed);
+    }
+    for (const item of restarted) await this.runAlone(item);
+  }
+
+  /** A step in its own transaction, or (`failed`) only the failure of its batched attempt recorded. */
+  private async runAlone(item: BatchItem, failed?: AttemptFailed): Promise<void> {
+    const own = context.with(item.context, () =>
+      failed ? this.recordFailed(item, failed) : this.runOne(item.saga, item.step, item.job, item.delivery),
+    );
+    item.settle(own);
+    await own.catch(() => {});
+  }
+
+  /**
+   * A batched step's attempt (see attemptGuarded): its outcome, or undefined when its bookkeeping
+   * conflicted and it was rolled back to its savepoint (it then runs on its own). Throws what
+   * leaves the transaction unusable: the whole batch then goes on one by one.
+   */
+  private async attemptInBatch(
+    trx: Knex.Transaction,
+    item: BatchItem,
+    row: SagaForStep,
+    attempt: number,
+    progress: AttemptProgress,
+  ): Promise<StepOutcome | undefined> {
+    try {
+      return await this.attemptGuarded(
+        trx,
+        item.saga,
+        item.step,
+        item.job,
+        row,
+        attempt,
+        progress,
+        item.delivery,
+      );
+    } catch (error) {
+      if (progress.failed || (await classifyFailure(this.deps.knex, error)) === 'outage') throw error;
+      progress.written = [];
+      progress.marked = false;
+      return undefined;
+    }
+  }
+
+  /** A batched attempt that failed but whose batch died before its failure committed: recorded on its own. */
+  private async recordFailed(item: BatchItem, failed: AttemptFailed): Promise<StepOutcome> {
+    const { saga, step, job } = item;
+    const outcome = await this.withTransactionRetry(() =>
+      this.afterFailure(this.deps.knex, saga, step, job, failed.error, failed.attempt),
+    );
     sagaStepsTotal.inc({ phase: job.phase, outcome });
     return outcome;
   }
@@ -284,7 +487,20 @@ export class SagaStepRunner {
   ): Promise<StepOutcome> {
     const guarded = await this.guard(trx, step, job, delivery);
     if (typeof guarded === 'string') return guarded;
-    const { row, attempt } = guarded;
+    return this.attemptGuarded(trx, saga, step, job, guarded.row, guarded.attempt, progress, delivery);
+  }
+
+  /** attempt() once the guard let the job run attempt `attempt` (in a batch too, with its lock). */
+  private async attemptGuarded(
+    trx: Knex.Transaction,
+    saga: AnySaga,
+    step: AnyStep,
+    job: SagaStepJob,
+    row: SagaForStep,
+    attempt: number,
+    progress: AttemptProgress,
+    delivery: StepDelivery,
+  ): Promise<StepOutcome> {
     // The code runs under a savepoint of the transaction holding the step lock. When it fails, the
     // savepoint is rolled back and the failure recorded (retry, compensation or dead letter) in
     // this same transaction: the lock is released only once the attempt is on record, so a copy
@@ -301,7 +517,7 @@ export class SagaStepRunner {
     try {
       return await trx.transaction(async (sub) => {
         try {
-          return await this.runAttempt(sub, saga, step, job, row, attempt, progress);
+          return await this.runAttempt(sub, saga, step, job, row, attempt, progress, delivery);
         } catch (error) {
           thrown = error;
           if (error instanceof AttemptFailed) progress.failed = error;
@@ -339,6 +555,15 @@ export class SagaStepRunner {
     // Copies of this job wait for each other here; the record read next is then settled.
     await lockStep(trx, job.sagaId, step.name, job.phase);
     const row = await readSagaForStep(trx, job.sagaId, step.name, job.phase);
+    return this.check(row, job, delivery);
+  }
+
+  /** guard's verdict on the saga row and step record read under the step lock. */
+  private check(
+    row: SagaForStep | undefined,
+    job: SagaStepJob,
+    delivery: StepDelivery,
+  ): { row: SagaForStep; attempt: number } | StepOutcome {
     if (!row || row.status !== (job.phase === 'execute' ? 'running' : 'compensating')) {
       return 'not-applicable';
     }
@@ -371,6 +596,7 @@ export class SagaStepRunner {
     row: SagaForStep,
     attempt: number,
     progress: AttemptProgress,
+    delivery: StepDelivery,
   ): Promise<'completed'> {
     const outbox: OutboxMessage[] = [];
     const result = await this.runWithTimeout(trx, saga, step, job, row, attempt, outbox);
@@ -379,7 +605,42 @@ export class SagaStepRunner {
     const end = { phase: job.phase, stage: step.stage, outcome: 'completed' } as const;
     // Planned from the step's place in the saga: a last single step completes it with its record.
     const planned = planNextStage(saga, end);
-    await this.record(trx, saga, step, job, row, attempt, result, planned.kind === 'saga-completed');
+    if (planned.kind === 'stage' || planned.kind === 'saga-completed') {
+      // A step alone in its stage (the common case): its whole bookkeeping in one statement.
+      outbox.push(...(await this.nextStage(trx, saga, row, end, planned)));
+      const written = this.deps.eager ? this.deps.eager.lease(outbox) : outbox;
+      if (written.length <= maxOutboxValues) {
+        const merged = job.phase === 'execute' && result && typeof result === 'object' ? result : undefined;
+        const done = await completeStep(
+          trx,
+          {
+            sagaId: row.id,
+            step: step.name,
+            stage: step.stage,
+            phase: job.phase,
+            attempts: attempt,
+            expectedVersion: row.version,
+            leasedMessageId: delivery.leased?.messageId,
+          },
+          {
+            state: merged ? { ...row.state, ...merged } : undefined,
+            status: planned.kind === 'saga-completed' ? 'completed' : undefined,
+          },
+          written,
+        );
+        // Nothing recorded: the saga moved meanwhile (version or status), or a duplicate completed it.
+        if (!done.recorded) throw new ConcurrencyConflictError(row.id, row.version);
+        progress.marked = delivery.leased !== undefined;
+        const inserted = new Set(done.inserted);
+        progress.written = written.filter((m) => inserted.has(m.messageId));
+        return 'completed';
+      }
+      await this.record(trx, saga, step, job, row, attempt, result, planned.kind === 'saga-completed');
+      const inserted = await insertOutboxMessages(trx, written);
+      progress.written = written.filter((m) => inserted.has(m.messageId));
+      return 'completed';
+    }
+    await this.record(trx, saga, step, job, row, attempt, result, false);
     outbox.push(...(await this.nextStage(trx, saga, row, end, planned)));
 
     const written = this.deps.eager ? this.deps.eager.lease(outbox) : outbox;
