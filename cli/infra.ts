@@ -23,7 +23,7 @@ export async function withDatabase<T>(cfg: Config, fn: (knex: Knex) => Promise<T
 /** Runs `fn` with a confirm channel on AMQP_URL, closing the connection afterwards. */
 export async function withAmqpChannel<T>(
   cfg: Config,
-  fn: (channel: ConfirmChannel) => Promise<T>,
+  fn: (channel: ConfirmChannel, connection: amqp.ChannelModel) => Promise<T>,
 ): Promise<T> {
   let connection: amqp.ChannelModel;
   try {
@@ -33,7 +33,7 @@ export async function withAmqpChannel<T>(
   }
   try {
     const channel = await connection.createConfirmChannel();
-    return await fn(channel);
+    return await fn(channel, connection);
   } finally {
     await connection.close().catch(() => {});
   }

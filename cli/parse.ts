@@ -1,5 +1,6 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { InvalidArgumentError } from 'commander';
+import { orderingKeyProblem } from '../shared/ordering.js';
 import { clip, printable, shown } from './render.js';
 
 /** Commander argument parser for whole numbers within a range. */
@@ -82,4 +83,11 @@ export function messageIdArgument(value: string): string {
 /** Prints one JSON document on stdout (the only thing `--json` commands print there). */
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** `--key`: an ordering key as shared/ordering.ts accepts it (non-empty, at most 1024 bytes, storable). */
+export function orderingKeyArgument(value: string): string {
+  const problem = orderingKeyProblem(value);
+  if (problem) throw new InvalidArgumentError(`${problem}, got ${shown(value)}`);
+  return value;
 }

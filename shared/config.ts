@@ -1,5 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { workerDefaults } from './defaults.js';
 import { ConfigError } from './errors.js';
 
 /** The bundled example app; what `dw worker` serves when DW_APP is not set. */
@@ -16,6 +17,8 @@ export interface Config {
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** Port of the `/healthz` and `/metrics` endpoint; undefined disables it. */
   healthPort: number | undefined;
+  /** DW_ORDERED_PARTITIONS: partition queues of keyed messages (0 turns them off); undefined: the default. */
+  orderedPartitions?: number;
 }
 
 const url = (protocols: string[], name: string) =>
@@ -66,6 +69,18 @@ const envSchema = z.object({
     .transform(Number)
     .refine((port) => port > 0 && port < 65536, 'DW_HEALTH_PORT must be between 1 and 65535')
     .optional(),
+  DW_ORDERED_PARTITIONS: z
+    .string()
+    .regex(
+      /^\d{1,4}$/,
+      `DW_ORDERED_PARTITIONS must be a whole number from 0 to ${workerDefaults.maxOrderedPartitions}`,
+    )
+    .transform(Number)
+    .refine(
+      (n) => n <= workerDefaults.maxOrderedPartitions,
+      `DW_ORDERED_PARTITIONS must be a whole number from 0 to ${workerDefaults.maxOrderedPartitions}`,
+    )
+    .optional(),
 });
 
 /** Reads and validates the environment once; every problem becomes one line of the ConfigError. */
@@ -85,6 +100,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     bullmqPrefix: e.BULLMQ_PREFIX,
     logLevel: e.LOG_LEVEL,
     healthPort: e.DW_HEALTH_PORT,
+    ...(e.DW_ORDERED_PARTITIONS === undefined ? {} : { orderedPartitions: e.DW_ORDERED_PARTITIONS }),
   };
 }
 

@@ -75,6 +75,13 @@ export const retriesTotal = new Counter({
   registers: [registry],
 });
 
+/** Keyed messages that reached the ordinary work queue (published to the main exchange with a key). */
+export const unorderedKeyedTotal = new Counter({
+  name: 'dw_ordering_key_unordered_total',
+  help: 'Messages carrying an x-ordering-key that arrived on the ordinary work queue and were handled without ordering',
+  registers: [registry],
+});
+
 export const relayBatchSize = new Histogram({
   name: 'dw_relay_batch_size',
   help: 'Outbox rows claimed per relay batch (empty claims not counted)',

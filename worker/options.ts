@@ -13,7 +13,10 @@ import { countOption, durationOption } from '../shared/options.js';
 export interface WorkerOptions {
   app: App;
   /** Connection URLs, exchange and BullMQ prefix (docs/contracts.md, "Environment"). */
-  config: Pick<Config, 'databaseUrl' | 'amqpUrl' | 'redisUrl' | 'exchange' | 'bullmqPrefix'>;
+  config: Pick<
+    Config,
+    'databaseUrl' | 'amqpUrl' | 'redisUrl' | 'exchange' | 'bullmqPrefix' | 'orderedPartitions'
+  >;
   /**
    * Messages handled at once; a whole number ≥ 1.
    * @defaultValue 10
@@ -29,6 +32,13 @@ export interface WorkerOptions {
    * @defaultValue `<exchange>.<app name>`
    */
   queue?: string;
+  /**
+   * Partition queues of keyed messages (`<queue>.ordered.<i>`, README "Ordered processing by key");
+   * 0 to 256, 0 turns ordered keys off (no plugin needed then). Every worker of the queue must use
+   * the same count: changing it moves keys between partitions (see the README before changing it).
+   * @defaultValue 8 (or DW_ORDERED_PARTITIONS, `config.orderedPartitions`, when set)
+   */
+  orderedPartitions?: number;
   /**
    * Largest message body accepted, in bytes; larger ones are dead-lettered.
    * @defaultValue 1048576 (1 MiB)
@@ -108,6 +118,15 @@ export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOpti
     concurrency,
     prefetch: countOption('prefetch', options.prefetch, defaultPrefetch(concurrency), { max: d.maxPrefetch }),
     queue: queueOption(options.queue, workQueueName(options.config.exchange, options.app.name)),
+    orderedPartitions: countOption(
+      'orderedPartitions',
+      options.orderedPartitions,
+      options.config.orderedPartitions ?? d.orderedPartitions,
+      {
+        min: 0,
+        max: d.maxOrderedPartitions,
+      },
+    ),
     maxMessageBytes: countOption('maxMessageBytes', options.maxMessageBytes, d.maxMessageBytes),
     maxDeliveries: countOption('maxDeliveries', options.maxDeliveries, d.maxDeliveries),
     shutdownGraceMs: durationOption('shutdownGraceMs', options.shutdownGraceMs, d.shutdownGraceMs, timer),
