@@ -37,7 +37,13 @@ export function registerMigrate(program: Command): void {
       await withAmqpChannel(cfg, async (channel, connection) => {
         await declareTopology(channel, topology);
         if (partitions > 0 && topology.types.length > 0)
-          await declareOrderedTopology(() => connection.createChannel(), channel, topology, partitions);
+          await declareOrderedTopology(
+            cfg.amqpUrl,
+            () => connection.createChannel(),
+            channel,
+            topology,
+            partitions,
+          );
       });
       process.stdout.write(`declared exchange ${topology.exchange} and queue ${topology.queue}\n`);
       if (partitions > 0 && topology.types.length > 0)

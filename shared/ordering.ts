@@ -1,4 +1,4 @@
-import type { Channel, ConsumeMessage } from 'amqplib';
+import amqp, { type Channel, type ConsumeMessage } from 'amqplib';
 import { maxOrderingKeyBytes } from './defaults.js';
 import { Headers } from './envelope.js';
 import {
@@ -94,6 +94,7 @@ export function deliveryOrderingKey(msg: Pick<ConsumeMessage, 'properties'>): st
  * partitions than `partitions` (their messages would be stranded).
  */
 export async function declareOrderedTopology(
+  amqpUrl: string,
   openChannel: () => Promise<Channel>,
   channel: Channel,
   topology: Topology,
@@ -102,17 +103,12 @@ export async function declareOrderedTopology(
 ): Promise<string[]> {
   const ordered = orderedExchangeName(topology.exchange);
   const hash = orderedHashExchangeName(topology.queue);
+  await declareOnOwnConnection(amqpUrl, hash, 'x-consistent-hash', hashExchangeArguments);
   await channel.assertExchange(ordered, 'topic', { durable: true });
-  try {
-    await channel.assertExchange(hash, 'x-consistent-hash', {
-      durable: true,
-      arguments: { 'hash-header': Headers.orderingKey },
-    });
-  } catch (error) {
-    if (/invalid exchange type/i.test(String((error as Error).message)))
-      throw new OrderingPluginMissingError(error);
-    throw error;
-  }
+  await channel.assertExchange(hash, 'x-consistent-hash', {
+    durable: true,
+    arguments: hashExchangeArguments,
+  });
   if (await queueExists(openChannel, partitionQueueName(topology.queue, partitions))) {
     throw new OrderedPartitionsChangedError(topology.queue, partitions);
   }
@@ -126,6 +122,40 @@ export async function declareOrderedTopology(
     names.push(name);
   }
   return names;
+}
+
+const hashExchangeArguments = { 'hash-header': Headers.orderingKey };
+
+/**
+ * Declares an exchange of a plugin's type on a connection of its own: an unknown exchange type is
+ * a connection error (503 COMMAND_INVALID), which would close the worker's connection and send it
+ * reconnecting for ever; here it closes this one and becomes OrderingPluginMissingError.
+ */
+export async function declareOnOwnConnection(
+  amqpUrl: string,
+  exchange: string,
+  type: string,
+  args: Record<string, unknown>,
+): Promise<void> {
+  const connection = await amqp.connect(amqpUrl, {
+    clientProperties: { connection_name: 'durable-worker ordered topology' },
+  });
+  let closedBecause: Error | undefined;
+  connection.on('error', (error: Error) => {
+    closedBecause = error;
+  });
+  try {
+    const channel = await connection.createChannel();
+    channel.on('error', () => {});
+    await channel.assertExchange(exchange, type, { durable: true, arguments: args });
+  } catch (error) {
+    const why = `${String((error as Error).message)} ${closedBecause?.message ?? ''}`;
+    if (/(unknown|invalid) exchange type/i.test(why))
+      throw new OrderingPluginMissingError(closedBecause ?? error);
+    throw error;
+  } finally {
+    await connection.close().catch(() => {});
+  }
 }
 
 /** checkQueue on a channel of its own: a missing queue closes the channel it is asked on. */

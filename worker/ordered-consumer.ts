@@ -12,6 +12,8 @@ import type { MessageProcessor, Outcome } from './message-processor.js';
 export interface OrderedConsumerOptions extends ConsumerOptions {
   /** Partition queues of the work queue (shared/ordering.ts); every worker consumes all of them. */
   partitions: number;
+  /** Where the consistent-hash exchange is first declared on a connection of its own. */
+  amqpUrl: string;
   /** Arguments every partition queue is declared with besides single active consumer (queue type). */
   queueArguments?: Record<string, unknown>;
 }
@@ -54,6 +56,7 @@ export class OrderedConsumer extends Consumer {
     this.closed.set(channel, closed.signal);
     this.chains.set(channel, new Map());
     return declareOrderedTopology(
+      this.ordered.amqpUrl,
       () => connection.createChannel(),
       channel,
       this.ordered.topology,

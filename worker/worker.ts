@@ -92,7 +92,7 @@ export class Worker {
         options.orderedPartitions > 0 && app.handlers.size > 0
           ? new OrderedConsumer(
               amqp,
-              { ...consumerOptions, partitions: options.orderedPartitions },
+              { ...consumerOptions, partitions: options.orderedPartitions, amqpUrl: config.amqpUrl },
               processor,
               log,
             )

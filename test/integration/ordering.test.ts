@@ -2,7 +2,8 @@ import { fileURLToPath } from 'node:url';
 import amqp from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { workerDefaults, workQueueName } from '../../shared/defaults.js';
-import { orderedExchangeName, partitionQueueName } from '../../shared/ordering.js';
+import { OrderingPluginMissingError } from '../../shared/errors.js';
+import { declareOnOwnConnection, orderedExchangeName, partitionQueueName } from '../../shared/ordering.js';
 import { waitUntil } from '../../shared/wait.js';
 import { publishRaw } from '../support/amqp.js';
 import { cliEnv, type DwChild, runCli, startDw } from '../support/cli.js';
@@ -221,6 +222,33 @@ describe('ordered processing by key (3 worker processes, a relay)', () => {
       expect(result.stderr).toContain(why);
       expect(result.stderr.trim().split('\n')).toHaveLength(1);
     }
+  }, 120_000);
+
+  it('migrate declares the same partitions; fewer partitions than the queue has, or a missing plugin, stop with one clear error', async () => {
+    const ok = await runCli(['migrate'], workerEnv);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain(
+      `declared exchange ${orderedExchangeName(env.config.exchange)} and 8 ordered partition queue(s)`,
+    );
+    const fewer = await runCli(['migrate', '--ordered-partitions', '4'], workerEnv);
+    expect(fewer.code).toBe(1);
+    expect(fewer.stderr).toContain('was set up with more than 4 ordered partitions');
+    expect(fewer.stderr.trim().split('\n')).toHaveLength(1);
+    const worker = await runCli(['worker'], { ...workerEnv, DW_ORDERED_PARTITIONS: '4' });
+    expect(worker.code).toBe(1);
+    expect(worker.stderr).toContain('was set up with more than 4 ordered partitions');
+
+    // An exchange type the broker does not know is what a missing plugin looks like (a connection
+    // error, 503): declared on a connection of its own, it becomes the error that says what to do.
+    const missing = await declareOnOwnConnection(
+      urls.amqp,
+      `${env.config.exchange}.no-plugin`,
+      'x-dw-no-such-plugin',
+      {},
+    ).catch((error: unknown) => error);
+    expect(missing).toBeInstanceOf(OrderingPluginMissingError);
+    expect((missing as OrderingPluginMissingError).code).toBe('DW_ORDERING_PLUGIN_MISSING');
+    expect((missing as Error).message).toContain('rabbitmq-plugins enable rabbitmq_consistent_hash_exchange');
   }, 120_000);
 });
 
