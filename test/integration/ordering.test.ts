@@ -250,6 +250,24 @@ describe('ordered processing by key (3 worker processes, a relay)', () => {
     expect((missing as OrderingPluginMissingError).code).toBe('DW_ORDERING_PLUGIN_MISSING');
     expect((missing as Error).message).toContain('rabbitmq-plugins enable rabbitmq_consistent_hash_exchange');
   }, 120_000);
+
+  it('replays a keyed dead letter through its partition, with its key', async () => {
+    const entry = await env.knex('dw_dead_letters').where({ message_id: 'dead/5' }).first();
+    const replay = await runCli(['dlq', 'replay', String(entry.id)], workerEnv);
+    expect(replay.code).toBe(0);
+    // Poison still: routed by its key again, handled and dead-lettered again, key and all.
+    const again = await waitUntil(
+      () =>
+        env
+          .knex('dw_dead_letters')
+          .where({ message_id: 'dead/5' })
+          .whereRaw("headers \\? 'x-dw-replayed-from'")
+          .first(),
+      'the replayed message dead-lettered again',
+    );
+    expect(again.headers['x-ordering-key']).toBe('dead');
+    expect(again.headers['x-dw-replayed-from']).toBe(String(entry.id));
+  }, 120_000);
 });
 
 function range(n: number): number[] {
