@@ -39,8 +39,11 @@ export {
   InvalidDestinationError,
   InvalidMessageError,
   InvalidOptionError,
+  InvalidOrderingKeyError,
   NonRetryableError,
   NotMigratedError,
+  OrderedPartitionsChangedError,
+  OrderingPluginMissingError,
   PoisonMessageError,
   PublishNotConfirmedError,
   QueueTypeMismatchError,
@@ -58,6 +61,10 @@ export {
   WorkerDiedError,
 } from './shared/errors.js';
 export { createLogger, type Logger } from './shared/logger.js';
+export {
+  orderedExchangeName,
+  orderingKeyProblem,
+} from './shared/ordering.js';
 export type { Destination } from './shared/outbox.js';
 export { assertExchange, publishMessages } from './shared/publisher.js';
 export {

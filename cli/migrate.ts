@@ -2,10 +2,12 @@ import type { Command } from 'commander';
 import { loadApp } from '../shared/app.js';
 import { redactUrl } from '../shared/config.js';
 import { ensureDatabase, migrate } from '../shared/db/migrate.js';
+import { workerDefaults } from '../shared/defaults.js';
+import { declareOrderedTopology, orderedExchangeName } from '../shared/ordering.js';
 import { consumedQueueOptions, type QueueType, resolveQueueType } from '../shared/queue-type.js';
 import { appTopology, declareTopology } from '../shared/topology.js';
 import { config, withAmqpChannel, withDatabase } from './infra.js';
-import { queueTypeOption } from './parse.js';
+import { integer, queueTypeOption } from './parse.js';
 
 export function registerMigrate(program: Command): void {
   program
@@ -15,7 +17,12 @@ export function registerMigrate(program: Command): void {
     )
     .option('--app <module>', 'app module whose migrations to apply too (default: DW_APP)')
     .addOption(queueTypeOption())
-    .action(async (opts: { app?: string; queueType?: QueueType }) => {
+    .option(
+      '--ordered-partitions <n>',
+      `partition queues of keyed messages to declare, as the workers will use; 0: none (default: DW_ORDERED_PARTITIONS, else ${workerDefaults.orderedPartitions})`,
+      integer(0, workerDefaults.maxOrderedPartitions),
+    )
+    .action(async (opts: { app?: string; queueType?: QueueType; orderedPartitions?: number }) => {
       const cfg = config();
       const app = await loadApp(opts.app ?? cfg.app);
       if (await ensureDatabase(cfg.databaseUrl)) {
@@ -28,6 +35,7 @@ export function registerMigrate(program: Command): void {
           : 'already up to date\n',
       );
       const requested = opts.queueType ?? cfg.queueType;
+      const partitions = opts.orderedPartitions ?? cfg.orderedPartitions ?? workerDefaults.orderedPartitions;
       const topology = await withAmqpChannel(cfg, async (channel, connection) => {
         const queue = appTopology(app, cfg.exchange).queue;
         const type = await resolveQueueType(connection, queue, requested, (t) =>
@@ -35,10 +43,23 @@ export function registerMigrate(program: Command): void {
         );
         const declared = appTopology(app, cfg.exchange, queue, { type, explicit: requested !== undefined });
         await declareTopology(channel, declared, connection);
+        if (partitions > 0 && declared.types.length > 0)
+          await declareOrderedTopology(
+            cfg.amqpUrl,
+            () => connection.createChannel(),
+            channel,
+            declared,
+            partitions,
+            connection,
+          );
         return declared;
       });
       process.stdout.write(
         `declared exchange ${topology.exchange} and queue ${topology.queue} (${topology.queueType})\n`,
       );
+      if (partitions > 0 && topology.types.length > 0)
+        process.stdout.write(
+          `declared exchange ${orderedExchangeName(topology.exchange)} and ${partitions} ordered partition queue(s) ${topology.queue}.ordered.<0-${partitions - 1}>\n`,
+        );
     });
 }

@@ -1,5 +1,6 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { InvalidArgumentError, Option } from 'commander';
+import { orderingKeyProblem } from '../shared/ordering.js';
 import { queueTypes } from '../shared/queue-type.js';
 import { clip, printable, shown } from './render.js';
 
@@ -91,4 +92,11 @@ export function queueTypeOption(): Option {
     '--queue-type <type>',
     'RabbitMQ type of the work and retry queues (default: DW_QUEUE_TYPE, else an existing queue keeps its type, else quorum)',
   ).choices(queueTypes);
+}
+
+/** `--key`: an ordering key as shared/ordering.ts accepts it (non-empty, at most 1024 bytes, storable). */
+export function orderingKeyArgument(value: string): string {
+  const problem = orderingKeyProblem(value);
+  if (problem) throw new InvalidArgumentError(`${problem}, got ${shown(value)}`);
+  return value;
 }

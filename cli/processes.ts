@@ -32,6 +32,13 @@ export function registerProcesses(program: Command): void {
       ).argParser(integer(1, workerDefaults.maxPrefetch)),
     )
     .addOption(
+      // No fixed default: DW_ORDERED_PARTITIONS when set.
+      new Option(
+        '--ordered-partitions <n>',
+        `partition queues of keyed messages, the same for every worker of the queue; 0: no ordered keys (default: DW_ORDERED_PARTITIONS, else ${workerDefaults.orderedPartitions})`,
+      ).argParser(integer(0, workerDefaults.maxOrderedPartitions)),
+    )
+    .addOption(
       numberOption(
         '--saga-concurrency <n>',
         'saga steps run at once',
@@ -62,6 +69,7 @@ export function registerProcesses(program: Command): void {
         queueType?: QueueType;
         concurrency?: number;
         prefetch?: number;
+        orderedPartitions?: number;
         sagaConcurrency?: number;
         sagaBatchSize?: number;
         shutdownGrace?: number;
@@ -70,6 +78,7 @@ export function registerProcesses(program: Command): void {
           app: opts.app,
           concurrency: opts.concurrency,
           prefetch: opts.prefetch,
+          orderedPartitions: opts.orderedPartitions,
           sagaConcurrency: opts.sagaConcurrency,
           sagaBatchSize: opts.sagaBatchSize,
           shutdownGraceMs: opts.shutdownGrace,

@@ -3,10 +3,11 @@ import type { Config } from '../shared/config.js';
 import type { OutgoingMessage } from '../shared/envelope.js';
 import { UsageError } from '../shared/errors.js';
 import { createLogger } from '../shared/logger.js';
+import { orderedExchangeName } from '../shared/ordering.js';
 import { assertExchange, publishMessages } from '../shared/publisher.js';
 import { startTelemetry } from '../shared/telemetry.js';
 import { config, withAmqpChannel } from './infra.js';
-import { integer, jsonArgument, messageIdArgument, printJson } from './parse.js';
+import { integer, jsonArgument, messageIdArgument, orderingKeyArgument, printJson } from './parse.js';
 import { shown } from './render.js';
 
 interface PublishOptions {
@@ -14,6 +15,7 @@ interface PublishOptions {
   id?: string;
   correlationId?: string;
   count: number;
+  key?: string;
   json?: boolean;
 }
 
@@ -30,6 +32,11 @@ export function registerPublish(program: Command): void {
       'publish N messages with this payload (new ids), for load',
       integer(1, 10_000_000),
       1,
+    )
+    .option(
+      '--key <key>',
+      'ordering key: messages with the same key are handled one at a time, in publish order (published to <DW_EXCHANGE>.ordered)',
+      orderingKeyArgument,
     )
     .option('--json', 'print {"published":[{"id","type"}]}')
     .action(async (type: string, opts: PublishOptions) => {
@@ -60,22 +67,32 @@ export function registerPublish(program: Command): void {
 
 async function publish(cfg: Config, type: string, opts: PublishOptions, traceparent: string | undefined) {
   await withAmqpChannel(cfg, async (channel) => {
-    await assertExchange(channel, cfg.exchange);
+    // Keyed messages go to the ordered exchange, whose partitions keep each key in order.
+    const exchange = opts.key === undefined ? cfg.exchange : orderedExchangeName(cfg.exchange);
+    await assertExchange(channel, exchange);
+    const orderingKey = opts.key;
     const messages = function* (): Generator<OutgoingMessage> {
       for (let i = 0; i < opts.count; i++) {
         // TRACEPARENT (the OpenTelemetry environment carrier) makes the publish part of a trace.
-        yield { type, payload: opts.data, id: opts.id, correlationId: opts.correlationId, traceparent };
+        yield {
+          type,
+          payload: opts.data,
+          id: opts.id,
+          correlationId: opts.correlationId,
+          traceparent,
+          orderingKey,
+        };
       }
     };
-    const { published, unroutable } = await publishMessages(channel, cfg.exchange, messages(), {
+    const { published, unroutable } = await publishMessages(channel, exchange, messages(), {
       mandatory: true,
     });
     if (unroutable > 0) {
       throw new UsageError(
-        `${unroutable} of ${published.length} ${type} message(s) reached no queue on exchange ${cfg.exchange}: no app handles ${type} there yet (run \`dw migrate\` or start a worker first)`,
+        `${unroutable} of ${published.length} ${type} message(s) reached no queue on exchange ${exchange}: no app handles ${type} there yet${orderingKey === undefined ? '' : ' with ordered keys on'} (run \`dw migrate\` or start a worker first)`,
       );
     }
     if (opts.json) printJson({ published });
-    else process.stdout.write(`published ${published.length} ${type} message(s) to ${cfg.exchange}\n`);
+    else process.stdout.write(`published ${published.length} ${type} message(s) to ${exchange}\n`);
   });
 }

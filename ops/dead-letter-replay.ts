@@ -4,6 +4,7 @@ import { publishMandatory } from '../shared/amqp.js';
 import { type DeadLetterRow, deleteDeadLetter, lockDeadLetter } from '../shared/dead-letters.js';
 import { Headers } from '../shared/envelope.js';
 import { inboxHas } from '../shared/inbox.js';
+import { orderedHashExchangeName } from '../shared/ordering.js';
 import type { SagaStepJob } from '../shared/saga/jobs.js';
 import type { PlannableSaga } from '../shared/saga/plan.js';
 import { readDefinitionVersion } from '../shared/saga/store.js';
@@ -55,6 +56,11 @@ function replayHeaders(row: DeadLetterRow): Record<string, unknown> {
   return headers;
 }
 
+function hasOrderingKey(headers: Record<string, unknown> | undefined): boolean {
+  const key = headers?.[Headers.orderingKey];
+  return key !== undefined && key !== null;
+}
+
 function publishOptionsFor(row: DeadLetterRow): Options.Publish & { messageId: string } {
   const props = row.properties ?? {};
   const timestamp = typeof props.timestamp === 'string' ? Date.parse(props.timestamp) : Number.NaN;
@@ -102,8 +108,21 @@ export async function replayDeadLetter(
     const body = row.body ?? Buffer.from(JSON.stringify(row.payload));
     // A crash loop left its delivery count at the limit: the replay starts it afresh.
     await deleteDeliveryCount(trx, row.queue, row.message_id);
-    // Through the default exchange, mandatory: a queue that does not exist is an UnroutableError.
-    await publishMandatory(await channel(), '', row.queue, body, publishOptionsFor(row));
+    const properties = publishOptionsFor(row);
+    if (hasOrderingKey(properties.headers)) {
+      // A keyed message goes back through its queue's consistent-hash exchange: to the end of its
+      // key's partition, after the messages of the key that moved on while it was a dead letter.
+      await publishMandatory(
+        await channel(),
+        orderedHashExchangeName(row.queue),
+        row.type ?? '',
+        body,
+        properties,
+      );
+    } else {
+      // Through the default exchange, mandatory: a queue that does not exist is an UnroutableError.
+      await publishMandatory(await channel(), '', row.queue, body, properties);
+    }
     await deleteDeadLetter(trx, id);
     return { ...base, outcome: 'replayed' };
   });

@@ -175,6 +175,8 @@ export class Destinations {
       causationId: row.headers.causationId,
       traceparent: row.headers.traceparent,
       headers: row.headers.tracestate ? { tracestate: row.headers.tracestate } : undefined,
+      // Keyed (ctx.publish with orderingKey): the row's exchange is the ordered one already.
+      orderingKey: row.headers.orderingKey,
     });
     // Mandatory: a type nothing is bound to is returned (UnroutableError), not confirmed and lost.
     await this.amqp.publishMandatory(

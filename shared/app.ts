@@ -13,6 +13,13 @@ export interface SendOptions {
   id?: string;
   /** BullMQ: run the job after this many ms. */
   delay?: number;
+  /**
+   * AMQP: the message's ordering key (the `x-ordering-key` header). With `publish`, the message goes
+   * to the ordered exchange `<exchange>.ordered`: messages with the same key are handled one at a
+   * time in the order the relay publishes them (README, "Ordered processing by key"). At most 1024
+   * bytes, not empty; an invalid key throws InvalidOrderingKeyError.
+   */
+  orderingKey?: string;
 }
 
 export interface StartSagaOptions {

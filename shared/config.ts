@@ -1,6 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { redisDefaults } from './defaults.js';
+import { redisDefaults, workerDefaults } from './defaults.js';
 import { ConfigError } from './errors.js';
 import { type QueueType, queueTypes } from './queue-type.js';
 
@@ -39,6 +39,8 @@ export interface Config {
   queueType?: QueueType;
   /** Port of the `/healthz` and `/metrics` endpoint; undefined disables it. */
   healthPort: number | undefined;
+  /** DW_ORDERED_PARTITIONS: partition queues of keyed messages (0 turns them off); undefined: the default. */
+  orderedPartitions?: number;
 }
 
 const url = (protocols: string[], name: string) =>
@@ -119,6 +121,18 @@ const envSchema = z.object({
     .transform(Number)
     .refine((port) => port > 0 && port < 65536, 'DW_HEALTH_PORT must be between 1 and 65535')
     .optional(),
+  DW_ORDERED_PARTITIONS: z
+    .string()
+    .regex(
+      /^\d{1,4}$/,
+      `DW_ORDERED_PARTITIONS must be a whole number from 0 to ${workerDefaults.maxOrderedPartitions}`,
+    )
+    .transform(Number)
+    .refine(
+      (n) => n <= workerDefaults.maxOrderedPartitions,
+      `DW_ORDERED_PARTITIONS must be a whole number from 0 to ${workerDefaults.maxOrderedPartitions}`,
+    )
+    .optional(),
 });
 
 /** Reads and validates the environment once; every problem becomes one line of the ConfigError. */
@@ -147,6 +161,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: e.LOG_LEVEL,
     healthPort: e.DW_HEALTH_PORT,
     ...(e.DW_QUEUE_TYPE ? { queueType: e.DW_QUEUE_TYPE } : {}),
+    ...(e.DW_ORDERED_PARTITIONS === undefined ? {} : { orderedPartitions: e.DW_ORDERED_PARTITIONS }),
   };
 }
 

@@ -33,7 +33,13 @@ export const workerDefaults = {
   dedupWindowMs: 7 * DAY,
   /** Connections beyond the handlers and saga steps (housekeeping, sweep, eager releases). */
   poolMaxSpare: 4,
+  /** Partition queues of ordered (keyed) messages per work queue; 0 turns ordered keys off. */
+  orderedPartitions: 8,
+  maxOrderedPartitions: 256,
 } as const;
+
+/** Longest ordering key, in UTF-8 bytes: it travels in an AMQP header, which must fit in one frame. */
+export const maxOrderingKeyBytes = 1024;
 
 /** Unacknowledged messages RabbitMQ may push ahead of `concurrency` handlers. */
 export function defaultPrefetch(concurrency: number): number {

@@ -11,6 +11,8 @@ export const Headers = {
   firstFailedAt: 'x-dw-first-failed-at',
   /** Set on replays from the dead letters. */
   replayedFrom: 'x-dw-replayed-from',
+  /** Messages with the same ordering key are handled one at a time, in publish order (shared/ordering.ts). */
+  orderingKey: 'x-ordering-key',
 } as const;
 
 /** What a handler knows about the message it handles. */
@@ -34,6 +36,8 @@ export interface OutgoingMessage {
   causationId?: string;
   traceparent?: string;
   headers?: Record<string, unknown>;
+  /** Sent as the `x-ordering-key` header; publish it to the ordered exchange (shared/ordering.ts). */
+  orderingKey?: string;
 }
 
 /** AMQP publish options for a message per the envelope contract: persistent, JSON, typed. */
@@ -41,6 +45,7 @@ export function publishOptions(message: OutgoingMessage): Options.Publish & { me
   const headers: Record<string, unknown> = { ...message.headers };
   if (message.causationId) headers[Headers.causationId] = message.causationId;
   if (message.traceparent) headers[Headers.traceparent] = message.traceparent;
+  if (message.orderingKey !== undefined) headers[Headers.orderingKey] = message.orderingKey;
   return {
     messageId: message.id ?? randomUUID(),
     type: message.type,

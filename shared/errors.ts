@@ -275,6 +275,44 @@ export class UnroutableError extends DurableWorkerError {
   }
 }
 
+/**
+ * Ordered processing by key needs RabbitMQ's consistent-hash exchange, a plugin that ships with
+ * RabbitMQ but is off by default. Raised when declaring the ordered topology finds it missing.
+ */
+export class OrderingPluginMissingError extends DurableWorkerError {
+  override readonly code = 'DW_ORDERING_PLUGIN_MISSING';
+  override readonly retryable = false;
+  constructor(cause?: unknown) {
+    super(
+      'ordered processing by key needs the RabbitMQ plugin rabbitmq_consistent_hash_exchange, which is not enabled on this broker: run `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` on every node (docker-compose.yml enables it), or turn ordered keys off with --ordered-partitions 0 (DW_ORDERED_PARTITIONS=0)',
+      { cause },
+    );
+  }
+}
+
+/**
+ * The work queue has partition queues beyond the configured count: they were declared with more
+ * partitions, and messages there would wait for ever. Changing the count moves keys between partitions.
+ */
+export class OrderedPartitionsChangedError extends DurableWorkerError {
+  override readonly code = 'DW_ORDERED_PARTITIONS_CHANGED';
+  override readonly retryable = false;
+  constructor(
+    readonly queue: string,
+    readonly partitions: number,
+  ) {
+    super(
+      `queue ${queue}.ordered.${partitions} exists, so ${queue} was set up with more than ${partitions} ordered partitions: start the workers with the partition count used before, or change it as the README says (stop publishing keyed messages, let the partition queues drain, stop every worker, delete the exchange ${queue}.ordered and the queues ${queue}.ordered.<i>, then start the workers with the new count)`,
+    );
+  }
+}
+
+/** An ordering key that cannot be used (empty, too long, not text); refused where it is given. */
+export class InvalidOrderingKeyError extends DurableWorkerError {
+  override readonly code = 'DW_INVALID_ORDERING_KEY';
+  override readonly retryable = false;
+}
+
 /** A CLI argument or option is wrong; the CLI prints the message alone and exits 1. */
 export class UsageError extends DurableWorkerError {
   override readonly code = 'DW_USAGE';

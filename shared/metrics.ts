@@ -79,6 +79,12 @@ export const sagaStepBatchSize = new Histogram({
   name: 'dw_saga_step_batch_size',
   help: 'Saga steps per step transaction (sagaBatchSize > 1; 1: a step alone)',
   buckets: [1, 2, 3, 5, 10, 20, 50, 100, 250, 1000],
+});
+
+/** Keyed messages that reached the ordinary work queue (published to the main exchange with a key). */
+export const unorderedKeyedTotal = new Counter({
+  name: 'dw_ordering_key_unordered_total',
+  help: 'Messages carrying an x-ordering-key that arrived on the ordinary work queue and were handled without ordering',
   registers: [registry],
 });
 

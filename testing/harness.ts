@@ -18,6 +18,7 @@ import {
   readIncoming,
 } from '../shared/envelope.js';
 import { type Logger, silentLogger } from '../shared/logger.js';
+import { orderedExchangeName } from '../shared/ordering.js';
 import {
   claimOutboxBatch,
   markOutboxDelivered,
@@ -564,8 +565,11 @@ class Harness implements TestHarness {
       payload: row.payload,
       headers: row.headers,
     });
-    // The work queue is bound to the app's exchange with each type it handles (appTopology).
-    if (destination.exchange === this.exchange && this.app.handlers.has(destination.routingKey)) {
+    // The work queue is bound to the app's exchange with each type it handles (appTopology), and
+    // its partitions to the ordered exchange (keyed messages, shared/ordering.ts).
+    const ours =
+      destination.exchange === this.exchange || destination.exchange === orderedExchangeName(this.exchange);
+    if (ours && this.app.handlers.has(destination.routingKey)) {
       const message: OutgoingMessage = {
         id: row.messageId,
         type: row.type,
@@ -573,6 +577,7 @@ class Harness implements TestHarness {
         correlationId: row.headers.correlationId,
         causationId: row.headers.causationId,
         traceparent: row.headers.traceparent,
+        orderingKey: row.headers.orderingKey,
       };
       const body = Buffer.from(JSON.stringify(row.payload));
       this.enqueue(this.clock.now(), {

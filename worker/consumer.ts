@@ -7,6 +7,7 @@ import { readIncoming } from '../shared/envelope.js';
 import { describeCause } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { messagesTotal } from '../shared/metrics.js';
+import { noteUnorderedKey } from '../shared/ordering.js';
 import { sleep } from '../shared/time.js';
 import { declareTopology, type Topology } from '../shared/topology.js';
 import { Attr, extractContext, inSpan, SpanKind, SpanStatusCode, tracingOn } from '../shared/tracing.js';
@@ -16,15 +17,21 @@ export interface ConsumerOptions {
   topology: Topology;
   concurrency: number;
   prefetch: number;
+  /** Shared with another consumer of the same worker (the ordered one): `concurrency` is then unused. */
+  limit?: LimitFunction;
 }
 
+export type LimitFunction = ReturnType<typeof pLimit>;
+
 /** One channel the consumer opened, with what happened to it. */
-interface Subscription {
+export interface Subscription {
   channel: Channel;
   connection: ChannelModel;
   closed: boolean;
-  /** Set once the broker confirmed the consumer; cleared by a cancel. */
+  /** Set once the broker confirmed the consumer(s); cleared by a cancel. */
   consumerTag?: string;
+  /** Every consumer on the channel (one per queue `declare` returned). */
+  consumerTags: string[];
   /** Why the broker closed the channel (its 'error' comes just before 'close'). */
   error?: Error;
 }
@@ -39,27 +46,27 @@ interface Subscription {
  * settled on its own channel only, which fails quietly once that channel is gone.
  */
 export class Consumer {
-  private current: Subscription | undefined;
+  protected current: Subscription | undefined;
   /** The connection of the latest (re)connection; a recovery for an older one gives up. */
   private connection: ChannelModel | undefined;
   private recovering = false;
   /** Subscribing runs one at a time: a recovery and a reconnection must not both subscribe. */
   private subscribing: Promise<void> = Promise.resolve();
-  private stopping = false;
+  protected stopping = false;
   /** Why the worker is not consuming; undefined while it consumes. */
   private problem: string | undefined = 'not subscribed yet';
   /** Aborted at stop: a recovery backoff ends at once. */
-  private readonly stopped = new AbortController();
-  private readonly inFlight = new Set<Promise<void>>();
-  private readonly limit;
+  protected readonly stopped = new AbortController();
+  protected readonly inFlight = new Set<Promise<void>>();
+  protected readonly limit: LimitFunction;
 
   constructor(
     private readonly amqp: ResilientAmqpConnection,
     private readonly options: ConsumerOptions,
-    private readonly processor: MessageProcessor,
-    private readonly log: Logger,
+    protected readonly processor: MessageProcessor,
+    protected readonly log: Logger,
   ) {
-    this.limit = pLimit(options.concurrency);
+    this.limit = options.limit ?? pLimit(options.concurrency);
   }
 
   /** Deliveries this consumer holds and has not settled yet (its unacked messages). */
@@ -89,7 +96,7 @@ export class Consumer {
     this.stopped.abort();
     const current = this.current;
     if (current?.consumerTag && !current.closed) {
-      await current.channel.cancel(current.consumerTag).catch(() => {});
+      for (const tag of current.consumerTags) await current.channel.cancel(tag).catch(() => {});
     }
     const drained = Promise.all([...this.inFlight]).then(() => true);
     return Promise.race([drained, sleep(graceMs).then(() => false)]);
@@ -119,9 +126,9 @@ export class Consumer {
 
   /** Opens a channel, declares the topology and consumes; the subscription becomes current. */
   private async subscribe(connection: ChannelModel): Promise<void> {
-    const { topology, prefetch } = this.options;
+    const { prefetch } = this.options;
     const channel = await connection.createChannel();
-    const sub: Subscription = { channel, connection, closed: false };
+    const sub: Subscription = { channel, connection, closed: false, consumerTags: [] };
     channel.on('error', (error: Error) => {
       sub.error = error;
       this.log.debug({ err: error }, 'AMQP consumer channel error');
@@ -134,28 +141,41 @@ export class Consumer {
     });
     try {
       await channel.prefetch(prefetch);
-      await declareTopology(channel, topology, connection);
-      const { consumerTag } = await channel.consume(
-        topology.queue,
-        (msg) => {
-          if (msg) this.onDelivery(channel, msg);
-          else this.onCancelled(sub);
-        },
-        { noAck: false },
-      );
+      const tags: string[] = [];
+      for (const queue of await this.declare(connection, channel)) {
+        const { consumerTag } = await channel.consume(
+          queue,
+          (msg) => {
+            if (msg) this.onDelivery(channel, msg);
+            else this.onCancelled(sub);
+          },
+          { noAck: false },
+        );
+        tags.push(consumerTag);
+      }
       // Closed while the consume-ok was on its way, or the worker began to stop meanwhile.
       if (sub.closed) throw sub.error ?? new Error('the consumer channel closed while subscribing');
       if (this.stopping || this.connection !== connection) {
         await channel.close().catch(() => {});
         return;
       }
-      sub.consumerTag = consumerTag;
+      sub.consumerTags = tags;
+      sub.consumerTag = tags[0];
       this.current = sub;
       this.problem = undefined;
     } catch (error) {
       if (!sub.closed) await channel.close().catch(() => {});
       throw error;
     }
+  }
+
+  /**
+   * Declares what this consumer reads on `channel` and returns the queues to consume: the work
+   * queue here; the ordered consumer's partition queues in worker/ordered-consumer.ts.
+   */
+  protected async declare(connection: ChannelModel, channel: Channel): Promise<string[]> {
+    await declareTopology(channel, this.options.topology, connection);
+    return [this.options.topology.queue];
   }
 
   /** The broker cancelled the consumer (its queue was deleted, or it moved): subscribe afresh. */
@@ -207,7 +227,7 @@ export class Consumer {
     }
   }
 
-  private async handle(channel: Channel, msg: ConsumeMessage, span?: Span): Promise<void> {
+  protected async handle(channel: Channel, msg: ConsumeMessage, span?: Span): Promise<void> {
     let outcome: Awaited<ReturnType<MessageProcessor['process']>>;
     try {
       outcome = await this.processor.process(readIncoming(msg));
@@ -229,7 +249,7 @@ export class Consumer {
   }
 
   /** The consumer span of a delivery: a child of the message's traceparent (none starts a trace). */
-  private spanOptions(msg: ConsumeMessage): Parameters<typeof inSpan>[1] {
+  protected spanOptions(msg: ConsumeMessage): Parameters<typeof inSpan>[1] {
     const props = msg.properties;
     const attributes: Attributes = {
       [Attr.system]: 'rabbitmq',
@@ -246,7 +266,8 @@ export class Consumer {
     return { kind: SpanKind.CONSUMER, attributes, parent: extractContext(props.headers, ROOT_CONTEXT) };
   }
 
-  private onDelivery(channel: Channel, msg: ConsumeMessage): void {
+  protected onDelivery(channel: Channel, msg: ConsumeMessage): void {
+    noteUnorderedKey(msg, this.log);
     const work = this.limit(async () => {
       if (this.stopping) {
         settle(channel, msg, 'requeue');

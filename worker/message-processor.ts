@@ -105,14 +105,19 @@ export class MessageProcessor {
     });
   }
 
-  async process(incoming: IncomingMessage): Promise<Outcome> {
+  /**
+   * `holdRetries` (ordered deliveries, worker/ordered-consumer.ts): a delayed retry waits in place,
+   * holding the delivery, instead of going through the retry queues, where later messages of its
+   * key would overtake it; 'requeue' (left unacked) if the signal aborts meanwhile.
+   */
+  async process(incoming: IncomingMessage, options: { holdRetries?: AbortSignal } = {}): Promise<Outcome> {
     const started = process.hrtime.bigint();
     // Set once a redelivery was recorded as started (see checkRedelivery): settled or requeued,
     // it finished and must not count as a delivery that died.
     const delivery = { recorded: false };
     let outcome: Outcome;
     try {
-      outcome = await this.processInner(incoming, delivery);
+      outcome = await this.processInner(incoming, delivery, options.holdRetries);
       // A requeue keeps the count: a retry that cannot be scheduled is counted like a failure.
       if (outcome !== 'requeue') this.unexpectedFailures.delete(incoming.id);
     } catch (error) {
@@ -187,7 +192,11 @@ export class MessageProcessor {
   }
 
   /** Validate, then the redelivery verdict, then the transaction loop, then the retry decision. */
-  private async processInner(incoming: IncomingMessage, delivery: { recorded: boolean }): Promise<Outcome> {
+  private async processInner(
+    incoming: IncomingMessage,
+    delivery: { recorded: boolean },
+    holdRetries?: AbortSignal,
+  ): Promise<Outcome> {
     const log = this.deps.log.child({ messageId: incoming.id, type: incoming.type });
     const validated = this.validate(incoming);
     if (validated instanceof DeadLetter) {
@@ -233,6 +242,21 @@ export class MessageProcessor {
         log.info({ err: error, attempt: envelope.attempt }, 'handler failed; retrying at once');
         spanEvent('dw.retry', () => retryEvent('immediate', envelope.attempt, error));
         retriesTotal.inc({ tier: 'immediate' });
+        envelope.attempt = decision.nextAttempt;
+        continue;
+      }
+      if (decision.kind === 'delayed' && holdRetries) {
+        log.info(
+          { err: error, attempt: envelope.attempt, delayMs: decision.delayMs },
+          'handler failed; retrying in place after a delay (ordered key: later messages of the key wait)',
+        );
+        spanEvent('dw.retry', () => ({
+          ...retryEvent('delayed', envelope.attempt, error),
+          'dw.retry.delay_ms': decision.delayMs,
+        }));
+        retriesTotal.inc({ tier: `${decision.tierMs}ms` });
+        await sleep(decision.delayMs, holdRetries);
+        if (holdRetries.aborted) return 'requeue';
         envelope.attempt = decision.nextAttempt;
         continue;
       }

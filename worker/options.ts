@@ -31,6 +31,7 @@ export interface WorkerOptions {
     | 'exchange'
     | 'bullmqPrefix'
     | 'queueType'
+    | 'orderedPartitions'
   >;
   /**
    * Messages handled at once; a whole number ≥ 1.
@@ -54,6 +55,13 @@ export interface WorkerOptions {
    * @defaultValue config.queueType, else the existing queue's type, else 'quorum'
    */
   queueType?: QueueType;
+  /**
+   * Partition queues of keyed messages (`<queue>.ordered.<i>`, README "Ordered processing by key");
+   * 0 to 256, 0 turns ordered keys off (no plugin needed then). Every worker of the queue must use
+   * the same count: changing it moves keys between partitions (see the README before changing it).
+   * @defaultValue 8 (or DW_ORDERED_PARTITIONS, `config.orderedPartitions`, when set)
+   */
+  orderedPartitions?: number;
   /**
    * Largest message body accepted, in bytes; larger ones are dead-lettered.
    * @defaultValue 1048576 (1 MiB)
@@ -155,6 +163,15 @@ export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOpti
     concurrency,
     prefetch: countOption('prefetch', options.prefetch, defaultPrefetch(concurrency), { max: d.maxPrefetch }),
     queue: queueOption(options.queue, workQueueName(options.config.exchange, options.app.name)),
+    orderedPartitions: countOption(
+      'orderedPartitions',
+      options.orderedPartitions,
+      options.config.orderedPartitions ?? d.orderedPartitions,
+      {
+        min: 0,
+        max: d.maxOrderedPartitions,
+      },
+    ),
     maxMessageBytes: countOption('maxMessageBytes', options.maxMessageBytes, d.maxMessageBytes),
     maxDeliveries: countOption('maxDeliveries', options.maxDeliveries, d.maxDeliveries, {
       max: queueDefaults.quorumDeliveryLimit - maxDeliveriesMargin,

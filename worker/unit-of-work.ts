@@ -2,8 +2,9 @@ import { randomUUID } from 'node:crypto';
 import type { Knex } from 'knex';
 import type { App, HandlerContext, SendOptions } from '../shared/app.js';
 import type { Envelope } from '../shared/envelope.js';
-import { NonRetryableError } from '../shared/errors.js';
+import { InvalidOrderingKeyError, NonRetryableError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
+import { assertOrderingKey, orderedExchangeName } from '../shared/ordering.js';
 import { type Destination, type OutboxMessage, resolveDestination } from '../shared/outbox.js';
 import { startSaga } from '../shared/saga/start.js';
 import { Attr, inSpan, traceHeaders, tracingOn } from '../shared/tracing.js';
@@ -94,12 +95,19 @@ export class UnitOfWork {
     });
     const send = (destination: Destination, type: string, payload: unknown, options: SendOptions = {}) => {
       const messageId = options.id ?? randomUUID();
+      const resolved = resolveDestination(destination);
+      const orderingKey =
+        options.orderingKey === undefined ? undefined : assertOrderingKey(options.orderingKey);
+      if (orderingKey !== undefined && resolved.kind !== 'amqp')
+        throw new InvalidOrderingKeyError(
+          'an ordering key applies to AMQP messages (ctx.publish), not to BullMQ jobs',
+        );
       scope.outbox.push({
         messageId,
-        destination: resolveDestination(destination),
+        destination: resolved,
         type,
         payload,
-        headers: headers(),
+        headers: orderingKey === undefined ? headers() : { ...headers(), orderingKey },
         ...(options.delay ? { options: { delay: options.delay } } : {}),
       });
       return messageId;
@@ -109,8 +117,12 @@ export class UnitOfWork {
       envelope,
       log: this.log,
       send,
-      publish: (type, payload, options) =>
-        send({ exchange: this.exchange, routingKey: type }, type, payload, options),
+      publish: (type, payload, options) => {
+        // Keyed messages go to the ordered exchange, whose partitions keep each key in order.
+        const exchange =
+          options?.orderingKey === undefined ? this.exchange : orderedExchangeName(this.exchange);
+        return send({ exchange, routingKey: type }, type, payload, options);
+      },
       dispatch: (type, payload) => this.dispatch(scope, trx, envelope, type, payload),
       onCommit: (fn) => {
         scope.commitHooks.push(fn);

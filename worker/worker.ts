@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import pLimit from 'p-limit';
 import { ResilientAmqpConnection } from '../shared/amqp.js';
 import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/db/knex.js';
 import { assertMigrated } from '../shared/db/migrate.js';
@@ -11,6 +12,7 @@ import { appTopology } from '../shared/topology.js';
 import { Consumer } from './consumer.js';
 import { MessageProcessor } from './message-processor.js';
 import { type ResolvedWorkerOptions, resolveWorkerOptions, type WorkerOptions } from './options.js';
+import { OrderedConsumer } from './ordered-consumer.js';
 import { RetryQueues } from './retry-queues.js';
 import { type SagaRunner, startSagaRunner } from './saga/runner.js';
 
@@ -27,6 +29,8 @@ export class Worker {
     private readonly ownsKnex: boolean,
     private readonly amqp: ResilientAmqpConnection,
     private readonly consumer: Consumer,
+    /** The partition queues of keyed messages; undefined with orderedPartitions 0. */
+    private readonly orderedConsumer: OrderedConsumer | undefined,
     private readonly sagaRunner: SagaRunner | undefined,
     private readonly housekeeping: { stop(): Promise<void> },
     /** Aborted once the grace time is over: outage backoffs stop waiting. */
@@ -92,20 +96,28 @@ export class Worker {
         log,
         signal: abort.signal,
       });
-      const consumer = new Consumer(
-        amqp,
-        {
-          topology: appTopology(app, config.exchange, options.queue, {
-            type: queueType,
-            explicit: options.queueType !== undefined,
-          }),
-          concurrency: options.concurrency,
-          prefetch: options.prefetch,
-        },
-        processor,
-        log,
-      );
+      // Both consumers share the handler slots (and so the pool): `concurrency` bounds them together.
+      const consumerOptions = {
+        topology: appTopology(app, config.exchange, options.queue, {
+          type: queueType,
+          explicit: options.queueType !== undefined,
+        }),
+        concurrency: options.concurrency,
+        prefetch: options.prefetch,
+        limit: pLimit(options.concurrency),
+      };
+      const consumer = new Consumer(amqp, consumerOptions, processor, log);
+      const orderedConsumer =
+        options.orderedPartitions > 0 && app.handlers.size > 0
+          ? new OrderedConsumer(
+              amqp,
+              { ...consumerOptions, partitions: options.orderedPartitions, amqpUrl: config.amqpUrl },
+              processor,
+              log,
+            )
+          : undefined;
       if (app.handlers.size > 0) await consumer.start();
+      await orderedConsumer?.start();
       const housekeeping = startHousekeeping(knex, {
         intervalMs: options.housekeepingIntervalMs,
         dedupWindowMs: options.dedupWindowMs,
@@ -118,6 +130,7 @@ export class Worker {
         !options.knex,
         amqp,
         consumer,
+        orderedConsumer,
         sagaRunner,
         housekeeping,
         abort,
@@ -142,7 +155,8 @@ export class Worker {
   async health(): Promise<Record<string, boolean>> {
     const database = await databaseHealthy(this.knex);
     const result: Record<string, boolean> = { postgres: database, rabbitmq: this.amqp.connected };
-    if (this.hasHandlers) result.consuming = this.consumer.consuming;
+    if (this.hasHandlers)
+      result.consuming = this.consumer.consuming && (this.orderedConsumer?.consuming ?? true);
     if (this.sagaRunner) result.redis = await this.sagaRunner.healthy();
     return result;
   }
@@ -156,7 +170,9 @@ export class Worker {
     return {
       knex: this.knex,
       workQueue: async () => {
-        const unacked = this.hasHandlers ? this.consumer.unsettled : 0;
+        const unacked = this.hasHandlers
+          ? this.consumer.unsettled + (this.orderedConsumer?.unsettled ?? 0)
+          : 0;
         const connection = this.amqp.current;
         if (!connection || !this.hasHandlers) return { queue, ready: undefined, unacked };
         const channel = await connection.createChannel();
@@ -172,8 +188,9 @@ export class Worker {
 
   /** What `/healthz` reports as wrong beyond unreachable dependencies. */
   problems(): string[] {
-    const why = this.hasHandlers ? this.consumer.notConsumingBecause : undefined;
-    return why ? [why] : [];
+    if (!this.hasHandlers) return [];
+    const why = [this.consumer.notConsumingBecause, this.orderedConsumer?.notConsumingBecause];
+    return why.filter((w): w is string => w !== undefined);
   }
 
   private get hasHandlers(): boolean {
@@ -191,8 +208,9 @@ export class Worker {
       const started = Date.now();
       // Messages and saga steps stop together: no new step starts while the consumer drains (a step
       // committing now, or a handler starting a saga, leaves its next steps to the relay).
-      const [drained] = await Promise.all([
+      const [drained, orderedDrained] = await Promise.all([
         this.consumer.stop(graceMs),
+        this.orderedConsumer?.stop(graceMs) ?? true,
         settledWithin(this.housekeeping.stop(), graceMs),
         this.sagaRunner?.stop(graceMs),
       ]);
@@ -201,8 +219,8 @@ export class Worker {
       await settledWithin(this.amqp.close(), closeMs);
       await this.heartbeat?.stop();
       if (this.ownsKnex) await settledWithin(this.knex.destroy(), closeMs);
-      log.info({ drained, ms: Date.now() - started }, 'worker stopped');
-      return drained;
+      log.info({ drained: drained && orderedDrained, ms: Date.now() - started }, 'worker stopped');
+      return drained && orderedDrained;
     })();
     return this.stopped;
   }

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_DATA_FILE_BYTES } from '../../cli/parse.js';
 import { createProgram, reportError } from '../../cli/program.js';
 import { deadLetterReasons, storeDeadLetter } from '../../shared/dead-letters.js';
+import { orderedExchangeName, orderingKeyProblem } from '../../shared/ordering.js';
 import { insertSaga, sagaStatuses } from '../../shared/saga/store.js';
 import { cliEnv, dwBin } from '../support/cli.js';
 import { createTestEnv, type TestEnv, urls } from '../support/services.js';
@@ -154,10 +155,17 @@ const specs = (): Spec[] => [
     positionals: fc
       .oneof(hostile, fc.constantFrom(routedType, 'NotRouted', 'a'.repeat(255), 'a'.repeat(256)))
       .map((t) => [t]),
-    options: { '--data': json(), '--id': hostile, '--correlation-id': hostile, '--count': count },
+    options: {
+      '--data': json(),
+      '--id': hostile,
+      '--correlation-id': hostile,
+      '--count': count,
+      '--key': hostile,
+    },
     flags: ['--json'],
     valid: ({ positionals: [type], options: o }) =>
       type === routedType &&
+      (o['--key'] === undefined || orderingKeyProblem(o['--key']) === null) &&
       jsonValid(o['--data']) &&
       messageIdValid(o['--id']) &&
       messageIdValid(o['--correlation-id']) &&
@@ -264,6 +272,7 @@ const specs = (): Spec[] => [
       '--app': hostile,
       '--concurrency': count,
       '--prefetch': count,
+      '--ordered-partitions': count,
       '--saga-concurrency': count,
       '--shutdown-grace': count,
     },
@@ -272,6 +281,7 @@ const specs = (): Spec[] => [
     neverStart: fc.oneof(
       invalidNumber(1, 1000).map((v) => `--concurrency=${v}`),
       invalidNumber(1, 65535).map((v) => `--prefetch=${v}`),
+      invalidNumber(0, 256).map((v) => `--ordered-partitions=${v}`),
       invalidNumber(0, Number.MAX_SAFE_INTEGER).map((v) => `--shutdown-grace=${v}`),
     ),
   },
@@ -442,6 +452,13 @@ beforeAll(async () => {
   await channel.assertExchange(env.config.exchange, 'topic', { durable: true });
   await channel.assertQueue(`${env.config.exchange}.test`, { durable: false });
   await channel.bindQueue(`${env.config.exchange}.test`, env.config.exchange, routedType);
+  // `dw publish Routed --key K` goes to the ordered exchange: routed there too.
+  await channel.assertExchange(orderedExchangeName(env.config.exchange), 'topic', { durable: true });
+  await channel.bindQueue(
+    `${env.config.exchange}.test`,
+    orderedExchangeName(env.config.exchange),
+    routedType,
+  );
   await connection.close();
 });
 

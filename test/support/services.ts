@@ -6,7 +6,8 @@ import { deleteRedisKeys } from '../../bench/env.js';
 import type { Config } from '../../shared/config.js';
 import { createKnex } from '../../shared/db/knex.js';
 import { ensureDatabase, type Migration, migrate } from '../../shared/db/migrate.js';
-import { retryQueueName, workQueueName } from '../../shared/defaults.js';
+import { retryQueueName, workerDefaults, workQueueName } from '../../shared/defaults.js';
+import { orderedExchangeName, orderedHashExchangeName, partitionQueueName } from '../../shared/ordering.js';
 import { deliveryLimitQueueName } from '../../shared/queue-type.js';
 
 export const urls = {
@@ -79,6 +80,7 @@ export async function deleteAmqpTopology(exchange: string, queues: readonly stri
       names.add(queue);
       names.add(deliveryLimitQueueName(queue));
       for (const tier of [1, 10, 50, 100, 200, 1000, 2000, 4000]) names.add(retryQueueName(queue, tier));
+      for (let i = 0; i < workerDefaults.orderedPartitions; i++) names.add(partitionQueueName(queue, i));
     }
     for (const name of names) {
       const channel = await connection.createChannel();
@@ -86,10 +88,16 @@ export async function deleteAmqpTopology(exchange: string, queues: readonly stri
       await channel.deleteQueue(name).catch(() => {});
       await channel.close().catch(() => {});
     }
-    const channel = await connection.createChannel();
-    channel.on('error', () => {});
-    await channel.deleteExchange(exchange).catch(() => {});
-    await channel.close().catch(() => {});
+    const exchanges = [exchange, orderedExchangeName(exchange)];
+    for (const queue of [...names].filter((n) => !n.includes('.retry.') && !n.includes('.ordered.'))) {
+      exchanges.push(orderedHashExchangeName(queue));
+    }
+    for (const name of exchanges) {
+      const channel = await connection.createChannel();
+      channel.on('error', () => {});
+      await channel.deleteExchange(name).catch(() => {});
+      await channel.close().catch(() => {});
+    }
   } finally {
     await connection.close();
   }

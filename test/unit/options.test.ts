@@ -195,6 +195,7 @@ describe('@defaultValue docs', () => {
     const docs = documented('../../worker/options.ts');
     for (const key of [
       'concurrency',
+      'orderedPartitions',
       'maxMessageBytes',
       'maxDeliveries',
       'shutdownGraceMs',
