@@ -1,5 +1,6 @@
+import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import amqp from 'amqplib';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { workerDefaults, workQueueName } from '../../shared/defaults.js';
 import { OrderingPluginMissingError } from '../../shared/errors.js';
@@ -27,18 +28,27 @@ let workerEnv: NodeJS.ProcessEnv;
 const workers: DwChild[] = [];
 let relay: DwChild | undefined;
 
-async function consumers(queue: string): Promise<number> {
-  const connection = await amqp.connect(urls.amqp);
-  try {
-    const channel = await connection.createChannel();
-    channel.on('error', () => {});
-    return (await channel.checkQueue(queue)).consumerCount;
-  } catch {
-    return 0;
-  } finally {
-    await connection.close().catch(() => {});
+/**
+ * Consumers of each queue as the broker lists them. Not `checkQueue`: on a quorum queue with single
+ * active consumer its consumer count is the active one only.
+ */
+async function consumers(): Promise<Map<string, number>> {
+  const { stdout } = await run('rabbitmqctl', [
+    '-q',
+    'list_queues',
+    'name',
+    'consumers',
+    '--no-table-headers',
+  ]);
+  const counts = new Map<string, number>();
+  for (const line of stdout.split('\n')) {
+    const [name, n] = line.trim().split(/\s+/);
+    if (name && n) counts.set(name, Number(n));
   }
+  return counts;
 }
+
+const run = promisify(execFile);
 
 const seen = (): Promise<SeenRow[]> => env.knex<SeenRow>('ordered_seen').orderBy('id');
 
@@ -59,12 +69,17 @@ beforeAll(async () => {
   relay = startDw(['relay'], workerEnv);
   const queue = workQueueName(env.config.exchange, 'test');
   // Every worker consumes every partition (one of them active per partition) and the work queue.
-  await waitUntil(async () => {
-    for (let i = 0; i < workerDefaults.orderedPartitions; i++) {
-      if ((await consumers(partitionQueueName(queue, i))) < 3) return false;
-    }
-    return (await consumers(queue)) === 3;
-  }, 'three workers consuming every partition');
+  await waitUntil(
+    async () => {
+      const counts = await consumers();
+      for (let i = 0; i < workerDefaults.orderedPartitions; i++) {
+        if ((counts.get(partitionQueueName(queue, i)) ?? 0) < 3) return false;
+      }
+      return counts.get(queue) === 3;
+    },
+    'three workers consuming every partition',
+    { timeoutMs: 60_000, intervalMs: 250 },
+  );
 }, 120_000);
 
 afterAll(async () => {

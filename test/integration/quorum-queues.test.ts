@@ -9,6 +9,7 @@ import { queueDefaults, retryQueueName, workerDefaults, workQueueName } from '..
 import { readIncoming } from '../../shared/envelope.js';
 import { QueueTypeMismatchError } from '../../shared/errors.js';
 import { silentLogger } from '../../shared/logger.js';
+import { partitionQueueName } from '../../shared/ordering.js';
 import {
   consumedQueueOptions,
   declareConsumedQueue,
@@ -288,7 +289,12 @@ describe('a queue of the other type', () => {
   it('an existing classic queue is kept when no type is asked for, and refused when quorum is', async () => {
     const name = queue();
     const exampleQueue = `${env.config.exchange}.example`;
-    await deleteQueues(name, exampleQueue);
+    // Partition queues of keyed messages follow the work queue's type when they are created: the
+    // earlier tests left them quorum.
+    const partitions = [name, exampleQueue].flatMap((q) =>
+      Array.from({ length: workerDefaults.orderedPartitions }, (_, i) => partitionQueueName(q, i)),
+    );
+    await deleteQueues(name, exampleQueue, ...partitions, ...partitions.map(deliveryLimitQueueName));
     // As an installation made before quorum queues were the default declared them.
     for (const classic of [name, exampleQueue]) {
       await onChannel((channel) => channel.assertQueue(classic, { durable: true }));
