@@ -20,8 +20,17 @@ export interface WorkerOptions {
    */
   concurrency?: number;
   /**
+   * Deliveries at hand (prefetched) handled together in one transaction: one inbox insert, each
+   * message's handlers in order, one outbox insert, one commit, then the acks; 1 to 1000. A batch
+   * never waits to fill (at light load it is one message). If a handler throws, the batch rolls back
+   * and its messages are handled one by one, so only the failing one is retried or dead-lettered.
+   * Redeliveries and invalid messages are always handled one by one. 1 turns batching off.
+   * @defaultValue 10
+   */
+  batchSize?: number;
+  /**
    * Unacknowledged messages RabbitMQ may push ahead of the handlers; 1 to 65535.
-   * @defaultValue 2 × concurrency (at most 65535)
+   * @defaultValue 2 × concurrency × batchSize (at most 65535)
    */
   prefetch?: number;
   /**
@@ -101,12 +110,16 @@ export type ResolvedWorkerOptions = Required<Omit<WorkerOptions, 'knex'>> & { kn
 export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOptions {
   const concurrency = countOption('concurrency', options.concurrency, d.concurrency);
   const sagaConcurrency = countOption('sagaConcurrency', options.sagaConcurrency, d.sagaConcurrency);
+  const batchSize = countOption('batchSize', options.batchSize, d.batchSize, { max: d.maxBatchSize });
   const timer = { timer: true };
   return {
     app: options.app,
     config: options.config,
     concurrency,
-    prefetch: countOption('prefetch', options.prefetch, defaultPrefetch(concurrency), { max: d.maxPrefetch }),
+    batchSize,
+    prefetch: countOption('prefetch', options.prefetch, defaultPrefetch(concurrency, batchSize), {
+      max: d.maxPrefetch,
+    }),
     queue: queueOption(options.queue, workQueueName(options.config.exchange, options.app.name)),
     maxMessageBytes: countOption('maxMessageBytes', options.maxMessageBytes, d.maxMessageBytes),
     maxDeliveries: countOption('maxDeliveries', options.maxDeliveries, d.maxDeliveries),

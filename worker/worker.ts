@@ -82,6 +82,7 @@ export class Worker {
           topology: appTopology(app, config.exchange, options.queue),
           concurrency: options.concurrency,
           prefetch: options.prefetch,
+          batchSize: options.batchSize,
         },
         processor,
         log,
@@ -104,7 +105,15 @@ export class Worker {
         abort,
       );
       worker.heartbeat = startHeartbeat(knex, 'worker');
-      log.info({ app: app.name, queue: options.queue, concurrency: options.concurrency }, 'worker started');
+      log.info(
+        {
+          app: app.name,
+          queue: options.queue,
+          concurrency: options.concurrency,
+          batchSize: options.batchSize,
+        },
+        'worker started',
+      );
       return worker;
     } catch (error) {
       for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
