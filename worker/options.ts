@@ -29,7 +29,9 @@ export interface WorkerOptions {
    */
   batchSize?: number;
   /**
-   * Unacknowledged messages RabbitMQ may push ahead of the handlers; 1 to 65535.
+   * Unacknowledged messages RabbitMQ may push ahead of the handlers; 1 to 65535. The default keeps
+   * a whole batch at hand for every handler slot when its current one ends; each of these messages
+   * is held in memory, so lower it (or batchSize) for large bodies or many workers on one queue.
    * @defaultValue 2 × concurrency × batchSize (at most 65535)
    */
   prefetch?: number;
