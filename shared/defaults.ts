@@ -18,7 +18,7 @@ export const workerDefaults = {
    * Deliveries at hand handled in one transaction (one inbox insert, one outbox insert, one commit);
    * a batch never waits to fill, so at light load it is one message.
    */
-  batchSize: 10,
+  batchSize: 20,
   /** The largest batchSize: its inbox insert binds 2 values per message, its outbox 9 per row. */
   maxBatchSize: 1000,
   /**

@@ -25,7 +25,7 @@ export interface WorkerOptions {
    * never waits to fill (at light load it is one message). If a handler throws, the batch rolls back
    * and its messages are handled one by one, so only the failing one is retried or dead-lettered.
    * Redeliveries and invalid messages are always handled one by one. 1 turns batching off.
-   * @defaultValue 10
+   * @defaultValue 20
    */
   batchSize?: number;
   /**
