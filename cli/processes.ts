@@ -25,10 +25,18 @@ export function registerProcesses(program: Command): void {
       ),
     )
     .addOption(
-      // No fixed default: it follows --concurrency.
+      numberOption(
+        '--batch-size <n>',
+        'deliveries at hand handled in one transaction (1: one by one)',
+        integer(1, workerDefaults.maxBatchSize),
+        workerDefaults.batchSize,
+      ),
+    )
+    .addOption(
+      // No fixed default: it follows --concurrency and --batch-size.
       new Option(
         '--prefetch <n>',
-        `unacked messages RabbitMQ may push ahead (default: ${workerDefaults.prefetchPerConcurrency} x concurrency)`,
+        `unacked messages RabbitMQ may push ahead (default: ${workerDefaults.prefetchPerConcurrency} x concurrency x batch size)`,
       ).argParser(integer(1, workerDefaults.maxPrefetch)),
     )
     .addOption(
@@ -68,6 +76,7 @@ export function registerProcesses(program: Command): void {
         app?: string;
         queueType?: QueueType;
         concurrency?: number;
+        batchSize?: number;
         prefetch?: number;
         orderedPartitions?: number;
         sagaConcurrency?: number;
@@ -77,6 +86,7 @@ export function registerProcesses(program: Command): void {
         await runWorkerProcess(config(), {
           app: opts.app,
           concurrency: opts.concurrency,
+          batchSize: opts.batchSize,
           prefetch: opts.prefetch,
           orderedPartitions: opts.orderedPartitions,
           sagaConcurrency: opts.sagaConcurrency,

@@ -18,6 +18,7 @@ const points = new Map(
 
 export type CrashPoint =
   | 'worker:after-commit-before-ack'
+  | 'worker:batch-after-commit-before-ack'
   | 'worker:after-dead-letter-before-ack'
   | 'relay:after-add-before-mark'
   | 'relay:after-add-before-seq'

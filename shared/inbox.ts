@@ -17,6 +17,26 @@ export async function insertInboxRow(
   return rows.length > 0;
 }
 
+/**
+ * Records that `consumer` processed each of `messageIds` (distinct), in the transaction of their
+ * batch, with one statement. Returns the ids inserted; the others were there already (duplicates).
+ */
+export async function insertInboxRows(
+  trx: Knex.Transaction,
+  consumer: string,
+  messageIds: readonly string[],
+): Promise<Set<string>> {
+  // One array binding whatever the batch size; sorted, so two batches sharing ids lock their inbox
+  // rows in the same order and wait for each other instead of deadlocking.
+  const { rows } = await trx.raw<{ rows: Array<{ message_id: string }> }>(
+    `insert into dw_inbox (consumer, message_id)
+     select ?, id from unnest(?::text[]) as t(id) order by id
+     on conflict do nothing returning message_id`,
+    [consumer, [...messageIds]],
+  );
+  return new Set(rows.map((r) => r.message_id));
+}
+
 export async function inboxHas(knex: Knex, consumer: string, messageId: string): Promise<boolean> {
   const row = await knex('dw_inbox').where({ consumer, message_id: messageId }).first('message_id');
   return row !== undefined;

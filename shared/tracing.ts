@@ -119,6 +119,26 @@ export function inSpan<T>(
   });
 }
 
+/**
+ * Starts a span (child of `parent`) that the caller ends, with the context to run its work in
+ * (see inContext): for work of several messages interleaved in one task, each under its own span.
+ * Undefined without tracing.
+ */
+export function openSpan(
+  name: string,
+  options: { kind?: SpanKind; attributes?: Attributes; parent?: Context },
+): { span: Span; context: Context } | undefined {
+  if (!tracingOn()) return undefined;
+  const parent = options.parent ?? context.active();
+  const span = tracer.startSpan(name, { kind: options.kind, attributes: options.attributes }, parent);
+  return { span, context: trace.setSpan(parent, span) };
+}
+
+/** Runs `fn` with `ctx` active (a context from openSpan), or just runs it when there is none. */
+export function inContext<T>(ctx: Context | undefined, fn: () => T): T {
+  return ctx ? context.with(ctx, fn) : fn();
+}
+
 /** Records `error` on `span` and marks it failed. */
 export function failSpan(span: Span, error: unknown, message?: string): void {
   if (error instanceof Error) span.recordException(error);

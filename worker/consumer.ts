@@ -10,18 +10,34 @@ import { messagesTotal } from '../shared/metrics.js';
 import { noteUnorderedKey } from '../shared/ordering.js';
 import { sleep } from '../shared/time.js';
 import { declareTopology, type Topology } from '../shared/topology.js';
-import { Attr, extractContext, inSpan, SpanKind, SpanStatusCode, tracingOn } from '../shared/tracing.js';
-import type { MessageProcessor } from './message-processor.js';
+import {
+  Attr,
+  extractContext,
+  inSpan,
+  openSpan,
+  SpanKind,
+  SpanStatusCode,
+  tracingOn,
+} from '../shared/tracing.js';
+import type { MessageProcessor, Outcome } from './message-processor.js';
 
 export interface ConsumerOptions {
   topology: Topology;
   concurrency: number;
   prefetch: number;
+  /** Deliveries at hand taken together by a free handler slot (one transaction); 1: one by one. */
+  batchSize: number;
   /** Shared with another consumer of the same worker (the ordered one): `concurrency` is then unused. */
   limit?: LimitFunction;
 }
 
 export type LimitFunction = ReturnType<typeof pLimit>;
+
+/** A delivery not settled yet, with the channel it must be settled on. */
+interface Delivery {
+  channel: Channel;
+  msg: ConsumeMessage;
+}
 
 /** One channel the consumer opened, with what happened to it. */
 export interface Subscription {
@@ -58,6 +74,10 @@ export class Consumer {
   /** Aborted at stop: a recovery backoff ends at once. */
   protected readonly stopped = new AbortController();
   protected readonly inFlight = new Set<Promise<void>>();
+  /** Deliveries received and not taken by a handler slot yet (batching only), oldest first. */
+  private readonly ready: Delivery[] = [];
+  /** Deliveries received and not settled yet. */
+  private held = 0;
   protected readonly limit: LimitFunction;
 
   constructor(
@@ -71,7 +91,7 @@ export class Consumer {
 
   /** Deliveries this consumer holds and has not settled yet (its unacked messages). */
   get unsettled(): number {
-    return this.inFlight.size;
+    return this.held;
   }
 
   get consuming(): boolean {
@@ -109,7 +129,10 @@ export class Consumer {
     if (this.stopping) return;
     await this.subscribeOnce(connection);
     if (this.current)
-      this.log.info({ ...this.options.topology, prefetch: this.options.prefetch }, 'consuming');
+      this.log.info(
+        { ...this.options.topology, prefetch: this.options.prefetch, batchSize: this.options.batchSize },
+        'consuming',
+      );
   }
 
   /** subscribe, unless another one is in flight or done for this connection. */
@@ -241,11 +264,74 @@ export class Consumer {
       await sleep(1000);
       outcome = 'requeue';
     }
-    settle(channel, msg, outcome);
-    if (span) {
-      span.setAttribute(Attr.outcome, outcome);
-      if (outcome === 'dead-lettered') span.setStatus({ code: SpanStatusCode.ERROR, message: outcome });
+    this.settle({ channel, msg }, outcome);
+    if (span) outcomeOnSpan(span, outcome);
+  }
+
+  /**
+   * Up to batchSize deliveries at hand through the processor's batch path. Each delivery keeps its
+   * own consumer span (the batch size as an attribute) and is settled as soon as its outcome is known.
+   */
+  private async handleBatch(batch: readonly Delivery[]): Promise<void> {
+    const { queue } = this.options.topology;
+    const spans = batch.map(({ msg }) => {
+      const options = this.spanOptions(msg);
+      return openSpan(`process ${queue}`, {
+        ...options,
+        attributes: { ...options.attributes, [Attr.batchSize]: batch.length },
+      });
+    });
+    const done = batch.map(() => false);
+    const finish = (index: number, outcome: Outcome) => {
+      if (done[index]) return;
+      done[index] = true;
+      this.settle(batch[index]!, outcome);
+      const span = spans[index]?.span;
+      if (span) {
+        outcomeOnSpan(span, outcome);
+        span.end();
+      }
+    };
+    try {
+      const items = batch.map(({ msg }, i) => ({ incoming: readIncoming(msg), context: spans[i]?.context }));
+      await this.processor.processBatch(items, finish);
+    } catch (error) {
+      // A bug or an unexpected failure outside the handlers: never lose a message, never spin.
+      this.log.error(
+        { err: error, messageIds: batch.map(({ msg }) => msg.properties.messageId) },
+        'unexpected failure while processing a batch; its unsettled messages will be redelivered',
+      );
+      const left = done.filter((d) => !d).length;
+      messagesTotal.inc({ outcome: 'requeue' }, left);
+      await sleep(1000);
     }
+    for (const index of batch.keys()) finish(index, 'requeue');
+  }
+
+  /** A free handler slot takes up to batchSize deliveries at hand (none when other slots took them). */
+  private async takeReady(): Promise<void> {
+    const batch = this.ready.splice(0, this.options.batchSize);
+    if (this.stopping) {
+      for (const delivery of batch) this.settle(delivery, 'requeue');
+      return;
+    }
+    if (batch.length === 1) return this.handleOne(batch[0]!);
+    if (batch.length > 1) await this.handleBatch(batch);
+  }
+
+  /** One delivery, one transaction: the path of batchSize 1 and of a batch of one. */
+  private async handleOne({ channel, msg }: Delivery): Promise<void> {
+    // One consumer span per delivery (validation, the transaction and the ack); nothing extra
+    // per message when tracing is off.
+    if (!tracingOn()) return this.handle(channel, msg);
+    await inSpan(`process ${this.options.topology.queue}`, this.spanOptions(msg), (span) =>
+      this.handle(channel, msg, span),
+    );
+  }
+
+  private settle(delivery: Delivery, outcome: string): void {
+    this.held--;
+    settle(delivery.channel, delivery.msg, outcome);
   }
 
   /** The consumer span of a delivery: a child of the message's traceparent (none starts a trace). */
@@ -266,23 +352,32 @@ export class Consumer {
     return { kind: SpanKind.CONSUMER, attributes, parent: extractContext(props.headers, ROOT_CONTEXT) };
   }
 
+  /**
+   * Batching: each delivery joins the ready list and queues one slot task; whichever task runs
+   * first takes up to batchSize deliveries at hand, so a batch is whatever arrived while every slot
+   * was busy, and never waits to fill (at light load it is one message).
+   */
   protected onDelivery(channel: Channel, msg: ConsumeMessage): void {
     noteUnorderedKey(msg, this.log);
-    const work = this.limit(async () => {
-      if (this.stopping) {
-        settle(channel, msg, 'requeue');
-        return;
-      }
-      // One consumer span per delivery (validation, the transaction and the ack); nothing extra
-      // per message when tracing is off.
-      if (!tracingOn()) return this.handle(channel, msg);
-      await inSpan(`process ${this.options.topology.queue}`, this.spanOptions(msg), (span) =>
-        this.handle(channel, msg, span),
-      );
-    });
+    this.held++;
+    let work: Promise<void>;
+    if (this.options.batchSize > 1) {
+      this.ready.push({ channel, msg });
+      work = this.limit(() => this.takeReady());
+    } else {
+      work = this.limit(async () => {
+        if (this.stopping) this.settle({ channel, msg }, 'requeue');
+        else await this.handleOne({ channel, msg });
+      });
+    }
     const tracked: Promise<void> = work.finally(() => this.inFlight.delete(tracked));
     this.inFlight.add(tracked);
   }
+}
+
+function outcomeOnSpan(span: Span, outcome: string): void {
+  span.setAttribute(Attr.outcome, outcome);
+  if (outcome === 'dead-lettered') span.setStatus({ code: SpanStatusCode.ERROR, message: outcome });
 }
 
 function settle(channel: Channel, msg: ConsumeMessage, outcome: string): void {

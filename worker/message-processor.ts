@@ -1,3 +1,4 @@
+import type { Context } from '@opentelemetry/api';
 import type { Knex } from 'knex';
 import type { z } from 'zod';
 import type { App } from '../shared/app.js';
@@ -19,6 +20,7 @@ import {
   forgetDeliveries,
   inboxHas,
   insertInboxRow,
+  insertInboxRows,
   startDelivery,
 } from '../shared/inbox.js';
 import type { Logger } from '../shared/logger.js';
@@ -33,7 +35,7 @@ import { insertOutboxMessages, type OutboxMessage } from '../shared/outbox.js';
 import type { QueueType } from '../shared/queue-type.js';
 import { decideRetry, type RetryDecision } from '../shared/retry-policy.js';
 import { sleep } from '../shared/time.js';
-import { spanEvent } from '../shared/tracing.js';
+import { inContext, spanEvent } from '../shared/tracing.js';
 import type { RetryQueues } from './retry-queues.js';
 import type { EagerSteps } from './saga/eager.js';
 import { UnitOfWork } from './unit-of-work.js';
@@ -64,6 +66,22 @@ export interface ProcessorDeps {
   log: Logger;
   /** Aborted on shutdown: outage backoffs stop waiting and the message is requeued. */
   signal: AbortSignal;
+}
+
+/** One delivery of a batch, with the trace context its work runs in (its consumer span). */
+export interface BatchItem {
+  incoming: IncomingMessage;
+  context?: Context;
+}
+
+/** A first delivery that validated: it runs in the batch's transaction. */
+interface BatchMember {
+  index: number;
+  incoming: IncomingMessage;
+  context: Context | undefined;
+  envelope: Envelope;
+  payloads: unknown[];
+  log: Logger;
 }
 
 class DeadLetter {
@@ -124,16 +142,127 @@ export class MessageProcessor {
       outcome = await this.afterUnexpectedFailure(incoming, error);
     }
     if (delivery.recorded) await this.finishRecordedDelivery(incoming.id, outcome);
-    messagesTotal.inc({ outcome });
-    if (outcome === 'handled') {
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      handlerSeconds.observe(seconds);
-      // Handled: the type is one of the app's, so the label stays bounded.
-      const type = incoming.type ?? '';
-      messageProcessingSeconds.observe({ type }, seconds);
-      messageCriticalSeconds.observe({ type }, Math.max(0, Date.now() - incoming.timestamp.getTime()) / 1000);
-    }
+    record(incoming, outcome, started);
     return outcome;
+  }
+
+  /**
+   * Handles deliveries at hand together; `settled` gets each item's outcome as soon as it is known.
+   * The first deliveries that validate run in one transaction: one inbox insert telling the
+   * duplicates apart, each message's handlers in order (each with its own UnitOfWork), one outbox
+   * insert, one commit, then the eager saga steps and onCommit hooks. Redeliveries (they need the
+   * redelivery verdict) and invalid messages take the one-by-one path. If a handler throws, or the
+   * transaction fails for any other reason than a database outage, the batch rolls back and its
+   * messages are handled one by one, so only the failing one is retried or dead-lettered and each
+   * keeps every guarantee of that path; the batch's run is not counted as an attempt. An outage is
+   * waited out and the batch runs again; on shutdown its messages are requeued.
+   */
+  async processBatch(
+    items: readonly BatchItem[],
+    settled: (index: number, outcome: Outcome) => void,
+  ): Promise<void> {
+    const members: BatchMember[] = [];
+    /** Items the one-by-one path handles: invalid (dead-lettered there) or redelivered. */
+    const alone: number[] = [];
+    /** A message id twice in the batch: its later copies are duplicates once the batch commits. */
+    const repeats: number[] = [];
+    const ids = new Set<string>();
+    for (const [index, { incoming, context }] of items.entries()) {
+      const validated = incoming.redelivered ? undefined : this.validate(incoming);
+      if (!validated || validated instanceof DeadLetter) alone.push(index);
+      else if (ids.has(incoming.id)) repeats.push(index);
+      else {
+        ids.add(incoming.id);
+        const log = this.deps.log.child({ messageId: incoming.id, type: incoming.type });
+        const envelope = envelopeOf(incoming, validated.type);
+        members.push({ index, incoming, context, envelope, payloads: validated.payloads, log });
+      }
+    }
+    const oneByOne = async (index: number) => {
+      const item = items[index]!;
+      settled(index, await inContext(item.context, () => this.process(item.incoming)));
+    };
+    if (members.length <= 1) {
+      for (const index of items.keys()) await oneByOne(index);
+      return;
+    }
+    const started = process.hrtime.bigint();
+    const result = await this.whileDatabaseDown(() => this.runBatch(members), this.deps.log);
+    if (result === 'requeue') {
+      for (const index of [...members.map((m) => m.index), ...repeats]) {
+        record(items[index]!.incoming, 'requeue', started);
+        settled(index, 'requeue');
+      }
+    } else if ('error' in result) {
+      const failing = result.failing;
+      (failing?.log ?? this.deps.log).info(
+        { err: result.error, batch: members.length },
+        failing
+          ? 'handler failed in a batch; the batch rolled back and its messages are handled one by one'
+          : 'batch transaction failed; its messages are handled one by one',
+      );
+      const fallback = [...members.map((m) => m.index), ...repeats].sort((a, b) => a - b);
+      for (const index of fallback) await oneByOne(index);
+    } else {
+      crashPoint('worker:batch-after-commit-before-ack');
+      for (const member of members) {
+        const outcome: Outcome = result.fresh.has(member.incoming.id) ? 'handled' : 'duplicate';
+        if (outcome === 'handled') crashPoint('worker:after-commit-before-ack');
+        else member.log.debug('duplicate message: already processed, no effect');
+        this.unexpectedFailures.delete(member.incoming.id);
+        record(member.incoming, outcome, started);
+        settled(member.index, outcome);
+      }
+      for (const index of repeats) {
+        record(items[index]!.incoming, 'duplicate', started);
+        settled(index, 'duplicate');
+      }
+    }
+    for (const index of alone) await oneByOne(index);
+  }
+
+  /**
+   * The batch's transaction. Returns the ids it recorded in the inbox (the others were handled
+   * before), or the application failure that rolled it back with the member whose handler threw;
+   * database outages and transient failures are thrown (whileDatabaseDown runs the batch again).
+   */
+  private async runBatch(
+    members: readonly BatchMember[],
+  ): Promise<{ fresh: Set<string> } | { error: unknown; failing: BatchMember | undefined }> {
+    const { knex, app, exchange, queue, eagerSagaSteps } = this.deps;
+    const works = members.map((m) => new UnitOfWork(app, exchange, m.log));
+    let failing: BatchMember | undefined;
+    let written: readonly OutboxMessage[] = [];
+    let fresh: Set<string>;
+    try {
+      fresh = await knex.transaction(async (trx) => {
+        const inserted = await insertInboxRows(
+          trx,
+          queue,
+          members.map((m) => m.incoming.id),
+        );
+        const outbox: OutboxMessage[] = [];
+        for (const [i, member] of members.entries()) {
+          if (!inserted.has(member.incoming.id)) continue;
+          failing = member;
+          await inContext(member.context, () => works[i]!.runHandlers(trx, member.envelope, member.payloads));
+          for (const message of works[i]!.outbox) outbox.push(message);
+        }
+        failing = undefined;
+        written = eagerSagaSteps ? eagerSagaSteps.lease(outbox) : outbox;
+        await insertOutboxMessages(trx, written);
+        return inserted;
+      });
+    } catch (error) {
+      for (const work of works) await work.afterRollback(error);
+      if ((await classifyFailure(knex, error)) !== 'application') throw error;
+      return { error, failing };
+    }
+    eagerSagaSteps?.run(written);
+    for (const [i, member] of members.entries()) {
+      if (fresh.has(member.incoming.id)) await inContext(member.context, () => works[i]!.afterCommit());
+    }
+    return { fresh };
   }
 
   /**
@@ -212,16 +341,7 @@ export class MessageProcessor {
     }
 
     const policy = this.deps.app.retryPolicyFor(validated.type);
-    const envelope: Envelope = {
-      id: incoming.id,
-      type: validated.type,
-      correlationId: incoming.correlationId,
-      causationId: incoming.causationId,
-      traceparent: incoming.traceparent,
-      attempt: incoming.attempt,
-      timestamp: incoming.timestamp,
-      headers: incoming.headers,
-    };
+    const envelope = envelopeOf(incoming, validated.type);
     // When the first attempt failed: kept across retries for the dead-letter entry.
     let firstFailedAt = stringOrUndefined(incoming.headers[Headers.firstFailedAt]);
     for (;;) {
@@ -553,6 +673,31 @@ function deliveryCountVerdict(incoming: IncomingMessage, maxDeliveries: number):
   const died = Number.isSafeInteger(count) ? count - 1 : 0;
   if (died < maxDeliveries) return 'ok';
   return new DeadLetter('handler-failed', toErrorInfo(new PoisonMessageError(died, maxDeliveries)));
+}
+
+/** Per-message metrics, whichever path handled the message. */
+function record(incoming: IncomingMessage, outcome: Outcome, started: bigint): void {
+  messagesTotal.inc({ outcome });
+  if (outcome !== 'handled') return;
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  handlerSeconds.observe(seconds);
+  // Handled: the type is one of the app's, so the label stays bounded.
+  const type = incoming.type ?? '';
+  messageProcessingSeconds.observe({ type }, seconds);
+  messageCriticalSeconds.observe({ type }, Math.max(0, Date.now() - incoming.timestamp.getTime()) / 1000);
+}
+
+function envelopeOf(incoming: IncomingMessage, type: string): Envelope {
+  return {
+    id: incoming.id,
+    type,
+    correlationId: incoming.correlationId,
+    causationId: incoming.causationId,
+    traceparent: incoming.traceparent,
+    attempt: incoming.attempt,
+    timestamp: incoming.timestamp,
+    headers: incoming.headers,
+  };
 }
 
 function retryEvent(kind: 'immediate' | 'delayed', attempt: number, error: unknown) {

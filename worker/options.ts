@@ -39,8 +39,19 @@ export interface WorkerOptions {
    */
   concurrency?: number;
   /**
-   * Unacknowledged messages RabbitMQ may push ahead of the handlers; 1 to 65535.
-   * @defaultValue 2 × concurrency (at most 65535)
+   * Deliveries at hand (prefetched) handled together in one transaction: one inbox insert, each
+   * message's handlers in order, one outbox insert, one commit, then the acks; 1 to 1000. A batch
+   * never waits to fill (at light load it is one message). If a handler throws, the batch rolls back
+   * and its messages are handled one by one, so only the failing one is retried or dead-lettered.
+   * Redeliveries and invalid messages are always handled one by one. 1 turns batching off.
+   * @defaultValue 20
+   */
+  batchSize?: number;
+  /**
+   * Unacknowledged messages RabbitMQ may push ahead of the handlers; 1 to 65535. The default keeps
+   * a whole batch at hand for every handler slot when its current one ends; each of these messages
+   * is held in memory, so lower it (or batchSize) for large bodies or many workers on one queue.
+   * @defaultValue 2 × concurrency × batchSize (at most 65535)
    */
   prefetch?: number;
   /**
@@ -156,12 +167,16 @@ const maxDeliveriesMargin = 10;
 export function resolveWorkerOptions(options: WorkerOptions): ResolvedWorkerOptions {
   const concurrency = countOption('concurrency', options.concurrency, d.concurrency);
   const sagaConcurrency = countOption('sagaConcurrency', options.sagaConcurrency, d.sagaConcurrency);
+  const batchSize = countOption('batchSize', options.batchSize, d.batchSize, { max: d.maxBatchSize });
   const timer = { timer: true };
   return {
     app: options.app,
     config: options.config,
     concurrency,
-    prefetch: countOption('prefetch', options.prefetch, defaultPrefetch(concurrency), { max: d.maxPrefetch }),
+    batchSize,
+    prefetch: countOption('prefetch', options.prefetch, defaultPrefetch(concurrency, batchSize), {
+      max: d.maxPrefetch,
+    }),
     queue: queueOption(options.queue, workQueueName(options.config.exchange, options.app.name)),
     orderedPartitions: countOption(
       'orderedPartitions',

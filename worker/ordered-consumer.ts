@@ -63,6 +63,11 @@ export class OrderedConsumer extends Consumer {
     );
   }
 
+  /** Keyed deliveries are settled here, not through the base class's count. */
+  override get unsettled(): number {
+    return this.inFlight.size;
+  }
+
   protected override onDelivery(channel: Channel, msg: ConsumeMessage): void {
     const key = deliveryOrderingKey(msg);
     const chains = this.chains.get(channel) ?? new Map<string, Promise<void>>();

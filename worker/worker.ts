@@ -104,6 +104,7 @@ export class Worker {
         }),
         concurrency: options.concurrency,
         prefetch: options.prefetch,
+        batchSize: options.batchSize,
         limit: pLimit(options.concurrency),
       };
       const consumer = new Consumer(amqp, consumerOptions, processor, log);
@@ -137,7 +138,13 @@ export class Worker {
       );
       worker.heartbeat = startHeartbeat(knex, 'worker');
       log.info(
-        { app: app.name, queue: options.queue, queueType, concurrency: options.concurrency },
+        {
+          app: app.name,
+          queue: options.queue,
+          queueType,
+          concurrency: options.concurrency,
+          batchSize: options.batchSize,
+        },
         'worker started',
       );
       return worker;

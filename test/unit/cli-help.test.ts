@@ -13,8 +13,11 @@ describe('CLI help shows the defaults of shared/defaults.ts', () => {
   it('dw worker', async () => {
     const text = await help('worker');
     expect(text).toMatch(new RegExp(`--concurrency <n> .*\\(default: ${workerDefaults.concurrency}\\)`));
+    expect(text).toMatch(new RegExp(`--batch-size <n> .*\\(default: ${workerDefaults.batchSize}\\)`));
     expect(text).toMatch(
-      new RegExp(`--prefetch <n> .*\\(default: ${workerDefaults.prefetchPerConcurrency} x concurrency\\)`),
+      new RegExp(
+        `--prefetch <n> .*\\(default: ${workerDefaults.prefetchPerConcurrency} x concurrency x batch size\\)`,
+      ),
     );
     expect(text).toMatch(
       new RegExp(`--saga-concurrency <n> .*\\(default: ${workerDefaults.sagaConcurrency}\\)`),

@@ -23,6 +23,7 @@ const timer = (min = 0): Rule => ({ min, max: MAX_TIMER_MS });
 
 const workerRules: Record<string, Rule> = {
   concurrency: count(),
+  batchSize: count(1, 1000),
   prefetch: count(1, 65_535),
   maxMessageBytes: count(),
   // At most the quorum delivery limit less a margin: the crash-loop guard must act first.
@@ -73,7 +74,8 @@ describe('resolveWorkerOptions', () => {
     const o = resolveWorkerOptions({ app, config });
     expect(o).toMatchObject({
       concurrency: workerDefaults.concurrency,
-      prefetch: 2 * workerDefaults.concurrency,
+      batchSize: workerDefaults.batchSize,
+      prefetch: 2 * workerDefaults.concurrency * workerDefaults.batchSize,
       queue: 'ex.opts',
       maxMessageBytes: 1024 * 1024,
       maxDeliveries: 5,
@@ -196,6 +198,7 @@ describe('@defaultValue docs', () => {
     for (const key of [
       'concurrency',
       'orderedPartitions',
+      'batchSize',
       'maxMessageBytes',
       'maxDeliveries',
       'shutdownGraceMs',

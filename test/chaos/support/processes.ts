@@ -30,6 +30,8 @@ export class DwProcess {
   warnings = 0;
   /** Warning and error lines by message, to tell a storm from the expected few lines. */
   readonly warningKinds = new Map<string, number>();
+  /** Log lines of any level by message (first 80 characters), to tell that a path was taken. */
+  readonly messageKinds = new Map<string, number>();
   crashPointHits = 0;
   /** Crash points that killed this process, by name. */
   readonly crashPoints: string[] = [];
@@ -80,9 +82,10 @@ export class DwProcess {
       this.crashPoints.push(line.slice('crash point '.length).replace(/: SIGKILL$/, ''));
     }
     const level = /"level":(\d+)/.exec(line)?.[1];
+    const msg = /"msg":"([^"]{0,80})/.exec(line)?.[1] ?? line.slice(0, 80);
+    this.messageKinds.set(msg, (this.messageKinds.get(msg) ?? 0) + 1);
     if (level && Number(level) >= 40) {
       this.warnings++;
-      const msg = /"msg":"([^"]{0,80})/.exec(line)?.[1] ?? line.slice(0, 80);
       this.warningKinds.set(msg, (this.warningKinds.get(msg) ?? 0) + 1);
     }
     this.lines.push(line);
@@ -285,6 +288,14 @@ export class Supervisor {
     return Object.entries(this.warningKinds)
       .filter(([msg]) => !expected.test(msg))
       .reduce((n, [, count]) => n + count, 0);
+  }
+
+  /** Log lines of every incarnation whose message starts with `prefix`. */
+  logged(prefix: string): number {
+    let n = 0;
+    for (const p of this.all)
+      for (const [msg, count] of p.messageKinds) if (msg.startsWith(prefix)) n += count;
+    return n;
   }
 
   /** How many times each crash point killed one of the incarnations. */

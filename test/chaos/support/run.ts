@@ -48,6 +48,8 @@ export class ChaosRun {
   private joins = new Map<string, string>();
   private trips: TripPlan[] = [];
   private invalid = new Set<string>();
+  /** SendInvoice message id → its invoice id, and whether it fails more often than its 5 attempts. */
+  private invoices = new Map<string, { invoiceId: string; doomed: boolean }>();
   private redisClient: RedisClient | undefined;
 
   private constructor(
@@ -134,8 +136,9 @@ export class ChaosRun {
     {
       trips = 0,
       invalid = 0,
+      invoices = 0,
       ...options
-    }: { trips?: number; invalid?: number; chunk?: number; duplicateShare?: number } = {},
+    }: { trips?: number; invalid?: number; invoices?: number; chunk?: number; duplicateShare?: number } = {},
   ): Load {
     const joinList = joinMeetings(this.runId, joins);
     // JoinMeeting without a meetingId: each must end as exactly one dead letter and nothing else.
@@ -145,9 +148,28 @@ export class ChaosRun {
       body: { userId: `${this.runId}-bad-u${i}` },
     }));
     this.invalid = new Set(invalidList.map((m) => m.id));
+    // SendInvoice whose handler throws on its first `failTimes` attempts (docs/contracts.md, "Example
+    // app": 5 attempts, 2 at once, 2 delayed): handled once after its retries, or dead-lettered.
+    const invoiceList = Array.from({ length: invoices }, (_, i) => {
+      const failTimes = [undefined, undefined, 1, 2, 4, 5][this.random.int(0, 5)];
+      return {
+        id: `${this.runId}-inv-${i}`,
+        type: 'SendInvoice',
+        body: { invoiceId: `${this.runId}-i${i}`, ...(failTimes === undefined ? {} : { failTimes }) },
+        doomed: (failTimes ?? 0) >= 5,
+      };
+    });
+    this.invoices = new Map(
+      invoiceList.map((m) => [m.id, { invoiceId: m.body.invoiceId, doomed: m.doomed }]),
+    );
     this.joins = new Map(joinList.map((m) => [m.id, (m.body as { userId: string }).userId]));
     this.trips = planTrips(trips, this.random);
-    const messages = [...joinList, ...invalidList, ...tripMessages(this.runId, this.trips)];
+    const messages = [
+      ...joinList,
+      ...invalidList,
+      ...invoiceList.map(({ doomed: _, ...m }) => m),
+      ...tripMessages(this.runId, this.trips),
+    ];
     // Interleave (seeded shuffle), so sagas and plain messages are in flight together.
     for (let i = messages.length - 1; i > 0; i--) {
       const j = this.random.int(0, i);
@@ -192,7 +214,17 @@ export class ChaosRun {
   }
 
   private async allHandled(): Promise<boolean> {
-    return this.load !== undefined && (await this.handled()) >= this.load.messages.size - this.invalid.size;
+    return (
+      this.load !== undefined &&
+      (await this.handled()) >= this.load.messages.size - this.expectedDeadLetters.size
+    );
+  }
+
+  /** Messages that must end as exactly one dead letter each: invalid ones and doomed invoices. */
+  private get expectedDeadLetters(): Set<string> {
+    const dead = new Set(this.invalid);
+    for (const [id, invoice] of this.invoices) if (invoice.doomed) dead.add(id);
+    return dead;
   }
 
   /**
@@ -232,8 +264,9 @@ export class ChaosRun {
       () =>
         tolerant(
           async () =>
-            (await this.handled()) >= load.messages.size - this.invalid.size &&
-            (await count(this.env.knex, 'dw_dead_letters', { source: 'amqp' })) >= this.invalid.size &&
+            (await this.handled()) >= load.messages.size - this.expectedDeadLetters.size &&
+            (await count(this.env.knex, 'dw_dead_letters', { source: 'amqp' })) >=
+              this.expectedDeadLetters.size &&
             (await count(this.env.knex, 'dw_outbox', { delivered_at: null })) === 0 &&
             (await this.jobCount()) >= expectedJobs &&
             (this.trips.length === 0 ||
@@ -288,13 +321,31 @@ export class ChaosRun {
     }
     for (const user of expected) if (!participants.has(user)) lost++;
 
+    const expectedDead = this.expectedDeadLetters;
     const inbox = await knex('dw_inbox').pluck('message_id');
-    for (const id of inbox) if (!load.messages.has(id) || this.invalid.has(id)) unexpected++;
+    for (const id of inbox) if (!load.messages.has(id) || expectedDead.has(id)) unexpected++;
 
     const dead = new Set<string>(await knex('dw_dead_letters').where({ source: 'amqp' }).pluck('message_id'));
     let deadLetters = 0;
-    for (const id of dead) if (!this.invalid.has(id)) deadLetters++;
-    for (const id of this.invalid) if (!dead.has(id)) deadLetters++;
+    for (const id of dead) if (!expectedDead.has(id)) deadLetters++;
+    for (const id of expectedDead) if (!dead.has(id)) deadLetters++;
+
+    if (this.invoices.size > 0) {
+      const sent = await knex('invoices_sent')
+        .select('invoice_id')
+        .count<{ invoice_id: string; n: number }[]>('* as n')
+        .groupBy('invoice_id');
+      const sentCount = new Map(sent.map((r) => [r.invoice_id, Number(r.n)]));
+      const known = new Set<string>();
+      for (const { invoiceId, doomed } of this.invoices.values()) {
+        known.add(invoiceId);
+        const n = sentCount.get(invoiceId) ?? 0;
+        if (doomed) unexpected += n;
+        else if (n === 0) lost++;
+        else duplicated += n - 1;
+      }
+      for (const [invoiceId, n] of sentCount) if (!known.has(invoiceId)) unexpected += n;
+    }
 
     // The onward effect: one job per participant in each queue, nothing consumes them in this app.
     const redis = this.redis();
