@@ -3,7 +3,12 @@ import { loadApp } from '../shared/app.js';
 import { redactUrl } from '../shared/config.js';
 import { ensureDatabase, migrate } from '../shared/db/migrate.js';
 import { workerDefaults } from '../shared/defaults.js';
-import { declareOrderedTopology, orderedExchangeName } from '../shared/ordering.js';
+import {
+  declareOrderedTopology,
+  declareUnorderedFallback,
+  orderedExchangeName,
+  orderingPluginAvailable,
+} from '../shared/ordering.js';
 import { consumedQueueOptions, type QueueType, resolveQueueType } from '../shared/queue-type.js';
 import { appTopology, declareTopology } from '../shared/topology.js';
 import { config, withAmqpChannel, withDatabase } from './infra.js';
@@ -36,6 +41,7 @@ export function registerMigrate(program: Command): void {
       );
       const requested = opts.queueType ?? cfg.queueType;
       const partitions = opts.orderedPartitions ?? cfg.orderedPartitions ?? workerDefaults.orderedPartitions;
+      let unordered = false;
       const topology = await withAmqpChannel(cfg, async (channel, connection) => {
         const queue = appTopology(app, cfg.exchange).queue;
         const type = await resolveQueueType(connection, queue, requested, (t) =>
@@ -43,7 +49,20 @@ export function registerMigrate(program: Command): void {
         );
         const declared = appTopology(app, cfg.exchange, queue, { type, explicit: requested !== undefined });
         await declareTopology(channel, declared, connection);
-        if (partitions > 0 && declared.types.length > 0)
+        const explicit = opts.orderedPartitions !== undefined || cfg.orderedPartitions !== undefined;
+        if (
+          partitions > 0 &&
+          declared.types.length > 0 &&
+          !explicit &&
+          !(await orderingPluginAvailable(cfg.amqpUrl, declared))
+        ) {
+          // As the workers do: keyed messages are then handled without ordering, never unroutable.
+          await declareUnorderedFallback(channel, declared);
+          process.stderr.write(
+            'RabbitMQ lacks the consistent-hash exchange plugin: messages with an ordering key will be handled without ordering (rabbitmq-plugins enable rabbitmq_consistent_hash_exchange)\n',
+          );
+          unordered = true;
+        } else if (partitions > 0 && declared.types.length > 0)
           await declareOrderedTopology(
             cfg.amqpUrl,
             () => connection.createChannel(),
@@ -57,7 +76,7 @@ export function registerMigrate(program: Command): void {
       process.stdout.write(
         `declared exchange ${topology.exchange} and queue ${topology.queue} (${topology.queueType})\n`,
       );
-      if (partitions > 0 && topology.types.length > 0)
+      if (partitions > 0 && topology.types.length > 0 && !unordered)
         process.stdout.write(
           `declared exchange ${orderedExchangeName(topology.exchange)} and ${partitions} ordered partition queue(s) ${topology.queue}.ordered.<0-${partitions - 1}>\n`,
         );

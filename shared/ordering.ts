@@ -114,7 +114,12 @@ export async function declareOrderedTopology(
   if (await queueExists(openChannel, partitionQueueName(topology.queue, partitions))) {
     throw new OrderedPartitionsChangedError(topology.queue, partitions);
   }
-  for (const type of topology.types) await channel.bindExchange(hash, ordered, type);
+  for (const type of topology.types) {
+    await channel.bindExchange(hash, ordered, type);
+    // A worker that ran without the plugin bound the work queue directly (declareUnorderedFallback):
+    // that path would hand keyed messages to the ordinary queue too, out of order.
+    await channel.unbindQueue(topology.queue, ordered, type);
+  }
   const names: string[] = [];
   for (let i = 0; i < partitions; i++) {
     const name = partitionQueueName(topology.queue, i);
@@ -132,6 +137,37 @@ export async function declareOrderedTopology(
 }
 
 const hashExchangeArguments = { 'hash-header': Headers.orderingKey };
+
+/**
+ * Whether the broker has the consistent-hash exchange (the plugin `rabbitmq_consistent_hash_exchange`),
+ * asked by declaring the work queue's hash exchange on a connection of its own.
+ */
+export async function orderingPluginAvailable(amqpUrl: string, topology: Topology): Promise<boolean> {
+  try {
+    await declareOnOwnConnection(
+      amqpUrl,
+      orderedHashExchangeName(topology.queue),
+      'x-consistent-hash',
+      hashExchangeArguments,
+    );
+    return true;
+  } catch (error) {
+    if (error instanceof OrderingPluginMissingError) return false;
+    throw error;
+  }
+}
+
+/**
+ * Without the plugin, when the partition count was not asked for: keyed messages published to
+ * `<exchange>.ordered` reach the ordinary work queue and are handled without ordering, so nothing
+ * published with a key is unroutable or lost. The ordered topology removes these bindings once the
+ * plugin is there.
+ */
+export async function declareUnorderedFallback(channel: Channel, topology: Topology): Promise<void> {
+  const ordered = orderedExchangeName(topology.exchange);
+  await channel.assertExchange(ordered, 'topic', { durable: true });
+  for (const type of topology.types) await channel.bindQueue(topology.queue, ordered, type);
+}
 
 /**
  * Declares an exchange of a plugin's type on a connection of its own: an unknown exchange type is

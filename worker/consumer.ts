@@ -7,7 +7,7 @@ import { readIncoming } from '../shared/envelope.js';
 import { describeCause } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { messagesTotal } from '../shared/metrics.js';
-import { noteUnorderedKey } from '../shared/ordering.js';
+import { declareUnorderedFallback, noteUnorderedKey } from '../shared/ordering.js';
 import { sleep } from '../shared/time.js';
 import { declareTopology, type Topology } from '../shared/topology.js';
 import {
@@ -29,6 +29,12 @@ export interface ConsumerOptions {
   batchSize: number;
   /** Shared with another consumer of the same worker (the ordered one): `concurrency` is then unused. */
   limit?: LimitFunction;
+  /**
+   * Binds the work queue to `<exchange>.ordered` too (declareUnorderedFallback): ordered keys are
+   * on but the broker cannot order them.
+   * @defaultValue false
+   */
+  unorderedKeys?: boolean;
 }
 
 export type LimitFunction = ReturnType<typeof pLimit>;
@@ -198,6 +204,7 @@ export class Consumer {
    */
   protected async declare(connection: ChannelModel, channel: Channel): Promise<string[]> {
     await declareTopology(channel, this.options.topology, connection);
+    if (this.options.unorderedKeys) await declareUnorderedFallback(channel, this.options.topology);
     return [this.options.topology.queue];
   }
 

@@ -5,10 +5,12 @@ import { assertDatabaseReachable, createKnex, databaseHealthy } from '../shared/
 import { assertMigrated } from '../shared/db/migrate.js';
 import { startHeartbeat } from '../shared/heartbeat.js';
 import { startHousekeeping } from '../shared/housekeeping.js';
+import type { Logger } from '../shared/logger.js';
 import type { ScrapeSources } from '../shared/metrics.js';
+import { orderingPluginAvailable } from '../shared/ordering.js';
 import { type ChannelSource, consumedQueueOptions, resolveQueueType } from '../shared/queue-type.js';
 import { settledWithin } from '../shared/time.js';
-import { appTopology } from '../shared/topology.js';
+import { appTopology, type Topology } from '../shared/topology.js';
 import { Consumer } from './consumer.js';
 import { MessageProcessor } from './message-processor.js';
 import { type ResolvedWorkerOptions, resolveWorkerOptions, type WorkerOptions } from './options.js';
@@ -107,9 +109,16 @@ export class Worker {
         batchSize: options.batchSize,
         limit: pLimit(options.concurrency),
       };
-      const consumer = new Consumer(amqp, consumerOptions, processor, log);
+      const ordered = await orderedKeysOn(input, options, consumerOptions.topology, log);
+      const consumer = new Consumer(
+        amqp,
+        // Ordered keys asked for but the broker cannot order them: keyed messages come here unordered.
+        { ...consumerOptions, unorderedKeys: !ordered && options.orderedPartitions > 0 },
+        processor,
+        log,
+      );
       const orderedConsumer =
-        options.orderedPartitions > 0 && app.handlers.size > 0
+        ordered && app.handlers.size > 0
           ? new OrderedConsumer(
               amqp,
               { ...consumerOptions, partitions: options.orderedPartitions, amqpUrl: config.amqpUrl },
@@ -235,3 +244,25 @@ export class Worker {
 
 /** What a stop waits past its grace time for each connection to close. */
 const closeMs = 1000;
+
+/**
+ * Whether this worker consumes ordered partitions. With the default partition count (neither
+ * `orderedPartitions` nor DW_ORDERED_PARTITIONS set) a broker without the consistent-hash plugin
+ * is not fatal: the worker runs, keyed messages are handled without ordering, and it says so. An
+ * explicit count still fails with OrderingPluginMissingError.
+ */
+async function orderedKeysOn(
+  input: WorkerOptions,
+  options: ResolvedWorkerOptions,
+  topology: Topology,
+  log: Logger,
+): Promise<boolean> {
+  if (options.orderedPartitions === 0 || topology.types.length === 0) return false;
+  const explicit = input.orderedPartitions !== undefined || input.config.orderedPartitions !== undefined;
+  if (explicit || (await orderingPluginAvailable(options.config.amqpUrl, topology))) return true;
+  log.warn(
+    { queue: topology.queue },
+    'RabbitMQ lacks the consistent-hash exchange plugin: messages with an ordering key are handled WITHOUT ordering. Enable it (rabbitmq-plugins enable rabbitmq_consistent_hash_exchange) and restart the workers, or set DW_ORDERED_PARTITIONS=0 to silence this',
+  );
+  return false;
+}
