@@ -34,17 +34,73 @@ export async function terminateDatabaseSessions(database: string): Promise<numbe
   }
 }
 
-/** Local TCP ports of the given processes' connections to RabbitMQ (from `ss`). */
-async function amqpPortsOf(pids: readonly number[]): Promise<Set<number>> {
+/** Local TCP ports of the given processes' connections to RabbitMQ (from `ss`), with their process. */
+async function amqpPortOwners(pids: readonly number[]): Promise<Map<number, number>> {
   const { stdout } = await run('ss', ['-tnpH', 'state', 'established', '( dport = :5672 )']);
-  const ports = new Set<number>();
+  const owners = new Map<number, number>();
   for (const line of stdout.split('\n')) {
     const pid = Number(/pid=(\d+)/.exec(line)?.[1]);
     if (!pids.includes(pid)) continue;
     const local = line.trim().split(/\s+/)[2] ?? '';
-    ports.add(Number(local.slice(local.lastIndexOf(':') + 1)));
+    owners.set(Number(local.slice(local.lastIndexOf(':') + 1)), pid);
   }
-  return ports;
+  return owners;
+}
+
+async function amqpPortsOf(pids: readonly number[]): Promise<Set<number>> {
+  return new Set((await amqpPortOwners(pids)).keys());
+}
+
+/** Rows of a `rabbitmqctl list_*` command (header and informational lines left out). */
+async function rabbitmqRows(...args: string[]): Promise<string[][]> {
+  const { stdout } = await run('rabbitmqctl', [...args, '-q']);
+  return stdout
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter((row) => row[0] !== undefined && row[0] !== '' && row.some((cell) => cell.startsWith('<')));
+}
+
+/**
+ * For each of the given processes, how many of `queues` it is the active consumer of (single
+ * active consumer: the one the broker delivers to), as RabbitMQ reports it: consumer → channel →
+ * connection → client port → process.
+ */
+export async function activeConsumersOf(
+  queues: readonly string[],
+  pids: readonly number[],
+): Promise<Map<number, number>> {
+  const wanted = new Set(queues);
+  const consumers = (await rabbitmqRows('list_consumers', 'queue_name', 'channel_pid', 'active')).filter(
+    ([queue, , active]) => wanted.has(queue ?? '') && active === 'true',
+  );
+  const channels = new Map(
+    (await rabbitmqRows('list_channels', 'pid', 'connection')).map(([channel, conn]) => [channel, conn]),
+  );
+  const ports = new Map(
+    (await rabbitmqRows('list_connections', 'pid', 'peer_port')).map(([conn, port]) => [conn, Number(port)]),
+  );
+  const owners = await amqpPortOwners(pids);
+  const held = new Map<number, number>(pids.map((pid) => [pid, 0]));
+  for (const [, channel] of consumers) {
+    const pid = owners.get(ports.get(channels.get(channel ?? '') ?? '') ?? -1);
+    if (pid !== undefined) held.set(pid, (held.get(pid) ?? 0) + 1);
+  }
+  return held;
+}
+
+/**
+ * One `rabbitmqctl list_queues` column (`type`, `messages_unacknowledged`, …) for each of the given
+ * queues that exists.
+ */
+export async function queueColumn(queues: readonly string[], column: string): Promise<Map<string, string>> {
+  const { stdout } = await run('rabbitmqctl', ['list_queues', 'name', column, '-q']);
+  const wanted = new Set(queues);
+  const values = new Map<string, string>();
+  for (const line of stdout.split('\n')) {
+    const [name, value] = line.trim().split(/\s+/);
+    if (name && value !== undefined && wanted.has(name)) values.set(name, value);
+  }
+  return values;
 }
 
 /**

@@ -1,4 +1,6 @@
 import amqp from 'amqplib';
+import { Headers } from '../../../shared/envelope.js';
+import { orderedExchangeName } from '../../../shared/ordering.js';
 import { urls } from '../../support/services.js';
 import type { Random } from './random.js';
 
@@ -6,11 +8,18 @@ export interface Publication {
   id: string;
   type: string;
   body: unknown;
+  /**
+   * Ordering key: published to `<exchange>.ordered` with an `x-ordering-key` header, as any client
+   * publishing keyed messages does (README, "Ordered processing by key").
+   */
+  orderingKey?: string;
 }
 
 export interface Load {
   /** Message ids published (each once or more) with what each one carries. */
   readonly messages: ReadonlyMap<string, Publication>;
+  /** Every publish in publish order, duplicates included (the first of an id is its place in the order). */
+  readonly sequence: readonly Publication[];
   /** Resolves when every message was confirmed by the broker (republished across outages). */
   readonly done: Promise<void>;
   /** Confirmed publishes, duplicates included. */
@@ -42,7 +51,12 @@ export function publishLoad(
       confirmed += slice.length;
     }
   })();
-  return { messages: new Map(messages.map((m) => [m.id, m])), done, confirmed: () => confirmed };
+  return {
+    messages: new Map(messages.map((m) => [m.id, m])),
+    sequence: plan,
+    done,
+    confirmed: () => confirmed,
+  };
 }
 
 /** `count` JoinMeeting messages, one user each, all in meeting `runId`. */
@@ -52,6 +66,21 @@ export function joinMeetings(runId: string, count: number): Publication[] {
     type: 'JoinMeeting',
     body: { userId: `${runId}-u${i}`, meetingId: runId },
   }));
+}
+
+/**
+ * `meetings` meetings of `usersPerMeeting` JoinMeeting messages each, keyed by meeting id: within a
+ * meeting, users u0, u1, … in that order.
+ */
+export function keyedJoinMeetings(runId: string, meetings: number, usersPerMeeting: number): Publication[][] {
+  return Array.from({ length: meetings }, (_, m) =>
+    Array.from({ length: usersPerMeeting }, (_, i) => ({
+      id: `${runId}-km${m}-${i}`,
+      type: 'JoinMeeting',
+      body: { userId: `${runId}-km${m}-u${i}`, meetingId: `${runId}-m${m}` },
+      orderingKey: `${runId}-m${m}`,
+    })),
+  );
 }
 
 let connection: amqp.ChannelModel | undefined;
@@ -72,12 +101,19 @@ async function publishChunk(exchange: string, slice: readonly Publication[]) {
         channel.on('error', () => {});
       }
       for (const m of slice) {
-        channel.publish(exchange, m.type, Buffer.from(JSON.stringify(m.body)), {
-          messageId: m.id,
-          type: m.type,
-          contentType: 'application/json',
-          persistent: true,
-        });
+        const keyed = m.orderingKey !== undefined;
+        channel.publish(
+          keyed ? orderedExchangeName(exchange) : exchange,
+          m.type,
+          Buffer.from(JSON.stringify(m.body)),
+          {
+            messageId: m.id,
+            type: m.type,
+            contentType: 'application/json',
+            persistent: true,
+            ...(keyed ? { headers: { [Headers.orderingKey]: m.orderingKey } } : {}),
+          },
+        );
       }
       await channel.waitForConfirms();
       return;

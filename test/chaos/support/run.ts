@@ -2,12 +2,14 @@ import amqp from 'amqplib';
 import { Redis } from 'ioredis';
 import { app } from '../../../examples/app/index.js';
 import { exampleMigrations } from '../../../examples/app/migrations.js';
-import type { RedisMode } from '../../../shared/config.js';
-import { createRedis, type RedisClient } from '../../../shared/redis.js';
-import { appTopology, declareTopology } from '../../../shared/topology.js';
+import { workerDefaults } from '../../../shared/defaults.js';
+import { declareOrderedTopology } from '../../../shared/ordering.js';
+import { consumedQueueOptions, type QueueType } from '../../../shared/queue-type.js';
+import { createRedis, type RedisClient, type RedisMode } from '../../../shared/redis.js';
+import { appTopology, declareTopology, type Topology } from '../../../shared/topology.js';
 import { waitUntil } from '../../../shared/wait.js';
 import { count, createTestEnv, randomName, type TestEnv, urls } from '../../support/services.js';
-import { closeLoadConnection, joinMeetings, type Load, publishLoad } from './load.js';
+import { closeLoadConnection, joinMeetings, keyedJoinMeetings, type Load, publishLoad } from './load.js';
 import { type Kind, Supervisor, type SupervisorOptions } from './processes.js';
 import { type Random, seededRandom } from './random.js';
 import {
@@ -32,6 +34,51 @@ export interface Counters extends Partial<SagaCounters> {
   outboxPending: number;
   /** Dead letters of messages that are missing (an invalid message without one) or not deserved. */
   deadLetters: number;
+  /**
+   * Ordering keys (meetings of the keyed load) whose messages were not handled exactly once each in
+   * publish order (participant rows by id against the first publish of each message id).
+   */
+  keysOutOfOrder?: number;
+}
+
+export interface ChaosRunOptions {
+  /**
+   * REDIS_URL of the processes and of the run's own counting client (a comma list in cluster mode).
+   * @defaultValue the shared Redis
+   */
+  redisUrl?: string;
+  /**
+   * REDIS_MODE of the processes and of the counting client.
+   * @defaultValue 'single'
+   */
+  redisMode?: RedisMode;
+  /**
+   * REDIS_SENTINEL_NAME of the processes in sentinel mode.
+   * @defaultValue unset
+   */
+  redisSentinelName?: string;
+  /**
+   * BULLMQ_PREFIX; cluster mode needs a hash tag.
+   * @defaultValue the test env's prefix, wrapped in `{…}` in cluster mode
+   */
+  bullmqPrefix?: string;
+  /**
+   * DW_QUEUE_TYPE of the processes, and the type the work queue is declared with before the load.
+   * @defaultValue unset: the processes keep the type the run declared (quorum, the default)
+   */
+  queueType?: QueueType;
+  /**
+   * Declare the ordered path (ordered exchange, consistent-hash exchange, the default number of
+   * partition queues) before the load too, so keyed messages published before the workers are up
+   * are queued, not unroutable. Needs the consistent-hash exchange plugin.
+   * @defaultValue false
+   */
+  ordered?: boolean;
+  /**
+   * More environment for every process (on top of the run's own).
+   * @defaultValue {}
+   */
+  env?: NodeJS.ProcessEnv;
 }
 
 /**
@@ -46,6 +93,8 @@ export class ChaosRun {
   private readonly supervisors: Supervisor[] = [];
   private load: Load | undefined;
   private joins = new Map<string, string>();
+  /** Keyed meetings: meeting id → its message ids. */
+  private keyed = new Map<string, string[]>();
   private trips: TripPlan[] = [];
   private invalid = new Set<string>();
   /** SendInvoice message id → its invoice id, and whether it fails more often than its 5 attempts. */
@@ -56,35 +105,39 @@ export class ChaosRun {
     readonly scenario: string,
     readonly env: TestEnv,
     readonly redisUrl: string,
+    private readonly options: ChaosRunOptions,
   ) {
     this.random = seededRandom();
     this.runId = randomName('r');
     console.log(`[chaos] ${scenario}: seed ${this.random.seed} (repeat with CHAOS_SEED=${this.random.seed})`);
   }
 
-  /**
-   * `redisMode` with the `redisUrl` of a private cluster (test/support/redis-cluster.ts) or sentinel
-   * setup runs the scenario's processes in that mode; in cluster mode the prefix gets a hash tag.
-   */
-  static async create(
-    scenario: string,
-    {
-      redisUrl = urls.redis,
-      redisMode = 'single',
-      redisSentinelName,
-    }: { redisUrl?: string; redisMode?: RedisMode; redisSentinelName?: string } = {},
-  ): Promise<ChaosRun> {
+  static async create(scenario: string, options: ChaosRunOptions = {}): Promise<ChaosRun> {
+    const { redisUrl = urls.redis, redisMode } = options;
     const env = await createTestEnv(exampleMigrations);
     env.config.redisUrl = redisUrl;
-    env.config.redisMode = redisMode;
-    env.config.redisSentinelName = redisSentinelName;
-    if (redisMode === 'cluster') env.config.bullmqPrefix = `{${env.config.bullmqPrefix}}`;
-    const run = new ChaosRun(scenario, env, redisUrl);
+    if (redisMode) env.config.redisMode = redisMode;
+    if (options.redisSentinelName) env.config.redisSentinelName = options.redisSentinelName;
+    if (options.queueType) env.config.queueType = options.queueType;
+    env.config.bullmqPrefix =
+      options.bullmqPrefix ??
+      (redisMode === 'cluster' ? `{${env.config.bullmqPrefix}}` : env.config.bullmqPrefix);
+    const run = new ChaosRun(scenario, env, redisUrl, options);
     // Bind the work queue before the load starts, as `dw migrate` does, so nothing is unroutable.
     const connection = await amqp.connect(urls.amqp);
     try {
       const channel = await connection.createChannel();
-      await declareTopology(channel, run.topology);
+      const topology = run.topology;
+      await declareTopology(channel, topology, connection);
+      if (options.ordered)
+        await declareOrderedTopology(
+          urls.amqp,
+          () => connection.createChannel(),
+          channel,
+          topology,
+          workerDefaults.orderedPartitions,
+          consumedQueueOptions(topology.queueType ?? 'quorum', topology.queue).arguments,
+        );
     } finally {
       await connection.close();
     }
@@ -96,8 +149,15 @@ export class ChaosRun {
     return new URL(this.env.config.databaseUrl).pathname.slice(1);
   }
 
-  get topology() {
-    return appTopology(app, this.env.config.exchange);
+  /** The work queue as the processes declare it (of DW_QUEUE_TYPE when the run sets one). */
+  get topology(): Topology {
+    const { queueType } = this.options;
+    return appTopology(
+      app,
+      this.env.config.exchange,
+      undefined,
+      queueType ? { type: queueType, explicit: true } : undefined,
+    );
   }
 
   get processEnv(): NodeJS.ProcessEnv {
@@ -112,6 +172,10 @@ export class ChaosRun {
       BULLMQ_PREFIX: config.bullmqPrefix,
       LOG_LEVEL: 'info',
       DW_CRASH_POINTS: '',
+      ...(config.redisMode ? { REDIS_MODE: config.redisMode } : {}),
+      ...(config.redisSentinelName ? { REDIS_SENTINEL_NAME: config.redisSentinelName } : {}),
+      ...(config.queueType ? { DW_QUEUE_TYPE: config.queueType } : {}),
+      ...this.options.env,
     };
   }
 
@@ -137,8 +201,17 @@ export class ChaosRun {
       trips = 0,
       invalid = 0,
       invoices = 0,
+      keyed,
       ...options
-    }: { trips?: number; invalid?: number; invoices?: number; chunk?: number; duplicateShare?: number } = {},
+    }: {
+      trips?: number;
+      invalid?: number;
+      invoices?: number;
+      /** JoinMeeting messages keyed by meeting id, checked for order (Counters.keysOutOfOrder). */
+      keyed?: { meetings: number; usersPerMeeting: number };
+      chunk?: number;
+      duplicateShare?: number;
+    } = {},
   ): Load {
     const joinList = joinMeetings(this.runId, joins);
     // JoinMeeting without a meetingId: each must end as exactly one dead letter and nothing else.
@@ -162,21 +235,43 @@ export class ChaosRun {
     this.invoices = new Map(
       invoiceList.map((m) => [m.id, { invoiceId: m.body.invoiceId, doomed: m.doomed }]),
     );
-    this.joins = new Map(joinList.map((m) => [m.id, (m.body as { userId: string }).userId]));
+    const meetings = keyed ? keyedJoinMeetings(this.runId, keyed.meetings, keyed.usersPerMeeting) : [];
+    this.keyed = new Map(meetings.map((list) => [list[0]!.orderingKey!, list.map((m) => m.id)]));
+    this.joins = new Map(
+      [...joinList, ...meetings.flat()].map((m) => [m.id, (m.body as { userId: string }).userId]),
+    );
     this.trips = planTrips(trips, this.random);
-    const messages = [
+    const unordered = [
       ...joinList,
       ...invalidList,
       ...invoiceList.map(({ doomed: _, ...m }) => m),
       ...tripMessages(this.runId, this.trips),
     ];
-    // Interleave (seeded shuffle), so sagas and plain messages are in flight together.
-    for (let i = messages.length - 1; i > 0; i--) {
-      const j = this.random.int(0, i);
-      [messages[i], messages[j]] = [messages[j]!, messages[i]!];
-    }
+    // Interleave (seeded shuffle), so sagas and plain messages are in flight together; each
+    // meeting's keyed messages keep their order (u0, u1, …) among the rest.
+    this.shuffle(unordered);
+    const messages = meetings.length === 0 ? unordered : this.interleave([unordered, ...meetings]);
     this.load = publishLoad(this.env.config.exchange, messages, this.random, options);
     return this.load;
+  }
+
+  /** The lists merged in a seeded random order that keeps the order within each list. */
+  private interleave<T>(lists: readonly T[][]): T[] {
+    const slots = lists.flatMap((list) => list.map(() => list));
+    this.shuffle(slots);
+    const next = new Map<T[], number>();
+    return slots.map((list) => {
+      const i = next.get(list) ?? 0;
+      next.set(list, i + 1);
+      return list[i]!;
+    });
+  }
+
+  private shuffle<T>(list: T[]): void {
+    for (let i = list.length - 1; i > 0; i--) {
+      const j = this.random.int(0, i);
+      [list[i], list[j]] = [list[j]!, list[i]!];
+    }
   }
 
   /**
@@ -280,12 +375,16 @@ export class ChaosRun {
   }
 
   private redis(): RedisClient {
-    // One server: a command fails fast while it is down. Cluster and sentinel: createRedis's client.
-    this.redisClient ??=
-      (this.env.config.redisMode ?? 'single') === 'single'
-        ? new Redis(this.redisUrl, { maxRetriesPerRequest: 1 })
-        : createRedis(this.env.config);
-    this.redisClient.on('error', () => {});
+    if (!this.redisClient) {
+      // A single node as before (reconnecting, one retry per command, for scenarios that restart
+      // it); a cluster or sentinels through the project's own factory, as the processes connect
+      // (reconnecting too; no scenario takes a cluster down, where its commands would wait).
+      this.redisClient =
+        this.env.config.redisMode && this.env.config.redisMode !== 'single'
+          ? createRedis(this.env.config)
+          : new Redis(this.redisUrl, { maxRetriesPerRequest: 1 });
+      this.redisClient.on('error', () => {});
+    }
     return this.redisClient;
   }
 
@@ -375,8 +474,59 @@ export class ChaosRun {
       unexpected,
       outboxPending: await count(knex, 'dw_outbox', { delivered_at: null }),
       deadLetters,
+      ...(this.keyed.size ? { keysOutOfOrder: (await this.orderViolations()).length } : {}),
       ...(this.trips.length ? await sagaCounters(knex, this.trips) : {}),
     };
+  }
+
+  /**
+   * The keyed meetings whose participant rows, by id (the order the handlers inserted them: one
+   * message of a key at a time, so each insert after the previous one committed), differ from the
+   * publish order of their messages: the first publish of each message id (a duplicate published
+   * earlier than the original is where that message stands; later copies are absorbed by the inbox).
+   */
+  async orderViolations(): Promise<Array<{ key: string; published: string[]; handled: string[] }>> {
+    const load = this.load;
+    if (!load) throw new Error('no load was started');
+    const order = new Map<string, string[]>();
+    const seen = new Set<string>();
+    for (const m of load.sequence) {
+      if (m.orderingKey === undefined || seen.has(m.id)) continue;
+      seen.add(m.id);
+      const list = order.get(m.orderingKey) ?? [];
+      list.push(this.joins.get(m.id) ?? '?');
+      order.set(m.orderingKey, list);
+    }
+    const violations: Array<{ key: string; published: string[]; handled: string[] }> = [];
+    for (const key of this.keyed.keys()) {
+      const handled: string[] = await this.env
+        .knex('meeting_participants')
+        .where({ meeting_id: key })
+        .orderBy('id')
+        .pluck('user_id');
+      const published = order.get(key) ?? [];
+      if (handled.length !== published.length || handled.some((user, i) => user !== published[i]))
+        violations.push({ key, published, handled });
+    }
+    return violations;
+  }
+
+  /** Messages of the keyed load handled so far (participant rows of keyed meetings). */
+  async keyedHandled(): Promise<number> {
+    if (this.keyed.size === 0) return 0;
+    return Number(
+      (
+        await this.env
+          .knex('meeting_participants')
+          .whereIn('meeting_id', [...this.keyed.keys()])
+          .count<{ n: string }[]>('* as n')
+      )[0]?.n ?? 0,
+    );
+  }
+
+  /** How many keyed messages the load has in all. */
+  get keyedTotal(): number {
+    return [...this.keyed.values()].reduce((n, ids) => n + ids.length, 0);
   }
 
   /** Prints the counters with the seed and the faults injected; a failing scenario shows this line. */
@@ -424,6 +574,7 @@ export class ChaosRun {
     await Promise.all(this.supervisors.map((s) => s.destroy()));
     await closeLoadConnection();
     this.redisClient?.disconnect();
+    this.redisClient = undefined;
     await this.env.teardown();
   }
 }
