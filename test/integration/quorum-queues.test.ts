@@ -59,7 +59,10 @@ const queue = () => workQueueName(env.config.exchange, app.name);
 
 beforeAll(async () => {
   env = await createTestEnv(app.migrations);
+  // This file is about the default: no DW_QUEUE_TYPE (the test support pins classic otherwise).
+  env.config.queueType = undefined;
   cliDatabase = await createTestEnv();
+  cliDatabase.config.queueType = undefined;
   connection = await amqp.connect(urls.amqp);
   // Any write to the classic queues' crash-loop accounting fails: quorum queues must not need it.
   await env.knex.raw(`

@@ -45,6 +45,10 @@ export async function createTestEnv(migrations: readonly Migration[] = []): Prom
     exchange: `test.${id}`,
     app: '',
     bullmqPrefix: `test-${id}`,
+    // Classic unless a test asks for quorum (quorum-queues, ordering of the scale-out chaos): a
+    // refused redeclaration of a quorum queue (406) under the suite's parallel load hung RabbitMQ
+    // 3.10.8 here twice (connections and rabbitmqctl stopped answering).
+    queueType: 'classic',
     logLevel: 'silent',
     healthPort: undefined,
   };
