@@ -67,7 +67,11 @@ beforeAll(async () => {
   // Bind the work queue before anything is published: messages wait there for the worker.
   const connection = await amqp.connect(urls.amqp);
   try {
-    await declareTopology(await connection.createChannel(), appTopology(app, env.config.exchange));
+    const topology = appTopology(app, env.config.exchange, undefined, {
+      type: env.config.queueType ?? 'quorum',
+      explicit: false,
+    });
+    await declareTopology(await connection.createChannel(), topology);
   } finally {
     await connection.close();
   }

@@ -4,7 +4,7 @@ import { app } from '../../../examples/app/index.js';
 import { exampleMigrations } from '../../../examples/app/migrations.js';
 import { workerDefaults } from '../../../shared/defaults.js';
 import { declareOrderedTopology } from '../../../shared/ordering.js';
-import { consumedQueueOptions, type QueueType } from '../../../shared/queue-type.js';
+import type { QueueType } from '../../../shared/queue-type.js';
 import { createRedis, type RedisClient, type RedisMode } from '../../../shared/redis.js';
 import { appTopology, declareTopology, type Topology } from '../../../shared/topology.js';
 import { waitUntil } from '../../../shared/wait.js';
@@ -136,7 +136,7 @@ export class ChaosRun {
           channel,
           topology,
           workerDefaults.orderedPartitions,
-          consumedQueueOptions(topology.queueType ?? 'quorum', topology.queue).arguments,
+          connection,
         );
     } finally {
       await connection.close();
@@ -151,7 +151,7 @@ export class ChaosRun {
 
   /** The work queue as the processes declare it (of DW_QUEUE_TYPE when the run sets one). */
   get topology(): Topology {
-    const { queueType } = this.options;
+    const queueType = this.options.queueType ?? this.env.config.queueType;
     return appTopology(
       app,
       this.env.config.exchange,
