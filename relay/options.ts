@@ -4,22 +4,14 @@ import { relayDefaults as d } from '../shared/defaults.js';
 import { InvalidOptionError } from '../shared/errors.js';
 import { type Logger, silentLogger } from '../shared/logger.js';
 import { countOption, durationOption } from '../shared/options.js';
+import type { RedisConfig } from '../shared/redis.js';
 
 /**
  * Everything a relay can be told; defaults (shared/defaults.ts) are resolved once by
  * `resolveRelayOptions`, which refuses a value the relay cannot use with an InvalidOptionError.
  */
 export interface RelayOptions {
-  config: Pick<
-    Config,
-    | 'databaseUrl'
-    | 'amqpUrl'
-    | 'redisUrl'
-    | 'redisMode'
-    | 'redisSentinelName'
-    | 'redisSentinelPassword'
-    | 'bullmqPrefix'
-  >;
+  config: Pick<Config, 'databaseUrl' | 'amqpUrl' | 'bullmqPrefix'> & RedisConfig;
   /**
    * Outbox rows claimed per transaction; 1 to 10000.
    * @defaultValue 500

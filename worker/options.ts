@@ -12,6 +12,7 @@ import { InvalidOptionError } from '../shared/errors.js';
 import { type Logger, silentLogger } from '../shared/logger.js';
 import { countOption, durationOption } from '../shared/options.js';
 import { type QueueType, queueTypes } from '../shared/queue-type.js';
+import type { RedisConfig } from '../shared/redis.js';
 
 /**
  * Everything a worker can be told; each field's default (shared/defaults.ts) is resolved once by
@@ -22,17 +23,9 @@ export interface WorkerOptions {
   /** Connection URLs, exchange and BullMQ prefix (docs/contracts.md, "Environment"). */
   config: Pick<
     Config,
-    | 'databaseUrl'
-    | 'amqpUrl'
-    | 'redisUrl'
-    | 'redisMode'
-    | 'redisSentinelName'
-    | 'redisSentinelPassword'
-    | 'exchange'
-    | 'bullmqPrefix'
-    | 'queueType'
-    | 'orderedPartitions'
-  >;
+    'databaseUrl' | 'amqpUrl' | 'exchange' | 'bullmqPrefix' | 'queueType' | 'orderedPartitions'
+  > &
+    RedisConfig;
   /**
    * Messages handled at once; a whole number ≥ 1.
    * @defaultValue 10
