@@ -20,10 +20,11 @@ export async function probeWorkerCli(): Promise<WorkerCli> {
 
 export function parseWorkerHelp(stdout: string): WorkerCli {
   const option = (flag: string) => {
-    // Commander prints `  --flag <n>   description (default: 10)`, wrapped at the terminal width.
+    // Commander prints `  --flag <n>   description (default: 10)`, wrapped at the terminal width
+    // (the wrap may fall between `default:` and the number).
     const match = new RegExp(`(?:^|\\s)${flag} <[^>]+>([\\s\\S]*?)(?=\\n\\s+-|$)`).exec(stdout);
     if (!match) return { supported: false };
-    const value = /\(default: (\d+)\)/.exec(match[1]!);
+    const value = /\(default:\s+(\d+)\)/.exec(match[1]!);
     return { supported: true, ...(value ? { default: Number(value[1]) } : {}) };
   };
   return { batchSize: option('--batch-size'), sagaBatchSize: option('--saga-batch-size') };
