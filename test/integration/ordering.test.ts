@@ -6,7 +6,7 @@ import { workerDefaults, workQueueName } from '../../shared/defaults.js';
 import { OrderingPluginMissingError } from '../../shared/errors.js';
 import { declareOnOwnConnection, orderedExchangeName, partitionQueueName } from '../../shared/ordering.js';
 import { waitUntil } from '../../shared/wait.js';
-import { publishRaw } from '../support/amqp.js';
+import { publishRaw, requireOrderingPlugin } from '../support/amqp.js';
 import { cliEnv, type DwChild, runCli, startDw } from '../support/cli.js';
 import { createTestEnv, type TestEnv, urls } from '../support/services.js';
 
@@ -54,6 +54,7 @@ const seen = (): Promise<SeenRow[]> => env.knex<SeenRow>('ordered_seen').orderBy
 
 beforeAll(async () => {
   env = await createTestEnv();
+  await requireOrderingPlugin(env.config, 'test');
   await env.knex.schema.createTable('ordered_seen', (t) => {
     t.bigIncrements('id').primary();
     t.text('key').notNullable();

@@ -1,4 +1,7 @@
 import amqp, { type Options } from 'amqplib';
+import type { Config } from '../../shared/config.js';
+import { workQueueName } from '../../shared/defaults.js';
+import { orderingPluginAvailable } from '../../shared/ordering.js';
 import { urls } from './services.js';
 
 /**
@@ -22,5 +25,19 @@ export async function publishRaw(
     await channel.waitForConfirms();
   } finally {
     await connection.close();
+  }
+}
+
+/**
+ * Tests of ordered keys need the broker's consistent-hash exchange; without it the worker falls
+ * back to unordered handling, and the test would only time out waiting for partitions.
+ */
+export async function requireOrderingPlugin(config: Config, app: string): Promise<void> {
+  const queue = workQueueName(config.exchange, app);
+  if (!(await orderingPluginAvailable(urls.amqp, { exchange: config.exchange, queue, types: [] }))) {
+    throw new Error(
+      'RabbitMQ lacks the plugin rabbitmq_consistent_hash_exchange that ordered keys need: ' +
+        'run `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` (.ci/run and docker-compose enable it)',
+    );
   }
 }
