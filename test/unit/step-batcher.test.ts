@@ -47,6 +47,25 @@ describe('StepBatcher', () => {
     ]);
   });
 
+  it('spreads the steps of one turn over the free slots first, and batches only what would wait', async () => {
+    const { batcher, batches, ends } = harness(10, 3);
+    // Two ready steps and three free slots: each runs alone, as one by one (a slow one delays nothing).
+    batcher.submit({ id: 0, key: 'a' });
+    batcher.submit({ id: 1, key: 'b' });
+    await waitUntil(() => batches.length === 2, 'both steps to start');
+    expect(batches.map((b) => b.map((i) => i.id))).toEqual([[0], [1]]);
+    // One slot left and four ready steps: they share it rather than wait.
+    for (let i = 2; i < 6; i++) batcher.submit({ id: i, key: `k${i}` });
+    await waitUntil(() => batches.length === 3, 'the third batch');
+    expect(batches[2]?.map((i) => i.id)).toEqual([2, 3, 4, 5]);
+    // Seven ready steps and two free slots: an even share each.
+    for (let i = 6; i < 13; i++) batcher.submit({ id: i, key: `k${i}` });
+    ends.shift()?.();
+    ends.shift()?.();
+    await waitUntil(() => batches.length === 5, 'two more batches');
+    expect(batches.slice(3).map((b) => b.length)).toEqual([4, 3]);
+  });
+
   it('every step runs once, batches hold at most maxBatch steps with distinct keys, at most maxInFlight at once', async () => {
     await fc.assert(
       fc.asyncProperty(

@@ -1,9 +1,11 @@
 /**
- * Groups saga steps that are ready at the same time into batches, never waiting to fill one: a
- * step submitted while fewer than `maxInFlight` batches run starts at once (with whatever else was
- * submitted in the same turn of the event loop, e.g. the eager steps one commit leased); steps
- * submitted while every slot is busy wait and form the next batch together. At light load a
- * batch is one step, so batching adds no latency; under load the batches grow up to `maxBatch`.
+ * Groups saga steps that are ready at the same time into batches, never waiting to fill one.
+ * Parallelism comes first: the ready steps are spread over the free slots (`maxInFlight`), so a
+ * step shares a transaction only with steps that would otherwise have waited for a slot. A slow
+ * step (an HTTP call) thus delays only steps that one-by-one processing would have delayed too,
+ * and at light load, with slots free, every step runs alone: no added latency, and outcomes that
+ * depend on time (deadlines, timeouts) stay those of one-by-one processing. Under load, with
+ * every slot busy, the steps arriving meanwhile form the next batches, up to `maxBatch` each.
  */
 export class StepBatcher<T> {
   private readonly queue: T[] = [];
@@ -38,7 +40,9 @@ export class StepBatcher<T> {
 
   private start(): void {
     while (this.inFlight < this.options.maxInFlight && this.queue.length > 0) {
-      const batch = this.take();
+      // An even share of what is ready for each free slot.
+      const share = Math.ceil(this.queue.length / (this.options.maxInFlight - this.inFlight));
+      const batch = this.take(Math.min(share, this.options.maxBatch));
       this.inFlight++;
       void this.run(batch).finally(() => {
         this.inFlight--;
@@ -47,11 +51,11 @@ export class StepBatcher<T> {
     }
   }
 
-  /** Up to maxBatch items, oldest first; an item whose key is taken waits for a later batch. */
-  private take(): T[] {
+  /** Up to `size` items, oldest first; an item whose key is taken waits for a later batch. */
+  private take(size: number): T[] {
     const batch: T[] = [];
     const keys = new Set<string>();
-    for (let i = 0; i < this.queue.length && batch.length < this.options.maxBatch; ) {
+    for (let i = 0; i < this.queue.length && batch.length < size; ) {
       const item = this.queue[i] as T;
       const key = this.options.key(item);
       if (keys.has(key)) {
