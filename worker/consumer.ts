@@ -82,6 +82,8 @@ export class Consumer {
   protected readonly inFlight = new Set<Promise<void>>();
   /** Deliveries received and not taken by a handler slot yet (batching only), oldest first. */
   private readonly ready: Delivery[] = [];
+  /** Slot tasks queued to take from `ready` and not started yet (batching only). */
+  private takersQueued = 0;
   /** Deliveries received and not settled yet. */
   private held = 0;
   protected readonly limit: LimitFunction;
@@ -360,9 +362,12 @@ export class Consumer {
   }
 
   /**
-   * Batching: each delivery joins the ready list and queues one slot task; whichever task runs
-   * first takes up to batchSize deliveries at hand, so a batch is whatever arrived while every slot
-   * was busy, and never waits to fill (at light load it is one message).
+   * Batching: each delivery joins the ready list, and a slot task is queued unless the tasks queued
+   * already can take all that is ready; whichever task runs first takes up to batchSize deliveries
+   * at hand, so a batch is whatever arrived while every slot was busy, and never waits to fill (at
+   * light load it is one message). One queued task per batch, not per delivery: at saturation half
+   * the default prefetch waits, a task per delivery kept the slot queue from ever emptying, and the
+   * worker's heap grew for as long as the load lasted (RSS 0.37 to 1.2 GB in the 10-minute soak).
    */
   protected onDelivery(channel: Channel, msg: ConsumeMessage): void {
     noteUnorderedKey(msg, this.log);
@@ -370,7 +375,13 @@ export class Consumer {
     let work: Promise<void>;
     if (this.options.batchSize > 1) {
       this.ready.push({ channel, msg });
-      work = this.limit(() => this.takeReady());
+      // Each queued task takes up to batchSize (synchronously, as it starts): this many suffice.
+      if (this.ready.length <= this.takersQueued * this.options.batchSize) return;
+      this.takersQueued++;
+      work = this.limit(() => {
+        this.takersQueued--;
+        return this.takeReady();
+      });
     } else {
       work = this.limit(async () => {
         if (this.stopping) this.settle({ channel, msg }, 'requeue');
