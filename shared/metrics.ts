@@ -79,6 +79,14 @@ export const sagaStepBatchSize = new Histogram({
   name: 'dw_saga_step_batch_size',
   help: 'Saga steps per step transaction (sagaBatchSize > 1; 1: a step alone)',
   buckets: [1, 2, 3, 5, 10, 20, 50, 100, 250, 1000],
+  registers: [registry],
+});
+
+export const messageBatchSize = new Histogram({
+  name: 'dw_message_batch_size',
+  help: 'Deliveries a handler slot took into one transaction (batchSize > 1; 1: a message alone)',
+  buckets: [1, 2, 3, 5, 10, 20, 50, 100, 250, 1000],
+  registers: [registry],
 });
 
 /** Keyed messages that reached the ordinary work queue (published to the main exchange with a key). */

@@ -6,7 +6,7 @@ import { backoffMs } from '../shared/backoff.js';
 import { readIncoming } from '../shared/envelope.js';
 import { describeCause } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
-import { messagesTotal } from '../shared/metrics.js';
+import { messageBatchSize, messagesTotal } from '../shared/metrics.js';
 import { declareUnorderedFallback, noteUnorderedKey } from '../shared/ordering.js';
 import { sleep } from '../shared/time.js';
 import { declareTopology, type Topology } from '../shared/topology.js';
@@ -324,6 +324,7 @@ export class Consumer {
       for (const delivery of batch) this.settle(delivery, 'requeue');
       return;
     }
+    if (batch.length > 0) messageBatchSize.observe(batch.length);
     if (batch.length === 1) return this.handleOne(batch[0]!);
     if (batch.length > 1) await this.handleBatch(batch);
   }

@@ -1,6 +1,9 @@
 import { readFileSync } from 'node:fs';
+import { Counter, Gauge, Histogram, Summary } from 'prom-client';
 import { describe, expect, it } from 'vitest';
-import { registry } from '../../shared/metrics.js';
+import * as metrics from '../../shared/metrics.js';
+
+const { registry } = metrics;
 
 const read = (path: string) => readFileSync(new URL(`../../${path}`, import.meta.url), 'utf8');
 
@@ -20,6 +23,16 @@ describe('metric names in the docs', () => {
       for (const name of names) expect(registered, `${path}: ${name}`).toContain(name);
     },
   );
+
+  it('every metric the code defines is served (registered)', () => {
+    const kinds = [Counter, Gauge, Histogram, Summary];
+    const defined = Object.values(metrics).filter((value) => kinds.some((kind) => value instanceof kind));
+    expect(defined.length).toBeGreaterThan(10);
+    for (const metric of defined) {
+      const name = (metric as unknown as { name: string }).name;
+      expect(registered, name).toContain(name);
+    }
+  });
 
   it('the README and docs/contracts.md name every metric', () => {
     for (const path of ['README.md', 'docs/contracts.md']) {
