@@ -344,6 +344,73 @@ export async function completeStep(
   return { recorded: rows[0].recorded, inserted: rows[0].inserted };
 }
 
+/** One completed step of completeSteps: what completeStep takes for it. */
+export interface CompletedStep {
+  step: StepKey & { stage: number; attempts: number; expectedVersion: number; leasedMessageId?: string };
+  saga: { state?: unknown; status?: 'completed' };
+  messages: readonly OutboxMessage[];
+}
+
+/**
+ * completeStep for the steps of a batch (one per saga, each alone in its stage), in one statement:
+ * the sagas' optimistic updates, the step records, every next message and the leased rows marked
+ * delivered. `recorded`: how many steps it recorded; fewer than given means some saga moved (or a
+ * duplicate completed its step), and the caller must roll the whole transaction back, since every
+ * step's effects are in it. At most maxOutboxValues messages in all. `inserted`: the message ids
+ * written (not those present already).
+ */
+export async function completeSteps(
+  trx: Db,
+  steps: readonly CompletedStep[],
+): Promise<{ recorded: number; inserted: string[] }> {
+  const messages = steps.flatMap((s) => s.messages);
+  const values = messages.length > 0 ? outboxValues(messages) : undefined;
+  const leased = steps.flatMap((s) => (s.step.leasedMessageId ? [s.step.leasedMessageId] : []));
+  // The steps as parallel arrays unnested into rows (the state as text: a null stays null); the
+  // saga ids are distinct (one step per saga in a batch), so each update matches one input row.
+  const { rows } = await trx.raw<{ rows: [{ recorded: number; inserted: string[] }] }>(
+    `with input as (
+       select * from unnest(?::text[], ?::text[], ?::int[], ?::text[], ?::int[], ?::int[], ?::text[], ?::text[])
+         as k(saga_id, step, stage, phase, attempts, expected_version, state, status)),
+     saga as (
+       update dw_sagas s set state = coalesce(k.state::jsonb, s.state), status = coalesce(k.status, s.status),
+              version = s.version + 1, updated_at = now()
+         from input k
+        where s.id = k.saga_id and s.version = k.expected_version returning s.id),
+     rec as (
+       insert into dw_saga_steps (saga_id, step, stage, phase, status, attempts, finished_at, error)
+       select k.saga_id, k.step, k.stage, k.phase, 'completed', k.attempts, now(), null
+         from input k join saga on saga.id = k.saga_id
+       on conflict (saga_id, step, phase) do update
+          set status = 'completed', attempts = excluded.attempts, finished_at = now(), error = null
+        where dw_saga_steps.status <> 'completed'
+       returning id),
+     sent as (${
+       values
+         ? `insert into dw_outbox (${outboxColumns}) values ${values.sql}
+       on conflict (message_id) do nothing returning message_id`
+         : 'select null::text as message_id where false'
+     }),
+     marked as (
+       update dw_outbox set delivered_at = now()
+        where message_id = any(?::text[]) and delivered_at is null returning id)
+     select (select count(*) from rec)::int as recorded, array(select message_id from sent) as inserted`,
+    [
+      steps.map((s) => s.step.sagaId),
+      steps.map((s) => s.step.step),
+      steps.map((s) => s.step.stage),
+      steps.map((s) => s.step.phase),
+      steps.map((s) => s.step.attempts),
+      steps.map((s) => s.step.expectedVersion),
+      steps.map((s) => (s.saga.state === undefined ? null : JSON.stringify(s.saga.state))) as Knex.Value,
+      steps.map((s) => s.saga.status ?? null) as Knex.Value,
+      ...(values?.bindings ?? []),
+      leased,
+    ],
+  );
+  return { recorded: rows[0].recorded, inserted: rows[0].inserted };
+}
+
 /**
  * Records a failed attempt (`final`: failed for good). Returns false, changing nothing, when the
  * record moved past it: completed (a duplicate job succeeded meanwhile), failed for good, or

@@ -18,7 +18,9 @@ import type { SagaDeadlineJob, SagaStepJob } from '../../shared/saga/jobs.js';
 import { type NextStage, planNextStage, type StepEnd } from '../../shared/saga/plan.js';
 import {
   advanceSagaVersion,
+  type CompletedStep,
   completeStep,
+  completeSteps,
   listStepRows,
   lockStep,
   lockSteps,
@@ -73,6 +75,11 @@ interface AttemptProgress {
   written: OutboxMessage[];
   /** The statement recording the step marked the leased outbox row delivered (StepDelivery.leased). */
   marked?: boolean;
+  /**
+   * In a batch: the step's bookkeeping, left to the batch's one completeSteps statement (`written`
+   * and `marked` are set once that ran).
+   */
+  deferred?: { record: CompletedStep; written: OutboxMessage[] };
   /**
    * Set when the attempt failed (its code threw, or the framework's statements after it did) and
    * its failure is not yet committed: the transaction died before it could record it.
@@ -304,6 +311,7 @@ export class SagaStepRunner {
           );
           crashPoint('saga:inside-batch');
         }
+        await this.completeDeferred(trx, progress);
         return decided;
       });
     } catch (error) {
@@ -372,12 +380,51 @@ export class SagaStepRunner {
         attempt,
         progress,
         item.delivery,
+        true,
       );
     } catch (error) {
       if (progress.failed || (await classifyFailure(this.deps.knex, error)) === 'outage') throw error;
       progress.written = [];
       progress.marked = false;
+      progress.deferred = undefined;
       return undefined;
+    }
+  }
+
+  /**
+   * The bookkeeping the batch's steps left (see runAttempt), in one statement (at most
+   * maxOutboxValues messages each: several when more). Throws ConcurrencyConflictError when a
+   * saga moved or a duplicate completed a step meanwhile: the batch, every step's effects with it,
+   * rolls back and its steps run one by one.
+   */
+  private async completeDeferred(trx: Knex.Transaction, progress: AttemptProgress[]): Promise<void> {
+    const pending = progress.filter((p) => p.deferred);
+    const chunks: AttemptProgress[][] = [];
+    let count = 0;
+    for (const p of pending) {
+      const size = p.deferred!.record.messages.length;
+      if (chunks.length === 0 || count + size > maxOutboxValues) {
+        chunks.push([]);
+        count = 0;
+      }
+      chunks.at(-1)!.push(p);
+      count += size;
+    }
+    for (const chunk of chunks) {
+      const done = await completeSteps(
+        trx,
+        chunk.map((p) => p.deferred!.record),
+      );
+      if (done.recorded !== chunk.length) {
+        const first = chunk[0]!.deferred!.record.step;
+        throw new ConcurrencyConflictError(first.sagaId, first.expectedVersion);
+      }
+      const inserted = new Set(done.inserted);
+      for (const p of chunk) {
+        const { record, written } = p.deferred!;
+        p.marked = record.step.leasedMessageId !== undefined;
+        p.written = written.filter((m) => inserted.has(m.messageId));
+      }
     }
   }
 
@@ -500,6 +547,8 @@ export class SagaStepRunner {
     attempt: number,
     progress: AttemptProgress,
     delivery: StepDelivery,
+    /** In a batch: the bookkeeping of a step alone in its stage is left to completeDeferred. */
+    defer = false,
   ): Promise<StepOutcome> {
     // The code runs under a savepoint of the transaction holding the step lock. When it fails, the
     // savepoint is rolled back and the failure recorded (retry, compensation or dead letter) in
@@ -517,7 +566,7 @@ export class SagaStepRunner {
     try {
       return await trx.transaction(async (sub) => {
         try {
-          return await this.runAttempt(sub, saga, step, job, row, attempt, progress, delivery);
+          return await this.runAttempt(sub, saga, step, job, row, attempt, progress, delivery, defer);
         } catch (error) {
           thrown = error;
           if (error instanceof AttemptFailed) progress.failed = error;
@@ -597,6 +646,7 @@ export class SagaStepRunner {
     attempt: number,
     progress: AttemptProgress,
     delivery: StepDelivery,
+    defer = false,
   ): Promise<'completed'> {
     const outbox: OutboxMessage[] = [];
     const result = await this.runWithTimeout(trx, saga, step, job, row, attempt, outbox);
@@ -611,9 +661,8 @@ export class SagaStepRunner {
       const written = this.deps.eager ? this.deps.eager.lease(outbox) : outbox;
       if (written.length <= maxOutboxValues) {
         const merged = job.phase === 'execute' && result && typeof result === 'object' ? result : undefined;
-        const done = await completeStep(
-          trx,
-          {
+        const record: CompletedStep = {
+          step: {
             sagaId: row.id,
             step: step.name,
             stage: step.stage,
@@ -622,12 +671,19 @@ export class SagaStepRunner {
             expectedVersion: row.version,
             leasedMessageId: delivery.leased?.messageId,
           },
-          {
+          saga: {
             state: merged ? { ...row.state, ...merged } : undefined,
             status: planned.kind === 'saga-completed' ? 'completed' : undefined,
           },
-          written,
-        );
+          messages: written,
+        };
+        if (defer) {
+          // Recorded with the batch's other steps in one statement before its commit; should that
+          // find the saga moved, the whole batch rolls back and its steps run one by one.
+          progress.deferred = { record, written };
+          return 'completed';
+        }
+        const done = await completeStep(trx, record.step, record.saga, written);
         // Nothing recorded: the saga moved meanwhile (version or status), or a duplicate completed it.
         if (!done.recorded) throw new ConcurrencyConflictError(row.id, row.version);
         progress.marked = delivery.leased !== undefined;
