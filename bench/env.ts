@@ -6,7 +6,7 @@ import pg from 'pg';
 import { createKnex } from '../shared/db/knex.js';
 import { migrate } from '../shared/db/migrate.js';
 import { retryQueueName, workQueueName } from '../shared/defaults.js';
-import { deliveryLimitQueueName } from '../shared/queue-type.js';
+import { deliveryLimitQueueName, type QueueType } from '../shared/queue-type.js';
 import { benchMigrations } from './app.js';
 
 /** Where the services are; the same defaults as docs/contracts.md, "Environment". */
@@ -37,6 +37,8 @@ export interface BenchEnv {
   /** Prefix of every BullMQ prefix of this run (`<bullmqPrefix>-<part>`). */
   bullmqPrefix: string;
   knex: Knex;
+  /** The work queue's type (`--queue-type`), declared by the bench and given to every child. */
+  queueType: QueueType;
   /** The environment of a `dw worker` / `dw relay` child process of this run. */
   childEnv(extra?: Record<string, string>): NodeJS.ProcessEnv;
   teardown(): Promise<void>;
@@ -45,7 +47,7 @@ export interface BenchEnv {
 export const BENCH_DATABASE = 'durable_worker_bench';
 export const DBOS_DATABASE = 'durable_worker_bench_dbos';
 
-export async function createBenchEnv(services: BenchServices): Promise<BenchEnv> {
+export async function createBenchEnv(services: BenchServices, queueType: QueueType): Promise<BenchEnv> {
   const id = randomBytes(4).toString('hex');
   await recreateDatabase(services.postgres, BENCH_DATABASE);
   await recreateDatabase(services.postgres, DBOS_DATABASE);
@@ -62,6 +64,7 @@ export async function createBenchEnv(services: BenchServices): Promise<BenchEnv>
     dbosDatabaseUrl: `${services.postgres}/${DBOS_DATABASE}`,
     exchange,
     bullmqPrefix,
+    queueType,
     knex,
     childEnv: (extra = {}) => ({
       ...process.env,
@@ -71,6 +74,7 @@ export async function createBenchEnv(services: BenchServices): Promise<BenchEnv>
       DW_EXCHANGE: exchange,
       DW_APP: appModule,
       BULLMQ_PREFIX: bullmqPrefix,
+      DW_QUEUE_TYPE: queueType,
       LOG_LEVEL: 'info',
       DW_HEALTH_PORT: '',
       ...extra,

@@ -25,7 +25,7 @@ async function paced(
   settings: LatencySettings,
   make: (seq: number, sentAt: number) => { type: string; payload: unknown; id: string },
 ): Promise<Map<string, number>> {
-  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange);
+  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange, env.queueType);
   const sent = new Map<string, number>();
   const confirms: Promise<void>[] = [];
   const count = Math.round(settings.ratePerSec * settings.durationSec);

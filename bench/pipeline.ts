@@ -82,7 +82,7 @@ export async function measureWorker(env: BenchEnv, settings: PipelineSettings): 
 /** `count` BenchPipeline messages with seq from `first`, published and confirmed. */
 async function publishPipeline(env: BenchEnv, first: number, count: number): Promise<void> {
   if (count === 0) return;
-  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange);
+  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange, env.queueType);
   try {
     const sentAt = Date.now();
     await publisher.publishAll(

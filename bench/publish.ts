@@ -2,6 +2,7 @@ import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import type { OutgoingMessage } from '../shared/envelope.js';
 import { publishOptions } from '../shared/envelope.js';
 import { publishMessages } from '../shared/publisher.js';
+import type { QueueType } from '../shared/queue-type.js';
 import { appTopology, declareTopology } from '../shared/topology.js';
 import { app } from './app.js';
 
@@ -14,13 +15,16 @@ export class BenchPublisher {
   ) {}
 
   /** Connects and declares the bench app's exchange and queue, so messages queue up before a worker runs. */
-  static async open(amqpUrl: string, exchange: string): Promise<BenchPublisher> {
+  static async open(amqpUrl: string, exchange: string, queueType: QueueType): Promise<BenchPublisher> {
     const connection = await amqp.connect(amqpUrl, { clientProperties: { connection_name: 'dw bench' } });
     connection.on('error', () => {});
     const channel = await connection.createConfirmChannel();
     // Failures surface as rejected publishes and confirms; the events must not crash the run.
     channel.on('error', () => {});
-    await declareTopology(channel, appTopology(app, exchange));
+    await declareTopology(
+      channel,
+      appTopology(app, exchange, undefined, { type: queueType, explicit: true }),
+    );
     return new BenchPublisher(connection, channel, exchange);
   }
 

@@ -1,5 +1,7 @@
 import os from 'node:os';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { queueDefaults } from '../shared/defaults.js';
+import type { QueueType } from '../shared/queue-type.js';
 import { measureDbos } from './dbos.js';
 import { createBenchEnv, servicesFromEnv, truncateRunTables } from './env.js';
 import { measureHandlerLatency, measureSagaLatency } from './latency.js';
@@ -44,6 +46,7 @@ interface Options {
   only?: string;
   keep?: boolean;
   tracing?: boolean;
+  queueType: QueueType;
 }
 
 const integer =
@@ -108,6 +111,11 @@ const program = new Command('bench')
   .option('--cpu-prof <dir>', 'write V8 CPU profiles of the worker and relay children to <dir>')
   .option('--worker-args <args>', 'extra `dw worker` arguments (tuning experiments)', '')
   .option('--relay-args <args>', 'extra `dw relay` arguments (tuning experiments)', '')
+  .addOption(
+    new Option('--queue-type <type>', "the work queue's type (every worker and the bench's publisher)")
+      .choices(['quorum', 'classic'])
+      .default(queueDefaults.queueType),
+  )
   .option('--keep', 'keep the bench databases, queues and keys afterwards (to look into them)')
   .option(
     '--tracing',
@@ -169,7 +177,7 @@ for (const part of parts) {
 }
 const receiver = opts.tracing ? await startNoopOtlpReceiver() : undefined;
 const loadBefore = os.loadavg();
-const env = await createBenchEnv(servicesFromEnv());
+const env = await createBenchEnv(servicesFromEnv(), opts.queueType);
 let failed = false;
 const cleanupOnSignal = () => {
   progress('interrupted: cleaning up');
@@ -265,6 +273,7 @@ async function runAll(): Promise<BenchReport> {
       node: process.version,
       concurrency: opts.concurrency,
       workers: opts.workers,
+      queueType: opts.queueType,
       repetitions: reps,
       pipelineMessages: opts.messages,
       // The first backlog, as before; every one in relayBacklogs.

@@ -28,7 +28,7 @@ export async function sagasCompleted(
  * `timeoutMs`. False (and the saga figures are left out) on a build whose saga runner is missing.
  */
 export async function sagasWork(env: BenchEnv, timeoutMs = 15_000): Promise<boolean> {
-  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange);
+  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange, env.queueType);
   const id = randomUUID();
   try {
     await publisher.publishAll([{ id, type: 'BenchSaga', payload: { seq: -1, sentAt: Date.now() } }]);
@@ -49,7 +49,7 @@ export async function sagasWork(env: BenchEnv, timeoutMs = 15_000): Promise<bool
  */
 export async function measureSagas(env: BenchEnv, count: number): Promise<number> {
   const ids = Array.from({ length: count }, () => randomUUID());
-  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange);
+  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange, env.queueType);
   const start = performance.now();
   try {
     await publisher.publishAll(

@@ -55,7 +55,7 @@ export async function runSoak(
   await truncateRunTables(env.knex);
   const backlog = settings.backlog ?? 2000;
   const live = await startLive(env, settings);
-  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange);
+  const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange, env.queueType);
   const connection = await amqp.connect(env.services.amqpUrl);
   // A broker-side error ends the top-up loop (its awaited call rejects), not the process.
   connection.on('error', () => {});
