@@ -12,6 +12,7 @@ export class OutboxListener {
   private client: pg.Client | undefined;
   private closed = false;
   private woken = false;
+  private released = false;
   private waiters: Array<() => void> = [];
   private reconnecting = false;
   private readonly abort = new AbortController();
@@ -27,7 +28,7 @@ export class OutboxListener {
 
   /** Resolves on a notification (or one that came since the last wait), on timeout, or on close. */
   wait(timeoutMs: number): Promise<void> {
-    if (this.woken || this.closed) {
+    if (this.woken || this.released) {
       this.woken = false;
       return Promise.resolve();
     }
@@ -42,18 +43,27 @@ export class OutboxListener {
     });
   }
 
+  /**
+   * One waiting loop per notification: a commit of a few rows needs one claim, and a loop that
+   * claims a full batch goes on by itself; waking every loop cost an empty claim each per commit.
+   * Notifications that come faster than one loop drains wake more loops.
+   */
   wake(): void {
-    if (this.waiters.length === 0) {
-      this.woken = true;
-      return;
-    }
+    const waiter = this.waiters[0];
+    if (waiter) waiter();
+    else this.woken = true;
+  }
+
+  /** The relay is stopping: every wait, now and later, returns at once. */
+  release(): void {
+    this.released = true;
     for (const waiter of [...this.waiters]) waiter();
   }
 
   async close(): Promise<void> {
     this.closed = true;
     this.abort.abort();
-    this.wake();
+    this.release();
     await this.client?.end().catch(() => {});
   }
 

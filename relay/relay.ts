@@ -127,7 +127,7 @@ export class Relay {
     if (this.stopping) return true;
     this.stopping = true;
     this.halt.abort();
-    this.listener.wake();
+    this.listener.release();
     const drained = await Promise.race([
       Promise.all(this.loops).then(() => true),
       sleep(graceMs).then(() => false),

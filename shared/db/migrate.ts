@@ -8,6 +8,7 @@ import * as m003 from './migrations/003_sagas.js';
 import * as m004 from './migrations/004_redis_delivery_seq.js';
 import * as m005 from './migrations/005_saga_versions.js';
 import * as m006 from './migrations/006_processes_dashboard_audit.js';
+import * as m007 from './migrations/007_outbox_notify_available.js';
 
 /** A migration as an app supplies it (`defineApp({ migrations })`): a unique name, `up` and optional `down`. */
 export interface Migration {
@@ -16,7 +17,7 @@ export interface Migration {
   down?(knex: Knex): Promise<void>;
 }
 
-export const coreMigrations: readonly Migration[] = [m001, m002, m003, m004, m005, m006];
+export const coreMigrations: readonly Migration[] = [m001, m002, m003, m004, m005, m006, m007];
 
 /**
  * Static migration source: the migrations are imported modules, not files found at run time, so

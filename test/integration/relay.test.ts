@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Destinations } from '../../relay/destinations.js';
 import { Relay } from '../../relay/relay.js';
@@ -123,6 +124,32 @@ describe('relay', () => {
       await q.close();
       await relay.stop(5000);
     }
+  });
+
+  it('a leased row (an eager saga step) wakes no relay; a row the relay may deliver does', async () => {
+    const listener = new pg.Client({ connectionString: env.config.databaseUrl });
+    await listener.connect();
+    const heard: string[] = [];
+    listener.on('notification', (n) => heard.push(n.channel));
+    await listener.query('listen dw_outbox');
+    const queue = randomName('lease-notify-');
+    try {
+      await env.knex.transaction((trx) => insertOutboxMessages(trx, [job(queue, 1, { leaseMs: 600_000 })]));
+      await env.knex.transaction((trx) => insertOutboxMessages(trx, [job(queue, 2)]));
+      // Notifications come in commit order: once the second commit's arrived, the first's would have.
+      await waitUntil(() => heard.length > 0, 'the notification of the deliverable row');
+      expect(heard).toEqual(['dw_outbox']);
+    } finally {
+      await listener.end();
+      await env.knex('dw_outbox').where({ destination: queue }).delete();
+    }
+  });
+
+  it('stops at once with every claim loop idle, however long the poll interval', async () => {
+    const relay = await Relay.start({ config: env.config, pollIntervalMs: 120_000, concurrency: 4 });
+    await waitDrained();
+    // Each notification wakes one loop; a stop must still wake all four at once.
+    expect(await relay.stop(20_000)).toBe(true);
   });
 
   it('keeps exactly one LISTEN connection through an outage with refused connection attempts', async () => {
