@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exampleMigrations } from '../../examples/app/migrations.js';
+import { coreMigrations } from '../../shared/db/migrate.js';
 import { waitUntil } from '../../shared/wait.js';
 import { cliEnv, runCli, startDw } from '../support/cli.js';
 import { count, createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
@@ -20,8 +21,10 @@ describe('dw migrate', () => {
     const config = { ...env.config, databaseUrl: `${urls.postgres}/${database}` };
     const first = await runCli(['migrate'], cliEnv(config));
     expect(first.stderr).toContain(`created database`);
-    // durable-worker's six migrations and the app's one.
-    expect(first.stdout).toContain('applied 7 migration(s)');
+    // durable-worker's migrations and the app's.
+    expect(first.stdout).toContain(
+      `applied ${coreMigrations.length + exampleMigrations.length} migration(s)`,
+    );
     expect(first.stdout).toContain(
       `declared exchange ${env.config.exchange} and queue ${env.config.exchange}.example`,
     );

@@ -17,7 +17,7 @@ import { createTestEnv, type TestEnv } from '../support/services.js';
 // children of the crash tests run): each step's effect is a batch_ledger row with the id of the
 // transaction it committed in, so a test sees which steps shared one.
 
-type State = { failOnce?: string; failAlways?: string };
+type State = { failOnce?: string; failAlways?: string; unstorable?: string };
 type Ctx = StepContext<State>;
 
 /** Calls of each step function per saga, rolled back or not. */
@@ -25,26 +25,41 @@ const calls = new Map<string, number>();
 /** The transaction ids the failing attempts ran in (their savepoints rolled back, the batch not). */
 const failedIn: string[] = [];
 
-const effect = (action: string) => async (ctx: Ctx) => {
-  const key = `${ctx.sagaId}/${action}/${ctx.step}`;
-  calls.set(key, (calls.get(key) ?? 0) + 1);
-  const fails =
-    action === 'execute' &&
-    (ctx.state.failAlways === ctx.step || (ctx.state.failOnce === ctx.step && ctx.attempt === 1));
-  if (fails) {
-    const { rows } = await ctx.trx.raw<{ rows: [{ txid: string }] }>('select txid_current()::text as txid');
-    failedIn.push(rows[0].txid);
-    throw new Error(`${ctx.step}: attempt ${ctx.attempt} fails`);
-  }
-  await ctx.trx.raw(
-    'insert into batch_ledger (saga_id, step, action, txid) values (?, ?, ?, txid_current())',
-    [ctx.sagaId, ctx.step, action],
-  );
+const effect =
+  (action: string) =>
+  async (ctx: Ctx): Promise<Record<string, unknown> | undefined> => {
+    const key = `${ctx.sagaId}/${action}/${ctx.step}`;
+    calls.set(key, (calls.get(key) ?? 0) + 1);
+    const fails =
+      action === 'execute' &&
+      (ctx.state.failAlways === ctx.step || (ctx.state.failOnce === ctx.step && ctx.attempt === 1));
+    if (action === 'execute' && ctx.state.unstorable === ctx.step) {
+      // A result PostgreSQL refuses in the saga's jsonb state: the step's bookkeeping fails.
+      await ctx.trx.raw(
+        'insert into batch_ledger (saga_id, step, action, txid) values (?, ?, ?, txid_current())',
+        [ctx.sagaId, ctx.step, action],
+      );
+      return { note: 'NUL \u0000 here' };
+    }
+    if (fails) {
+      const { rows } = await ctx.trx.raw<{ rows: [{ txid: string }] }>('select txid_current()::text as txid');
+      failedIn.push(rows[0].txid);
+      throw new Error(`${ctx.step}: attempt ${ctx.attempt} fails`);
+    }
+    await ctx.trx.raw(
+      'insert into batch_ledger (saga_id, step, action, txid) values (?, ?, ?, txid_current())',
+      [ctx.sagaId, ctx.step, action],
+    );
+    return undefined;
+  };
+
+const undo = async (ctx: Ctx): Promise<void> => {
+  await effect('compensate')(ctx);
 };
 
 const batched = defineSaga<State>('batched', { retry: { attempts: 3, backoffMs: 5 } })
-  .step('reserve', [effect('execute'), effect('compensate')])
-  .step('charge', [effect('execute'), effect('compensate')])
+  .step('reserve', [effect('execute'), undo])
+  .step('charge', [effect('execute'), undo])
   .step('confirm', effect('execute'));
 
 const app = defineApp({
@@ -273,6 +288,32 @@ describe('batched saga steps', () => {
       await relay.stop(5000);
     }
   }
+
+  it('a step whose record PostgreSQL refuses fails alone; the other steps of its batch run once', async () => {
+    const plain = Array.from({ length: 24 }, () => ({ id: randomUUID(), state: {} as State }));
+    const hostile = Array.from({ length: 3 }, () => ({ id: randomUUID(), state: { unstorable: 'charge' } }));
+    const sagas = plain.flatMap((s, i) => (i % 8 === 0 ? [s, hostile[i / 8]!] : [s]));
+    const ids = sagas.map((s) => s.id);
+    const worker = await Worker.start({ app, config: env.config, sagaSweepIntervalMs: 0 });
+    const relay = await Relay.start({ config: env.config });
+    try {
+      await publishStarts([sagas]);
+      await finished(ids);
+    } finally {
+      await relay.stop(5000);
+      await worker.stop(5000);
+    }
+    const byId = await ledgers(ids);
+    for (const { id } of plain) {
+      expect(byId.get(id), id).toEqual(completeLedger);
+      for (const step of ['reserve', 'charge', 'confirm']) expect(calls.get(`${id}/execute/${step}`)).toBe(1);
+    }
+    for (const { id } of hostile) {
+      expect((await env.knex('dw_sagas').where({ id }).first()).status).not.toBe('completed');
+      // Its refused write never committed: the ledger holds no charge of it.
+      expect(byId.get(id)).not.toContain('+charge');
+    }
+  });
 
   it('a worker killed inside a batch, before its commit: nothing of it stays, every step runs once', async () => {
     await crashScenario('saga:inside-batch');

@@ -31,6 +31,7 @@ import {
   type SagaForStep,
   transitionSaga,
 } from '../../shared/saga/store.js';
+import { storableJson } from '../../shared/storable.js';
 import { type Clock, systemClock } from '../../shared/time.js';
 import type { EagerSteps } from './eager.js';
 import { recordFailureOrGiveUp, scheduleRetryOrGiveUp } from './failures.js';
@@ -677,7 +678,7 @@ export class SagaStepRunner {
           },
           messages: written,
         };
-        if (defer) {
+        if (defer && storableRecord(record)) {
           // Recorded with the batch's other steps in one statement before its commit; should that
           // find the saga moved, the whole batch rolls back and its steps run one by one.
           progress.deferred = { record, written };
@@ -837,4 +838,29 @@ export class SagaStepRunner {
 /** The sweep or a replay re-enqueued the saga's work under a later generation: this copy is old. */
 function staleGeneration(job: SagaStepJob, row: Pick<SagaForStep, 'generation'>): boolean {
   return job.generation !== undefined && job.generation < row.generation;
+}
+
+/**
+ * Whether PostgreSQL takes the step's record and messages as they are. A record it refuses (NUL or
+ * a lone surrogate in the state or a message) is written by the step itself, inside its savepoint,
+ * so the refusal is that step's own failure: in the batch's one statement it would fail the whole
+ * batch and run the other steps' code again.
+ */
+function storableRecord(record: CompletedStep): boolean {
+  const value = [
+    record.saga.state ?? null,
+    record.messages.map((m) => [
+      m.messageId,
+      m.type,
+      m.destination,
+      m.payload ?? null,
+      m.headers,
+      m.options ?? null,
+    ]),
+  ];
+  try {
+    return storableJson(value) === JSON.stringify(value);
+  } catch {
+    return false;
+  }
 }
