@@ -6,7 +6,9 @@ export { Relay } from './relay/relay.js';
 export {
   type App,
   type AppInput,
+  type BatchEntry,
   defineApp,
+  defineBatchHandler,
   defineHandler,
   type HandlerContext,
   type HandlerDefinition,

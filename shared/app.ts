@@ -59,10 +59,25 @@ export interface HandlerOptions {
   retry?: RetryPolicyInput;
 }
 
+/** One message of a batch handler's call: the validated message and its own context. */
+export interface BatchEntry<T> {
+  message: T;
+  /**
+   * This message's context: its envelope, and `send`, `publish`, `startSaga`, `onCommit` on its
+   * behalf (causation id, correlation id, trace). `ctx.trx` is the batch's transaction, the same
+   * for every entry.
+   */
+  ctx: HandlerContext;
+}
+
 export interface HandlerDefinition<S extends z.ZodType = z.ZodType> {
   type: string;
   schema: S;
   handle: (message: z.output<S>, ctx: HandlerContext) => Promise<void> | void;
+  /**
+   * Set by defineBatchHandler: the messages of a batch in one call (`handle` calls it with one).
+   */
+  handleBatch?: (batch: readonly BatchEntry<z.output<S>>[]) => Promise<void> | void;
   options: HandlerOptions;
 }
 
@@ -74,6 +89,24 @@ export function defineHandler<S extends z.ZodType>(
   options: HandlerOptions = {},
 ): HandlerDefinition<S> {
   return { type, schema, handle, options };
+}
+
+/**
+ * Registers `handleBatch` for messages of `type`: when the worker handles several deliveries of the
+ * type in one transaction (`batchSize`), it gets them all in one call, so it can write them with
+ * multi-row statements (MassTransit's `Batch<T>` consumers). Each entry keeps its own context, and
+ * every guarantee stays per message: if the call throws, the transaction rolls back and each message
+ * is handled again alone, in a call with a batch of one, so only the failing message is retried or
+ * dead-lettered. A batch is whatever was at hand (never waited for), so it may hold one message.
+ * Duplicates are left out before the call.
+ */
+export function defineBatchHandler<S extends z.ZodType>(
+  type: string,
+  schema: S,
+  handleBatch: (batch: readonly BatchEntry<z.output<S>>[]) => Promise<void> | void,
+  options: HandlerOptions = {},
+): HandlerDefinition<S> {
+  return { type, schema, handle: (message, ctx) => handleBatch([{ message, ctx }]), handleBatch, options };
 }
 
 export interface AppInput {

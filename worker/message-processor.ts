@@ -38,7 +38,7 @@ import { sleep } from '../shared/time.js';
 import { inContext, spanEvent } from '../shared/tracing.js';
 import type { RetryQueues } from './retry-queues.js';
 import type { EagerSteps } from './saga/eager.js';
-import { UnitOfWork } from './unit-of-work.js';
+import { runHandlersTogether, UnitOfWork } from './unit-of-work.js';
 
 /** What schedules a delayed retry: the copy comes back to the work queue after `delayMs`. */
 export type RetryScheduler = Pick<RetryQueues, 'schedule'>;
@@ -196,8 +196,8 @@ export class MessageProcessor {
     } else if ('error' in result) {
       const failing = result.failing;
       (failing?.log ?? this.deps.log).info(
-        { err: result.error, batch: members.length },
-        failing
+        { err: result.error, batch: members.length, batchHandlerOf: result.failingBatchHandler },
+        failing || result.failingBatchHandler
           ? 'handler failed in a batch; the batch rolled back and its messages are handled one by one'
           : 'batch transaction failed; its messages are handled one by one',
       );
@@ -228,10 +228,14 @@ export class MessageProcessor {
    */
   private async runBatch(
     members: readonly BatchMember[],
-  ): Promise<{ fresh: Set<string> } | { error: unknown; failing: BatchMember | undefined }> {
+  ): Promise<
+    | { fresh: Set<string> }
+    | { error: unknown; failing: BatchMember | undefined; failingBatchHandler: string | undefined }
+  > {
     const { knex, app, exchange, queue, eagerSagaSteps } = this.deps;
     const works = members.map((m) => new UnitOfWork(app, exchange, m.log));
     let failing: BatchMember | undefined;
+    let failingBatchHandler: string | undefined;
     let written: readonly OutboxMessage[] = [];
     let fresh: Set<string>;
     try {
@@ -241,14 +245,43 @@ export class MessageProcessor {
           queue,
           members.map((m) => m.incoming.id),
         );
-        const outbox: OutboxMessage[] = [];
+        const together = new Set<string>();
         for (const [i, member] of members.entries()) {
-          if (!inserted.has(member.incoming.id)) continue;
-          failing = member;
-          await inContext(member.context, () => works[i]!.runHandlers(trx, member.envelope, member.payloads));
-          for (const message of works[i]!.outbox) outbox.push(message);
+          const { type } = member.envelope;
+          if (!inserted.has(member.incoming.id) || together.has(type)) continue;
+          if (!hasBatchHandler(app, type)) {
+            failing = member;
+            await inContext(member.context, () =>
+              works[i]!.runHandlers(trx, member.envelope, member.payloads),
+            );
+            continue;
+          }
+          // The type's batch handlers get every fresh message of the type in this batch at once.
+          together.add(type);
+          const group = members.flatMap((m, k) =>
+            m.envelope.type === type && inserted.has(m.incoming.id)
+              ? [
+                  {
+                    member: m,
+                    work: works[k]!,
+                    envelope: m.envelope,
+                    payloads: m.payloads,
+                    context: m.context,
+                  },
+                ]
+              : [],
+          );
+          await runHandlersTogether(app, trx, type, group, (running) => {
+            failing = running?.member;
+            failingBatchHandler = running ? undefined : type;
+          });
         }
         failing = undefined;
+        failingBatchHandler = undefined;
+        const outbox: OutboxMessage[] = [];
+        for (const [i, member] of members.entries()) {
+          if (inserted.has(member.incoming.id)) for (const message of works[i]!.outbox) outbox.push(message);
+        }
         written = eagerSagaSteps ? eagerSagaSteps.lease(outbox) : outbox;
         await insertOutboxMessages(trx, written);
         return inserted;
@@ -256,7 +289,7 @@ export class MessageProcessor {
     } catch (error) {
       for (const work of works) await work.afterRollback(error);
       if ((await classifyFailure(knex, error)) !== 'application') throw error;
-      return { error, failing };
+      return { error, failing, failingBatchHandler };
     }
     eagerSagaSteps?.run(written);
     for (const [i, member] of members.entries()) {
@@ -685,6 +718,10 @@ function record(incoming: IncomingMessage, outcome: Outcome, started: bigint): v
   const type = incoming.type ?? '';
   messageProcessingSeconds.observe({ type }, seconds);
   messageCriticalSeconds.observe({ type }, Math.max(0, Date.now() - incoming.timestamp.getTime()) / 1000);
+}
+
+function hasBatchHandler(app: App, type: string): boolean {
+  return app.handlers.get(type)?.some((h) => h.handleBatch) ?? false;
 }
 
 function envelopeOf(incoming: IncomingMessage, type: string): Envelope {

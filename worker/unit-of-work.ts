@@ -1,13 +1,15 @@
 import { randomUUID } from 'node:crypto';
+import { type Attributes, type Context, context } from '@opentelemetry/api';
 import type { Knex } from 'knex';
-import type { App, HandlerContext, SendOptions } from '../shared/app.js';
+import type { App, HandlerContext, SendOptions, StartSagaOptions } from '../shared/app.js';
 import type { Envelope } from '../shared/envelope.js';
 import { InvalidOrderingKeyError, NonRetryableError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { assertOrderingKey, orderedExchangeName } from '../shared/ordering.js';
 import { type Destination, type OutboxMessage, resolveDestination } from '../shared/outbox.js';
+import type { SagaDefinition } from '../shared/saga/definition.js';
 import { startSaga } from '../shared/saga/start.js';
-import { Attr, inSpan, traceHeaders, tracingOn } from '../shared/tracing.js';
+import { Attr, inContext, inSpan, traceHeaders, tracingOn } from '../shared/tracing.js';
 
 /**
  * Outbox messages and hooks gathered by handlers, per savepoint level: a dispatch that rolls back
@@ -59,6 +61,15 @@ export class UnitOfWork {
     await runRollbackHooks(this.root, error, this.log);
   }
 
+  /**
+   * The context handlers of this message get, for a batch handler's entry. `traceContext` is the
+   * message's own consumer span: what the entry sends is its child, whichever span the batch
+   * handler's call runs in.
+   */
+  batchContext(trx: Knex.Transaction, envelope: Envelope, traceContext?: Context): HandlerContext {
+    return this.context(this.root, trx, envelope, traceContext);
+  }
+
   private async runIn(
     scope: Scope,
     trx: Knex.Transaction,
@@ -68,30 +79,25 @@ export class UnitOfWork {
     const handlers = this.app.handlers.get(envelope.type) ?? [];
     const ctx = this.context(scope, trx, envelope);
     for (const [i, handler] of handlers.entries()) {
-      if (!tracingOn()) await handler.handle(payloads[i], ctx);
-      else
-        await inSpan(
-          `handle ${envelope.type}`,
-          {
-            attributes: {
-              [Attr.messageType]: envelope.type,
-              [Attr.messageId]: envelope.id,
-              'dw.handler.index': i,
-            },
-          },
-          async () => handler.handle(payloads[i], ctx),
-        );
+      await runHandler(envelope.type, i, { [Attr.messageId]: envelope.id }, () =>
+        handler.handle(payloads[i], ctx),
+      );
     }
   }
 
-  private context(scope: Scope, trx: Knex.Transaction, envelope: Envelope): HandlerContext {
+  private context(
+    scope: Scope,
+    trx: Knex.Transaction,
+    envelope: Envelope,
+    traceContext?: Context,
+  ): HandlerContext {
     // The context of the span that sends (the handler's, a dispatch's), taken now: the relay's span
     // and whatever consumes the message become its children. Without tracing the incoming
     // traceparent is passed on as it came.
     const headers = (): Record<string, string> => ({
       correlationId: envelope.correlationId,
       causationId: envelope.id,
-      ...traceHeaders(envelope.traceparent),
+      ...traceHeaders(envelope.traceparent, traceContext ?? context.active()),
     });
     const send = (destination: Destination, type: string, payload: unknown, options: SendOptions = {}) => {
       const messageId = options.id ?? randomUUID();
@@ -123,32 +129,43 @@ export class UnitOfWork {
           options?.orderingKey === undefined ? this.exchange : orderedExchangeName(this.exchange);
         return send({ exchange, routingKey: type }, type, payload, options);
       },
-      dispatch: (type, payload) => this.dispatch(scope, trx, envelope, type, payload),
+      dispatch: (type, payload) =>
+        inContext(traceContext, () => this.dispatch(scope, trx, envelope, type, payload)),
       onCommit: (fn) => {
         scope.commitHooks.push(fn);
       },
       onRollback: (fn) => {
         scope.rollbackHooks.push(fn);
       },
-      startSaga: async (saga, input, options = {}) => {
-        // Only the app's own sagas have a step runner; any other would stay `running` for ever.
-        if (this.app.sagaDefinition(saga.name, saga.version) !== saga) {
-          throw new NonRetryableError(
-            `saga ${saga.name}${this.app.sagas.has(saga.name) ? ` version ${saga.version}` : ''} is not registered in app ${this.app.name}: add it to defineApp({ sagas: [...] })`,
-          );
-        }
-        const started = await startSaga(trx, {
-          // New instances start on the newest version, whichever version the handler names.
-          saga: this.app.sagas.get(saga.name)!,
-          input,
-          id: options.id,
-          correlationId: envelope.correlationId,
-          causationId: envelope.id,
-        });
-        scope.outbox.push(...started.outbox);
-        return { id: started.id, started: started.started };
-      },
+      startSaga: (saga, input, options) =>
+        inContext(traceContext, () => this.startSaga(scope, trx, envelope, saga, input, options)),
     };
+  }
+
+  private async startSaga<State extends object>(
+    scope: Scope,
+    trx: Knex.Transaction,
+    envelope: Envelope,
+    saga: SagaDefinition<State>,
+    input: State,
+    options: StartSagaOptions = {},
+  ): Promise<{ id: string; started: boolean }> {
+    // Only the app's own sagas have a step runner; any other would stay `running` for ever.
+    if (this.app.sagaDefinition(saga.name, saga.version) !== saga) {
+      throw new NonRetryableError(
+        `saga ${saga.name}${this.app.sagas.has(saga.name) ? ` version ${saga.version}` : ''} is not registered in app ${this.app.name}: add it to defineApp({ sagas: [...] })`,
+      );
+    }
+    const started = await startSaga(trx, {
+      // New instances start on the newest version, whichever version the handler names.
+      saga: this.app.sagas.get(saga.name)!,
+      input,
+      id: options.id,
+      correlationId: envelope.correlationId,
+      causationId: envelope.id,
+    });
+    scope.outbox.push(...started.outbox);
+    return { id: started.id, started: started.started };
   }
 
   private async dispatch(
@@ -187,6 +204,66 @@ export class UnitOfWork {
     }
     parent.absorb(scope);
   }
+}
+
+/** A message of a batch whose type has a batch handler. */
+export interface GroupMember {
+  work: UnitOfWork;
+  envelope: Envelope;
+  payloads: readonly unknown[];
+  /** The message's consumer span (tracing on). */
+  context?: Context;
+}
+
+/**
+ * Runs the handlers of one message type for several messages of a batch, in the batch's
+ * transaction, handler by handler in registration order: a batch handler once with every message,
+ * any other handler once per message. Each message keeps its handlers' order, and its own outbox
+ * rows and hooks. `running` names the message a failure would belong to (undefined while a batch
+ * handler runs for all of them).
+ */
+export async function runHandlersTogether<M extends GroupMember>(
+  app: App,
+  trx: Knex.Transaction,
+  type: string,
+  members: readonly M[],
+  running: (member: M | undefined) => void,
+): Promise<void> {
+  const contexts = members.map((m) => m.work.batchContext(trx, m.envelope, m.context));
+  for (const [i, handler] of (app.handlers.get(type) ?? []).entries()) {
+    const { handleBatch } = handler;
+    if (handleBatch) {
+      running(undefined);
+      const batch = members.map((m, k) => ({ message: m.payloads[i], ctx: contexts[k]! }));
+      await inContext(members[0]?.context, () =>
+        runHandler(type, i, { [Attr.batchSize]: batch.length }, () => handleBatch(batch)),
+      );
+      continue;
+    }
+    for (const [k, member] of members.entries()) {
+      running(member);
+      await inContext(member.context, () =>
+        runHandler(type, i, { [Attr.messageId]: member.envelope.id }, () =>
+          handler.handle(member.payloads[i], contexts[k]!),
+        ),
+      );
+    }
+  }
+}
+
+/** One handler call, under a `handle <type>` span when tracing is on. */
+async function runHandler(
+  type: string,
+  index: number,
+  attributes: Attributes,
+  call: () => Promise<void> | void,
+): Promise<void> {
+  if (!tracingOn()) return call();
+  await inSpan(
+    `handle ${type}`,
+    { attributes: { [Attr.messageType]: type, 'dw.handler.index': index, ...attributes } },
+    async () => call(),
+  );
 }
 
 async function runRollbackHooks(scope: Scope, error: unknown, log: Logger): Promise<void> {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { defineApp, defineHandler } from '../../shared/app.js';
+import { defineApp, defineBatchHandler, defineHandler, type HandlerContext } from '../../shared/app.js';
 import { DefinitionError } from '../../shared/errors.js';
 import { defaultRetryPolicy } from '../../shared/retry-policy.js';
 import { defineSaga } from '../../shared/saga/definition.js';
@@ -17,6 +17,17 @@ describe('defineApp', () => {
     expect(app.handlers.get('A')).toEqual([noop, second]);
     expect(app.retryPolicyFor('A').immediateRetries).toBe(0);
     expect(app.retryPolicyFor('B')).toEqual(defaultRetryPolicy);
+  });
+
+  it('a batch handler called for one message (the one-by-one path) gets a batch of one', async () => {
+    const seen: unknown[][] = [];
+    const handler = defineBatchHandler('C', z.object({ n: z.number() }), (batch) => {
+      seen.push(batch.map((entry) => [entry.message, entry.ctx]));
+    });
+    const ctx = { envelope: { id: 'm1' } } as unknown as HandlerContext;
+    await handler.handle({ n: 1 }, ctx);
+    expect(seen).toEqual([[[{ n: 1 }, ctx]]]);
+    expect(defineApp({ handlers: [handler] }).handlers.get('C')).toEqual([handler]);
   });
 
   it('refuses a saga with no steps, duplicate step names, or two sagas with one name', () => {
