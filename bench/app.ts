@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { defineApp, defineHandler } from '../shared/app.js';
+import { defineApp, defineBatchHandler, defineHandler } from '../shared/app.js';
 import type { Migration } from '../shared/db/migrate.js';
 import { defineSaga } from '../shared/saga/definition.js';
 
@@ -21,6 +21,25 @@ export const benchPipeline = defineHandler('BenchPipeline', BenchPipeline, async
     sent_at_ms: message.sentAt,
   });
   ctx.send(BENCH_EVENTS_QUEUE, 'BenchItemStored', { seq: message.seq, note: message.note });
+});
+
+/**
+ * The same work through a batch handler: the business rows of a batch in one multi-row insert, as
+ * the raw batched baseline writes them, so the two differ by the runtime alone.
+ */
+export const benchPipelineBatch = defineBatchHandler('BenchPipelineBatch', BenchPipeline, async (batch) => {
+  const trx = batch[0]?.ctx.trx;
+  if (!trx) return;
+  await trx('bench_items').insert(
+    batch.map(({ message, ctx }) => ({
+      message_id: ctx.envelope.id,
+      seq: message.seq,
+      sent_at_ms: message.sentAt,
+    })),
+  );
+  for (const { message, ctx } of batch) {
+    ctx.send(BENCH_EVENTS_QUEUE, 'BenchItemStored', { seq: message.seq, note: message.note });
+  }
 });
 
 export interface BenchSagaState {
@@ -69,7 +88,7 @@ export const benchMigrations: Migration[] = [
 
 export const app = defineApp({
   name: 'bench',
-  handlers: [benchPipeline, benchSagaHandler],
+  handlers: [benchPipeline, benchPipelineBatch, benchSagaHandler],
   sagas: [benchSaga],
   migrations: benchMigrations,
 });

@@ -44,8 +44,9 @@ export interface BenchEnv {
   teardown(): Promise<void>;
 }
 
-export const BENCH_DATABASE = 'durable_worker_bench';
-export const DBOS_DATABASE = 'durable_worker_bench_dbos';
+/** `DW_BENCH_DATABASE` names another pair of databases: two runs side by side on one server. */
+export const BENCH_DATABASE = process.env.DW_BENCH_DATABASE || 'durable_worker_bench';
+export const DBOS_DATABASE = `${BENCH_DATABASE}_dbos`;
 
 export async function createBenchEnv(services: BenchServices, queueType: QueueType): Promise<BenchEnv> {
   const id = randomBytes(4).toString('hex');

@@ -18,10 +18,18 @@ export interface PipelineSettings {
   workers: number;
   /** Messages per transaction of the raw batched baseline (the worker's batch size). */
   batchSize: number;
+  /**
+   * The message type the worker drains: `BenchPipeline` (a handler per message) or
+   * `BenchPipelineBatch` (a batch handler, one multi-row business insert per batch).
+   * @defaultValue 'BenchPipeline'
+   */
+  type?: PipelineType;
   /** Extra `dw worker` arguments (`--batch-size` when given, tuning experiments). */
   workerArgs: readonly string[];
   nodeArgs: readonly string[];
 }
+
+export type PipelineType = 'BenchPipeline' | 'BenchPipelineBatch';
 
 export interface WorkerRun {
   perSec: number;
@@ -42,7 +50,8 @@ export interface WorkerRun {
 export async function measureWorker(env: BenchEnv, settings: PipelineSettings): Promise<WorkerRun> {
   await truncateRunTables(env.knex);
   const total = settings.messages + settings.warmup;
-  await publishPipeline(env, 0, total);
+  const type = settings.type ?? 'BenchPipeline';
+  await publishPipeline(env, type, 0, total);
   const stored = () => countRows(env.knex, 'select count(*)::int as n from bench_items');
   const { workers, readyAtMs } = await startWorkers(
     env,
@@ -58,7 +67,7 @@ export async function measureWorker(env: BenchEnv, settings: PipelineSettings): 
     // ready is published again (behind the rest of the queue), so that the whole measured window,
     // which starts then, still holds `total` messages.
     const storedAtReady = await stored();
-    await publishPipeline(env, total, storedAtReady);
+    await publishPipeline(env, type, total, storedAtReady);
     const target = total + storedAtReady;
     await waitUntil(async () => (await stored()) >= target, `the worker to handle ${target} messages`, {
       ...benchWait,
@@ -79,8 +88,13 @@ export async function measureWorker(env: BenchEnv, settings: PipelineSettings): 
   };
 }
 
-/** `count` BenchPipeline messages with seq from `first`, published and confirmed. */
-async function publishPipeline(env: BenchEnv, first: number, count: number): Promise<void> {
+/** `count` pipeline messages of `type` with seq from `first`, published and confirmed. */
+async function publishPipeline(
+  env: BenchEnv,
+  type: PipelineType,
+  first: number,
+  count: number,
+): Promise<void> {
   if (count === 0) return;
   const publisher = await BenchPublisher.open(env.services.amqpUrl, env.exchange, env.queueType);
   try {
@@ -88,7 +102,7 @@ async function publishPipeline(env: BenchEnv, first: number, count: number): Pro
     await publisher.publishAll(
       (function* () {
         for (let seq = first; seq < first + count; seq++) {
-          yield { type: 'BenchPipeline', payload: { seq, sentAt, note: NOTE } };
+          yield { type, payload: { seq, sentAt, note: NOTE } };
         }
       })(),
     );

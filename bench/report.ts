@@ -33,6 +33,15 @@ export interface BenchReport {
     /** Raw `pg`, `batchSize` messages per transaction in multi-row inserts: the physical limit. */
     batchedBaselinePerSec: number | null;
     batchedRatio: number | null;
+    /**
+     * The same work through a batch handler (`defineBatchHandler`): its business rows in one
+     * multi-row insert per batch, the statements the batched baseline runs.
+     */
+    batchHandlerPerSec: number | null;
+    /** Batch handler against raw `pg`, one transaction per message. */
+    batchHandlerRatio: number | null;
+    /** Batch handler against the batched baseline: the runtime's share of the limit (the goal). */
+    batchHandlerBatchedRatio: number | null;
     batchSize: number;
     workers: number;
   };
@@ -100,7 +109,9 @@ export function checkGoals(report: Omit<BenchReport, 'goals'>): BenchReport['goa
   const relay = report.relay.backlogs.map((b) => b.met);
   return {
     pipelineRatio: atLeast(report.pipeline.ratio, goals.pipeline),
-    pipelineBatchedRatio: atLeast(report.pipeline.batchedRatio, goals.pipelineBatched),
+    // The limit runs multi-row statements, which a handler per message cannot: the batch handler
+    // runs the same ones, so its ratio is the runtime's own share of the limit.
+    pipelineBatchedRatio: atLeast(report.pipeline.batchHandlerBatchedRatio, goals.pipelineBatched),
     relayRatio: relay.includes(null) || relay.length === 0 ? null : relay.every(Boolean),
     sagaRatio: atLeast(report.saga.ratio, goals.saga),
     handlerP99: below(report.latency.handlerP99Ms, goals.handlerP99Ms),
@@ -137,6 +148,22 @@ export function table(report: BenchReport, latencyRate: number): string {
       '',
       `${fmt(p.batchedBaselinePerSec)} (raw pg, ${p.batchSize} msg/tx)`,
       fmt(p.batchedRatio, 2),
+      '',
+      '',
+    ],
+    [
+      `  batch handler msg/s${processes}`,
+      fmt(p.batchHandlerPerSec),
+      `${fmt(p.baselinePerSec)} (raw pg, 1 msg/tx)`,
+      fmt(p.batchHandlerRatio, 2),
+      '',
+      '',
+    ],
+    [
+      '',
+      '',
+      `${fmt(p.batchedBaselinePerSec)} (raw pg, ${p.batchSize} msg/tx)`,
+      fmt(p.batchHandlerBatchedRatio, 2),
       `>= ${goals.pipelineBatched}`,
       mark(report.goals.pipelineBatchedRatio),
     ],

@@ -239,6 +239,9 @@ async function runAll(): Promise<BenchReport> {
       ratio: roundOrNull(pairedRatio(pipeline.worker, pipeline.perMessage), 3),
       batchedBaselinePerSec: roundOrNull(median(pipeline.batched), 1),
       batchedRatio: roundOrNull(pairedRatio(pipeline.worker, pipeline.batched), 3),
+      batchHandlerPerSec: roundOrNull(median(pipeline.batchHandler), 1),
+      batchHandlerRatio: roundOrNull(pairedRatio(pipeline.batchHandler, pipeline.perMessage), 3),
+      batchHandlerBatchedRatio: roundOrNull(pairedRatio(pipeline.batchHandler, pipeline.batched), 3),
       batchSize,
       workers: opts.workers,
     },
@@ -299,6 +302,7 @@ async function runAll(): Promise<BenchReport> {
       workerArgs,
       samples: {
         pipeline: pipeline.worker.map((v) => round(v)),
+        pipelineBatchHandler: pipeline.batchHandler.map((v) => round(v)),
         pipelineBaseline: pipeline.perMessage.map((v) => round(v)),
         pipelineBatchedBaseline: pipeline.batched.map((v) => round(v)),
         relay: relay.samples[0]?.relay ?? [],
@@ -374,6 +378,7 @@ async function runPipeline(peaks: Peaks) {
     nodeArgs,
   };
   const worker: number[] = [];
+  const batchHandler: number[] = [];
   const perMessage: number[] = [];
   const batched: number[] = [];
   for (let rep = 0; parts.has('pipeline') && rep <= opts.repetitions; rep++) {
@@ -383,7 +388,14 @@ async function runPipeline(peaks: Peaks) {
     progress(`${label}: ${opts.workers === 1 ? 'worker' : `${opts.workers} workers`}`);
     const w = await measureWorker(env, run);
     peaks.worker = Math.max(peaks.worker, w.peakRssMb);
-    progress(`${label}: raw pg baseline, 1 message per transaction (worker ${w.perSec.toFixed(0)}/s)`);
+    progress(
+      `${label}: batch handler (handler per message ${w.perSec.toFixed(0)}/s, ${w.workerCpuMsPerMessage.toFixed(3)} worker CPU ms/msg)`,
+    );
+    const wb = await measureWorker(env, { ...run, type: 'BenchPipelineBatch' });
+    peaks.worker = Math.max(peaks.worker, wb.peakRssMb);
+    progress(
+      `${label}: raw pg baseline, 1 message per transaction (batch handler ${wb.perSec.toFixed(0)}/s, ${wb.workerCpuMsPerMessage.toFixed(3)} worker CPU ms/msg)`,
+    );
     const b = await measurePipelineBaseline(env, run);
     progress(
       `${label}: raw pg baseline, ${batchSize} messages per transaction (per message ${b.toFixed(0)}/s)`,
@@ -391,11 +403,12 @@ async function runPipeline(peaks: Peaks) {
     const bb = await measurePipelineBatchedBaseline(env, run);
     if (!round0) {
       worker.push(w.perSec);
+      batchHandler.push(wb.perSec);
       perMessage.push(b);
       batched.push(bb);
     }
   }
-  return { worker, perMessage, batched };
+  return { worker, batchHandler, perMessage, batched };
 }
 
 /**
