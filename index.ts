@@ -14,6 +14,7 @@ export {
   type HandlerDefinition,
   type HandlerOptions,
   loadApp,
+  type NonEmptyBatch,
   type SendOptions,
   type StartSagaOptions,
 } from './shared/app.js';

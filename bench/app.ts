@@ -28,9 +28,7 @@ export const benchPipeline = defineHandler('BenchPipeline', BenchPipeline, async
  * the raw batched baseline writes them, so the two differ by the runtime alone.
  */
 export const benchPipelineBatch = defineBatchHandler('BenchPipelineBatch', BenchPipeline, async (batch) => {
-  const trx = batch[0]?.ctx.trx;
-  if (!trx) return;
-  await trx('bench_items').insert(
+  await batch[0].ctx.trx('bench_items').insert(
     batch.map(({ message, ctx }) => ({
       message_id: ctx.envelope.id,
       seq: message.seq,

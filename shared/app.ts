@@ -70,15 +70,19 @@ export interface BatchEntry<T> {
   ctx: HandlerContext;
 }
 
+/** A batch handler's batch: never empty, so `batch[0].ctx.trx` is the transaction. */
+export type NonEmptyBatch<T> = readonly [BatchEntry<T>, ...BatchEntry<T>[]];
+
 export interface HandlerDefinition<S extends z.ZodType = z.ZodType> {
-  type: string;
-  schema: S;
-  handle: (message: z.output<S>, ctx: HandlerContext) => Promise<void> | void;
+  readonly type: string;
+  readonly schema: S;
+  readonly handle: (message: z.output<S>, ctx: HandlerContext) => Promise<void> | void;
   /**
-   * Set by defineBatchHandler: the messages of a batch in one call (`handle` calls it with one).
+   * Set by defineBatchHandler, and only there: the messages of a batch in one call (`handle`
+   * calls it with one), so a message runs the same code batched or not.
    */
-  handleBatch?: (batch: readonly BatchEntry<z.output<S>>[]) => Promise<void> | void;
-  options: HandlerOptions;
+  readonly handleBatch?: (batch: NonEmptyBatch<z.output<S>>) => Promise<void> | void;
+  readonly options: HandlerOptions;
 }
 
 /** Registers `handle` for messages of `type`; the payload is validated by `schema` before it is called. */
@@ -103,7 +107,7 @@ export function defineHandler<S extends z.ZodType>(
 export function defineBatchHandler<S extends z.ZodType>(
   type: string,
   schema: S,
-  handleBatch: (batch: readonly BatchEntry<z.output<S>>[]) => Promise<void> | void,
+  handleBatch: (batch: NonEmptyBatch<z.output<S>>) => Promise<void> | void,
   options: HandlerOptions = {},
 ): HandlerDefinition<S> {
   return { type, schema, handle: (message, ctx) => handleBatch([{ message, ctx }]), handleBatch, options };
@@ -154,6 +158,11 @@ export function defineApp(input: AppInput): App {
   for (const h of input.handlers ?? []) {
     if (!h.type || typeof h.handle !== 'function' || typeof h.schema?.safeParse !== 'function') {
       throw new DefinitionError(`handler for "${h.type}" needs a type, a zod schema and a function`);
+    }
+    if (h.handleBatch !== undefined && typeof h.handleBatch !== 'function') {
+      throw new DefinitionError(
+        `batch handler for "${h.type}" is not a function: build it with defineBatchHandler(type, schema, fn)`,
+      );
     }
     handlers.set(h.type, [...(handlers.get(h.type) ?? []), h]);
     if (h.options.retry) {

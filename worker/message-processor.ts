@@ -84,6 +84,9 @@ interface BatchMember {
   log: Logger;
 }
 
+/** What threw in a batch's transaction: one message's handler, or a batch handler's call. */
+type Failing = { member: BatchMember } | { batchHandlerOf: string };
+
 class DeadLetter {
   constructor(
     readonly reason: DeadLetterReason,
@@ -149,7 +152,8 @@ export class MessageProcessor {
   /**
    * Handles deliveries at hand together; `settled` gets each item's outcome as soon as it is known.
    * The first deliveries that validate run in one transaction: one inbox insert telling the
-   * duplicates apart, each message's handlers in order (each with its own UnitOfWork), one outbox
+   * duplicates apart, each message's handlers in delivery order (each with its own UnitOfWork; a run
+   * of messages of a type with a batch handler together, see runHandlersTogether), one outbox
    * insert, one commit, then the eager saga steps and onCommit hooks. Redeliveries (they need the
    * redelivery verdict) and invalid messages take the one-by-one path. If a handler throws, or the
    * transaction fails for any other reason than a database outage, the batch rolls back and its
@@ -195,9 +199,14 @@ export class MessageProcessor {
       }
     } else if ('error' in result) {
       const failing = result.failing;
-      (failing?.log ?? this.deps.log).info(
-        { err: result.error, batch: members.length, batchHandlerOf: result.failingBatchHandler },
-        failing || result.failingBatchHandler
+      const log = failing && 'member' in failing ? failing.member.log : this.deps.log;
+      log.info(
+        {
+          err: result.error,
+          batch: members.length,
+          ...(failing && 'batchHandlerOf' in failing ? { batchHandlerOf: failing.batchHandlerOf } : {}),
+        },
+        failing
           ? 'handler failed in a batch; the batch rolled back and its messages are handled one by one'
           : 'batch transaction failed; its messages are handled one by one',
       );
@@ -228,14 +237,10 @@ export class MessageProcessor {
    */
   private async runBatch(
     members: readonly BatchMember[],
-  ): Promise<
-    | { fresh: Set<string> }
-    | { error: unknown; failing: BatchMember | undefined; failingBatchHandler: string | undefined }
-  > {
+  ): Promise<{ fresh: Set<string> } | { error: unknown; failing: Failing | undefined }> {
     const { knex, app, exchange, queue, eagerSagaSteps } = this.deps;
     const works = members.map((m) => new UnitOfWork(app, exchange, m.log));
-    let failing: BatchMember | undefined;
-    let failingBatchHandler: string | undefined;
+    let failing: Failing | undefined;
     let written: readonly OutboxMessage[] = [];
     let fresh: Set<string>;
     try {
@@ -245,39 +250,22 @@ export class MessageProcessor {
           queue,
           members.map((m) => m.incoming.id),
         );
-        const together = new Set<string>();
-        for (const [i, member] of members.entries()) {
-          const { type } = member.envelope;
-          if (!inserted.has(member.incoming.id) || together.has(type)) continue;
-          if (!hasBatchHandler(app, type)) {
-            failing = member;
-            await inContext(member.context, () =>
-              works[i]!.runHandlers(trx, member.envelope, member.payloads),
-            );
-            continue;
-          }
-          // The type's batch handlers get every fresh message of the type in this batch at once.
-          together.add(type);
-          const group = members.flatMap((m, k) =>
-            m.envelope.type === type && inserted.has(m.incoming.id)
-              ? [
-                  {
-                    member: m,
-                    work: works[k]!,
-                    envelope: m.envelope,
-                    payloads: m.payloads,
-                    context: m.context,
-                  },
-                ]
-              : [],
-          );
-          await runHandlersTogether(app, trx, type, group, (running) => {
-            failing = running?.member;
-            failingBatchHandler = running ? undefined : type;
+        const fresh = members.flatMap((member, k) =>
+          inserted.has(member.incoming.id) ? [{ member, work: works[k]!, ...member }] : [],
+        );
+        for (let i = 0; i < fresh.length; ) {
+          const { type } = fresh[i]!.envelope;
+          // A type with a batch handler takes the run of fresh messages of that type that starts
+          // here: messages of other types keep their place in delivery order around it.
+          let end = i + 1;
+          if (hasBatchHandler(app, type))
+            while (end < fresh.length && fresh[end]!.envelope.type === type) end++;
+          await runHandlersTogether(app, trx, type, fresh.slice(i, end), (running) => {
+            failing = running ? { member: running.member } : { batchHandlerOf: type };
           });
+          i = end;
         }
         failing = undefined;
-        failingBatchHandler = undefined;
         const outbox: OutboxMessage[] = [];
         for (const [i, member] of members.entries()) {
           if (inserted.has(member.incoming.id)) for (const message of works[i]!.outbox) outbox.push(message);
@@ -289,7 +277,7 @@ export class MessageProcessor {
     } catch (error) {
       for (const work of works) await work.afterRollback(error);
       if ((await classifyFailure(knex, error)) !== 'application') throw error;
-      return { error, failing, failingBatchHandler };
+      return { error, failing };
     }
     eagerSagaSteps?.run(written);
     for (const [i, member] of members.entries()) {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { type Attributes, type Context, context } from '@opentelemetry/api';
 import type { Knex } from 'knex';
-import type { App, HandlerContext, SendOptions, StartSagaOptions } from '../shared/app.js';
+import type { App, HandlerContext, NonEmptyBatch, SendOptions, StartSagaOptions } from '../shared/app.js';
 import type { Envelope } from '../shared/envelope.js';
 import { InvalidOrderingKeyError, NonRetryableError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
@@ -216,11 +216,11 @@ export interface GroupMember {
 }
 
 /**
- * Runs the handlers of one message type for several messages of a batch, in the batch's
- * transaction, handler by handler in registration order: a batch handler once with every message,
- * any other handler once per message. Each message keeps its handlers' order, and its own outbox
- * rows and hooks. `running` names the message a failure would belong to (undefined while a batch
- * handler runs for all of them).
+ * Runs the handlers of one message type for a run of consecutive messages of a batch (one message
+ * unless the type has a batch handler), in the batch's transaction, handler by handler in
+ * registration order: a batch handler once with every message, any other handler once per message.
+ * Each message keeps its handlers' order, and its own outbox rows and hooks. `running` names the
+ * message a failure would belong to (undefined while a batch handler runs for all of them).
  */
 export async function runHandlersTogether<M extends GroupMember>(
   app: App,
@@ -229,14 +229,21 @@ export async function runHandlersTogether<M extends GroupMember>(
   members: readonly M[],
   running: (member: M | undefined) => void,
 ): Promise<void> {
-  const contexts = members.map((m) => m.work.batchContext(trx, m.envelope, m.context));
+  // A handler per message sends from its own `handle` span, as on the one-by-one path; a batch
+  // handler's entry from its message's consumer span, not from the batch call's span (one trace).
+  const own = members.map((m) => m.work.batchContext(trx, m.envelope));
+  let entries: HandlerContext[] | undefined;
   for (const [i, handler] of (app.handlers.get(type) ?? []).entries()) {
     const { handleBatch } = handler;
     if (handleBatch) {
       running(undefined);
+      entries ??= members.map((m) => m.work.batchContext(trx, m.envelope, m.context));
+      const contexts = entries;
       const batch = members.map((m, k) => ({ message: m.payloads[i], ctx: contexts[k]! }));
       await inContext(members[0]?.context, () =>
-        runHandler(type, i, { [Attr.batchSize]: batch.length }, () => handleBatch(batch)),
+        runHandler(type, i, { [Attr.batchSize]: batch.length }, () =>
+          handleBatch(batch as unknown as NonEmptyBatch<unknown>),
+        ),
       );
       continue;
     }
@@ -244,7 +251,7 @@ export async function runHandlersTogether<M extends GroupMember>(
       running(member);
       await inContext(member.context, () =>
         runHandler(type, i, { [Attr.messageId]: member.envelope.id }, () =>
-          handler.handle(member.payloads[i], contexts[k]!),
+          handler.handle(member.payloads[i], own[k]!),
         ),
       );
     }

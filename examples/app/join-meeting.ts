@@ -11,11 +11,9 @@ export const JoinMeeting = z.object({ userId: id, meetingId: id });
  * Each entry still sends its own events, caused by its own message.
  */
 export const joinMeeting = defineBatchHandler('JoinMeeting', JoinMeeting, async (batch) => {
-  const trx = batch[0]?.ctx.trx;
-  if (!trx) return;
-  await trx('meeting_participants').insert(
-    batch.map(({ message }) => ({ user_id: message.userId, meeting_id: message.meetingId })),
-  );
+  await batch[0].ctx
+    .trx('meeting_participants')
+    .insert(batch.map(({ message }) => ({ user_id: message.userId, meeting_id: message.meetingId })));
   for (const { message, ctx } of batch) {
     const event = {
       userId: message.userId,
