@@ -16,11 +16,7 @@ export class BenchPublisher {
 
   /** Connects and declares the bench app's exchange and queue, so messages queue up before a worker runs. */
   static async open(amqpUrl: string, exchange: string, queueType: QueueType): Promise<BenchPublisher> {
-    // Nagle off, as the worker's connections: a publish must not wait for a delayed ACK.
-    const connection = await amqp.connect(amqpUrl, {
-      clientProperties: { connection_name: 'dw bench' },
-      noDelay: true,
-    });
+    const connection = await amqp.connect(amqpUrl, { clientProperties: { connection_name: 'dw bench' } });
     connection.on('error', () => {});
     const channel = await connection.createConfirmChannel();
     // Failures surface as rejected publishes and confirms; the events must not crash the run.

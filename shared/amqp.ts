@@ -131,10 +131,6 @@ export class ResilientAmqpConnection extends EventEmitter {
   private async open(): Promise<void> {
     const connection = await amqp.connect(this.url, {
       clientProperties: { connection_name: this.options.connectionName ?? 'durable-worker' },
-      // amqplib leaves Nagle's algorithm on: a small frame (an ack, a publish) written while an
-      // earlier one is unacknowledged waits for the peer's delayed ACK, adding milliseconds to the
-      // latency of a light load for no gain (our frames are not small writes to coalesce).
-      noDelay: true,
     });
     connection.on('error', (error) => this.log.debug({ err: error }, 'AMQP connection error'));
     connection.on('close', () => {
