@@ -125,6 +125,15 @@ export class RedisLossDetector {
   /** The last lineage change logged: one line per change, not one per batch in flight (the loss itself is warned about). */
   private warnedLineage = '';
   private lastIdleCheck = 0;
+  /**
+   * The highest position Redis handed this relay, committed or not. Compared with the counter as
+   * a floor under Postgres's mark: right after Redis is re-based (mark + LOSS_ROOM), the positions
+   * in flight are far above the committed mark, and a Redis that loses its data again before one
+   * of them commits would be re-based from the same mark and hand the same positions out again,
+   * so rows it lost would carry positions outside every repair range (the chaos scenario of Redis
+   * restarting empty three times lost jobs that way once AMQP delivery got faster).
+   */
+  private highest = 0;
 
   constructor(
     redis: RedisClient,
@@ -227,13 +236,14 @@ export class RedisLossDetector {
       this.keys.counter,
       this.keys.loss,
       this.keys.epoch,
-      mark,
+      Math.max(mark, this.highest),
       seen ? '1' : '0',
       LOSS_ROOM,
       seen?.token ?? '',
       seen?.runId ?? '',
       randomUUID(),
     );
+    if (Number(seq) > this.highest) this.highest = Number(seq);
     if (from !== null && to !== null) this.loss = { from, to };
     if (stale === '1' && token && runId !== undefined) return { seq: Number(seq), lineage: { token, runId } };
     return { seq: Number(seq) };
