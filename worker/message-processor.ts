@@ -250,17 +250,17 @@ export class MessageProcessor {
           queue,
           members.map((m) => m.incoming.id),
         );
-        const fresh = members.flatMap((member, k) =>
+        const toHandle = members.flatMap((member, k) =>
           inserted.has(member.incoming.id) ? [{ member, work: works[k]!, ...member }] : [],
         );
-        for (let i = 0; i < fresh.length; ) {
-          const { type } = fresh[i]!.envelope;
+        for (let i = 0; i < toHandle.length; ) {
+          const { type } = toHandle[i]!.envelope;
           // A type with a batch handler takes the run of fresh messages of that type that starts
           // here: messages of other types keep their place in delivery order around it.
           let end = i + 1;
           if (hasBatchHandler(app, type))
-            while (end < fresh.length && fresh[end]!.envelope.type === type) end++;
-          await runHandlersTogether(app, trx, type, fresh.slice(i, end), (running) => {
+            while (end < toHandle.length && toHandle[end]!.envelope.type === type) end++;
+          await runHandlersTogether(app, trx, type, toHandle.slice(i, end), (running) => {
             failing = running ? { member: running.member } : { batchHandlerOf: type };
           });
           i = end;

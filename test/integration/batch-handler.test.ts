@@ -1,14 +1,13 @@
-import amqp from 'amqplib';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { defineApp, defineBatchHandler, defineHandler } from '../../shared/app.js';
 import type { Migration } from '../../shared/db/migrate.js';
 import { NonRetryableError } from '../../shared/errors.js';
-import { appTopology, declareTopology } from '../../shared/topology.js';
 import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { count, createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
+import { count, createTestEnv, randomName, type TestEnv } from '../support/services.js';
+import { declareWorkQueue, drained } from '../support/work-queue.js';
 
 // Batch handlers (defineBatchHandler): the messages of a batch in one call, each with its own
 // context; a throw rolls the batch back and every message is handled again alone. Each test queues
@@ -103,16 +102,7 @@ let worker: Worker | undefined;
 
 beforeAll(async () => {
   env = await createTestEnv(app.migrations);
-  const connection = await amqp.connect(urls.amqp);
-  try {
-    const topology = appTopology(app, env.config.exchange, undefined, {
-      type: env.config.queueType ?? 'quorum',
-      explicit: false,
-    });
-    await declareTopology(await connection.createChannel(), topology);
-  } finally {
-    await connection.close();
-  }
+  await declareWorkQueue(app, env);
 });
 
 beforeEach(async () => {
@@ -141,13 +131,6 @@ const message = (type: 'Item' | 'Mixed' | 'Note', id: string, body: z.input<type
 async function start(batchSize: number, concurrency = 2) {
   worker = await Worker.start({ app, config: env.config, concurrency, batchSize });
   return worker;
-}
-
-async function drained(w: Worker): Promise<void> {
-  await waitUntil(async () => {
-    const { ready, unacked } = await w.scrapeSources().workQueue!();
-    return ready === 0 && unacked === 0;
-  }, 'the work queue to be empty and every delivery settled');
 }
 
 async function effects(handler = 'batch') {

@@ -1,14 +1,13 @@
-import amqp from 'amqplib';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { defineApp, defineHandler } from '../../shared/app.js';
 import type { Migration } from '../../shared/db/migrate.js';
 import { NonRetryableError } from '../../shared/errors.js';
-import { appTopology, declareTopology } from '../../shared/topology.js';
 import { waitUntil } from '../../shared/wait.js';
 import { Worker } from '../../worker/worker.js';
 import { publishRaw } from '../support/amqp.js';
-import { count, createTestEnv, randomName, type TestEnv, urls } from '../support/services.js';
+import { count, createTestEnv, randomName, type TestEnv } from '../support/services.js';
+import { declareWorkQueue, drained } from '../support/work-queue.js';
 
 // Issue 11, item 1: deliveries at hand are handled in one transaction; a failure falls back to one
 // by one. Each test queues its messages before a worker starts, so batches form from the prefetch.
@@ -64,17 +63,7 @@ let worker: Worker | undefined;
 
 beforeAll(async () => {
   env = await createTestEnv(app.migrations);
-  // Bind the work queue before anything is published: messages wait there for the worker.
-  const connection = await amqp.connect(urls.amqp);
-  try {
-    const topology = appTopology(app, env.config.exchange, undefined, {
-      type: env.config.queueType ?? 'quorum',
-      explicit: false,
-    });
-    await declareTopology(await connection.createChannel(), topology);
-  } finally {
-    await connection.close();
-  }
+  await declareWorkQueue(app, env);
 });
 
 beforeEach(async () => {
@@ -103,14 +92,6 @@ const item = (id: string, body: z.input<typeof Item>): Message => ({
 async function start(options: { concurrency: number; batchSize?: number; maxMessageBytes?: number }) {
   worker = await Worker.start({ app, config: env.config, ...options });
   return worker;
-}
-
-/** Every delivery settled: nothing ready or unacked in the work queue (nothing loops). */
-async function drained(w: Worker): Promise<void> {
-  await waitUntil(async () => {
-    const { ready, unacked } = await w.scrapeSources().workQueue!();
-    return ready === 0 && unacked === 0;
-  }, 'the work queue to be empty and every delivery settled');
 }
 
 /** How many effect rows each transaction wrote. */
