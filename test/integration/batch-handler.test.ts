@@ -241,6 +241,33 @@ describe('batch handlers', () => {
     expect(Math.max(...calls)).toBeGreaterThan(1);
   });
 
+  it('hostile values PostgreSQL refuses in the multi-row insert (NUL, lone surrogate) dead-letter only their message; the rest of the batch is handled once', async () => {
+    const hostile = ['nul\0key', 'lone\ud800key'];
+    const plan: Message[] = Array.from({ length: 30 }, (_, i) =>
+      message('Item', `hv-${i}`, { key: `hv-${i}` }),
+    );
+    plan.splice(5, 0, message('Item', 'h-nul', { key: hostile[0]! }));
+    plan.splice(17, 0, message('Item', 'h-surrogate', { key: hostile[1]! }));
+    await publishRaw(env.config.exchange, plan);
+    const w = await start(10);
+    await waitUntil(
+      async () =>
+        (await count(env.knex, 'dw_inbox')) >= 30 && (await count(env.knex, 'dw_dead_letters')) >= 2,
+      'every valid message handled and both hostile ones dead-lettered',
+    );
+    await drained(w);
+
+    const rows = await effects();
+    expect(rows).toHaveLength(30);
+    expect(new Set(rows.map((r) => r.key)).size).toBe(30);
+    const dead = await env.knex('dw_dead_letters').select('message_id', 'reason');
+    expect(Object.fromEntries(dead.map((d) => [d.message_id, d.reason]))).toEqual({
+      'h-nul': 'invalid-payload',
+      'h-surrogate': 'invalid-payload',
+    });
+    expect(await count(env.knex, 'dw_outbox')).toBe(30);
+  });
+
   it('beside a handler per message of the same type: each message gets both, in registration order, in one transaction', async () => {
     const n = 30;
     await publishRaw(
